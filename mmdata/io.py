@@ -1,0 +1,299 @@
+"""Atomic writes and streaming JSON / JSON Lines in and out (orjson out, constant memory in)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+import orjson
+
+from mmdata.errors import InputError
+
+__all__ = [
+    "atomic_write",
+    "dumps",
+    "loads",
+    "read_json",
+    "iter_json_records",
+    "RecordWriter",
+    "write_json",
+]
+
+_CHUNK = 8 << 20  # characters read per step when streaming a JSON array
+_MAX_ELEMENT = 256 << 20  # a single array element larger than this is reported, not buffered forever
+
+
+def dumps(obj: Any, *, indent: bool = False, sort_keys: bool = False) -> bytes:
+    """orjson serialisation (UTF-8, no ASCII escaping); deterministic for the same object."""
+    opt = 0
+    if indent:
+        opt |= orjson.OPT_INDENT_2
+    if sort_keys:
+        opt |= orjson.OPT_SORT_KEYS
+    return orjson.dumps(obj, option=opt)
+
+
+loads = orjson.loads
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
+    """Write to a temp file beside ``path`` and rename it into place only when the block succeeds.
+
+    A crash leaves either the old file or none, never a half-written one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | Path, obj: Any, *, indent: bool = True, sort_keys: bool = False) -> None:
+    """Atomically write one JSON document (with a trailing newline)."""
+    with atomic_write(path) as f:
+        f.write(dumps(obj, indent=indent, sort_keys=sort_keys))
+        f.write(b"\n")
+
+
+def _line_col(text: str, pos: int) -> tuple[int, int]:
+    line = text.count("\n", 0, pos) + 1
+    col = pos - (text.rfind("\n", 0, pos) + 1) + 1
+    return line, col
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a whole JSON document; a missing file or invalid JSON is an InputError with line:col."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(path, "no such file") from None
+    except IsADirectoryError:
+        raise InputError(path, "is a directory, expected a JSON file") from None
+    except OSError as e:
+        raise InputError(path, f"cannot read: {e.strerror or e}") from None
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        # orjson reports a character position; recompute line/col on the decoded text.
+        text = data.decode("utf-8", errors="replace")
+        line, col = _line_col(text, min(e.pos, len(text)))
+        raise InputError(path, f"invalid JSON: {e.msg}", line, col) from None
+
+
+@dataclass
+class _Cursor:
+    """A read position in a growing text buffer, with line/column bookkeeping for errors.
+
+    The buffer is only compacted when it is refilled, so advancing is O(consumed), not O(buffer).
+    """
+
+    f: Any
+    buf: str = ""
+    pos: int = 0
+    line: int = 1  # line number at ``pos``
+    line_start: int = 0  # buffer index where the current line starts (may be negative after compaction)
+    eof: bool = False
+
+    def fill(self) -> bool:
+        if self.eof:
+            return False
+        chunk = self.f.read(_CHUNK)
+        if not chunk:
+            self.eof = True
+            return False
+        if self.pos:
+            self.buf = self.buf[self.pos :]
+            self.line_start -= self.pos
+            self.pos = 0
+        self.buf += chunk
+        return True
+
+    def advance(self, n: int) -> None:
+        new = self.pos + n
+        nl = self.buf.count("\n", self.pos, new)
+        if nl:
+            self.line += nl
+            self.line_start = self.buf.rfind("\n", self.pos, new) + 1
+        self.pos = new
+
+    def where(self, at: int) -> tuple[int, int]:
+        """Line and column of buffer index ``at`` (>= pos)."""
+        nl = self.buf.count("\n", self.pos, at)
+        if nl:
+            return self.line + nl, at - self.buf.rfind("\n", self.pos, at)
+        return self.line, at - self.line_start + 1
+
+    def peek(self) -> str:
+        return self.buf[self.pos : self.pos + 1]
+
+
+_WS = " \t\r\n"
+
+
+def _skip_ws(cur: _Cursor) -> None:
+    while True:
+        buf, i, n = cur.buf, cur.pos, len(cur.buf)
+        while i < n and buf[i] in _WS:
+            i += 1
+        cur.advance(i - cur.pos)
+        if cur.pos < n or not cur.fill():
+            return
+
+
+def _iter_array(path: Path, f: IO[str]) -> Iterator[tuple[int, int, Any]]:
+    """Yield (index, line, element) from a top-level JSON array, reading it in chunks."""
+    decode = json.JSONDecoder().raw_decode
+    cur = _Cursor(f=f)
+    _skip_ws(cur)
+    if cur.peek() != "[":  # pragma: no cover - caller checked
+        raise InputError(path, "expected a JSON array", *cur.where(cur.pos))
+    cur.advance(1)
+    index = 0
+    expect_value = True
+    while True:
+        _skip_ws(cur)
+        ch = cur.peek()
+        if not ch:
+            raise InputError(path, "invalid JSON: unexpected end of file (unterminated array)", *cur.where(cur.pos))
+        if ch == "]":
+            if expect_value and index > 0:
+                raise InputError(path, "invalid JSON: trailing comma before ']'", *cur.where(cur.pos))
+            cur.advance(1)
+            _skip_ws(cur)
+            if cur.peek():
+                raise InputError(path, "invalid JSON: extra data after the array", *cur.where(cur.pos))
+            return
+        if not expect_value:
+            if ch != ",":
+                raise InputError(path, "invalid JSON: expected ',' or ']' between elements", *cur.where(cur.pos))
+            cur.advance(1)
+            expect_value = True
+            continue
+        while True:
+            try:
+                obj, end = decode(cur.buf, cur.pos)
+            except json.JSONDecodeError as e:
+                if len(cur.buf) - cur.pos < _MAX_ELEMENT and cur.fill():
+                    continue  # the element may just run past the buffer: read more and retry
+                raise InputError(path, f"invalid JSON: {e.msg}", *cur.where(e.pos)) from None
+            # A number or literal that ends exactly at the buffer end may continue in the next chunk.
+            if end >= len(cur.buf) and cur.fill():
+                continue
+            break
+        yield index, cur.line, obj
+        index += 1
+        cur.advance(end - cur.pos)
+        expect_value = False
+
+
+def _iter_lines(path: Path, f: IO[bytes]) -> Iterator[tuple[int, int, Any]]:
+    index = 0
+    for lineno, raw in enumerate(f, 1):
+        if not raw.strip():
+            continue
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            text = raw.decode("utf-8", errors="replace")
+            _, col = _line_col(text, min(e.pos, len(text)))
+            raise InputError(path, f"invalid JSON: {e.msg}", lineno, col) from None
+        yield index, lineno, obj
+        index += 1
+
+
+def _first_char(path: Path) -> str:
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(4096)
+            if not chunk:
+                return ""
+            s = chunk.lstrip()
+            if s.startswith(b"\xef\xbb\xbf"):
+                s = s[3:].lstrip()
+            if s:
+                return chr(s[0])
+
+
+def iter_json_records(path: str | Path) -> Iterator[tuple[int, int, Any]]:
+    """Stream the records of a JSON array file or a JSON Lines file as (index, line, record).
+
+    The format is detected from the content (``[`` starts an array, anything else is JSON Lines),
+    so a ``.json`` file holding JSON Lines also works. Memory stays constant in the file size.
+    Invalid JSON raises InputError naming the file, line and column.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "no such file")
+    if path.is_dir():
+        raise InputError(path, "is a directory, expected a JSON or JSON Lines file")
+    first = _first_char(path)
+    if first == "":
+        raise InputError(path, "empty file, expected a JSON array or JSON Lines")
+    if first == "[":
+        with open(path, encoding="utf-8-sig", errors="strict", newline="") as f:
+            try:
+                yield from _iter_array(path, f)
+            except UnicodeDecodeError as e:
+                raise InputError(path, f"not UTF-8 text: {e.reason}") from None
+    else:
+        with open(path, "rb") as f:
+            yield from _iter_lines(path, f)
+
+
+class RecordWriter:
+    """Stream records to ``.json`` (one JSON array, a record per line) or ``.jsonl``, atomically.
+
+    Use as a context manager; the file appears under its name only if the block succeeds.
+    """
+
+    def __init__(self, path: str | Path, fmt: str | None = None):
+        self.path = Path(path)
+        self.fmt = fmt or ("jsonl" if self.path.suffix.lower() == ".jsonl" else "json")
+        if self.fmt not in ("json", "jsonl"):
+            raise InputError(self.path, f"unknown output format {self.fmt!r} (use .json or .jsonl)")
+        self.count = 0
+        self._cm: Any = None
+        self._f: IO[bytes] | None = None
+
+    def __enter__(self) -> "RecordWriter":
+        self._cm = atomic_write(self.path)
+        self._f = self._cm.__enter__()
+        if self.fmt == "json":
+            self._f.write(b"[")
+        return self
+
+    def write(self, record: Any) -> None:
+        data = orjson.dumps(record)
+        assert self._f is not None
+        if self.fmt == "json":
+            self._f.write(b"\n" if self.count == 0 else b",\n")
+            self._f.write(data)
+        else:
+            self._f.write(data)
+            self._f.write(b"\n")
+        self.count += 1
+
+    def write_many(self, records: list[Any]) -> None:
+        for r in records:
+            self.write(r)
+
+    def __exit__(self, et, ev, tb) -> bool:
+        assert self._f is not None
+        if et is None and self.fmt == "json":
+            self._f.write(b"\n]\n" if self.count else b"]\n")
+        return bool(self._cm.__exit__(et, ev, tb))
