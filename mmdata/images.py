@@ -100,7 +100,8 @@ def verify_image_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     if fmt is None:
         raise ImageError("unreadable_image", "not an image (unknown file signature)")
     with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        # Pillow warns above MAX_IMAGE_PIXELS; our own ``max_pixels`` check below decides instead.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             img = Image.open(io.BytesIO(data))
             w, h = img.size

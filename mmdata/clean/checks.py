@@ -1,0 +1,165 @@
+"""Check every distinct image once, in parallel, with results kept per path for the ordered decision.
+
+Reject rules 5-9 of docs/clean-rules.md: unsafe_path (lexical here, symlinks in the worker via
+``os.path.realpath`` containment), missing_image, unreadable_image (full decode, JPEG via DCT-scaled
+draft), image_too_small and bad_aspect_ratio (after EXIF orientation, applied when a result arrives).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from typing import Callable
+
+from PIL import Image
+
+from mmdata.images import DEFAULT_MAX_PIXELS, ImageError, verify_image_bytes
+from mmdata.records import unsafe_path_reason
+
+__all__ = ["ImageChecker", "Verdict", "check_paths"]
+
+# (code or None, detail, width, height): width/height after EXIF orientation, 0 when not decoded.
+Verdict = tuple  # tuple[str | None, str, int, int]
+
+_CHUNK = 32  # paths per task: amortises inter-process traffic, small enough to balance the load
+
+
+def _init_worker(max_pixels: int) -> None:
+    # Our own pixel limit decides; Pillow's (2 x MAX_IMAGE_PIXELS raises) must not fire first.
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels >= 2 * Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels // 2 + 1
+
+
+def check_paths(root: str, paths: list[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Verdict]:
+    """Check image paths (relative to the real, absolute ``root``) that passed the lexical test.
+
+    Returns one verdict per path; size limits are not applied here (see ImageChecker).
+    """
+    _init_worker(max_pixels)
+    prefix = root.rstrip(os.sep) + os.sep
+    out: list[Verdict] = []
+    for p in paths:
+        real = os.path.realpath(os.path.join(root, p))
+        if not real.startswith(prefix):
+            out.append(("unsafe_path", f"{p}: resolves outside the images folder", 0, 0))
+            continue
+        try:
+            with open(real, "rb") as f:
+                data = f.read()
+        except (FileNotFoundError, NotADirectoryError):
+            out.append(("missing_image", f"{p}: no such file", 0, 0))
+            continue
+        except IsADirectoryError:
+            out.append(("missing_image", f"{p}: is a directory", 0, 0))
+            continue
+        except OSError as e:
+            out.append(("unreadable_image", f"{p}: cannot read: {e.strerror or e}", 0, 0))
+            continue
+        try:
+            info = verify_image_bytes(data, max_pixels)
+        except ImageError as e:
+            out.append((e.reason, f"{p}: {e.detail}", 0, 0))
+            continue
+        out.append((None, "", info.width, info.height))
+    return out
+
+
+class ImageChecker:
+    """Distinct-path verdict cache fed by a process pool (or inline when ``workers == 1``).
+
+    ``request(path)`` schedules a path once; ``get(path)`` is its final verdict (None while pending);
+    ``wait_some()`` blocks until at least one more chunk is done. Size rules are applied on arrival,
+    so a verdict is final. Results never depend on the number of workers.
+    """
+
+    def __init__(self, root: str, *, workers: int, min_side: int, max_aspect: float,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, on_done: Callable[[int], None] | None = None):
+        self.root = os.path.realpath(root)
+        self.workers = max(1, workers)
+        self.min_side = min_side
+        self.max_aspect = max_aspect
+        self.max_pixels = max_pixels
+        self.on_done = on_done
+        self.cache: dict[str, Verdict | None] = {}
+        self.checked = 0
+        self._pending: list[str] = []
+        self._inflight: dict[Future, list[str]] = {}
+        self._pool: ProcessPoolExecutor | None = None
+        if self.workers > 1:
+            self._pool = ProcessPoolExecutor(self.workers, initializer=_init_worker, initargs=(max_pixels,))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> "ImageChecker":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- scheduling ----------------------------------------------------------------------------
+    def request(self, path: str) -> None:
+        """Schedule ``path`` for checking unless it is known or pending (a lexical failure is final at once)."""
+        if path in self.cache:
+            return
+        why = unsafe_path_reason(path)
+        if why is not None:
+            self.cache[path] = ("unsafe_path", why, 0, 0)
+            return
+        self.cache[path] = None
+        self._pending.append(path)
+        if len(self._pending) >= _CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the pending paths off (computed at once when inline)."""
+        if not self._pending:
+            return
+        chunk, self._pending = self._pending, []
+        if self._pool is None:
+            self._store(chunk, check_paths(self.root, chunk, self.max_pixels))
+            return
+        while len(self._inflight) >= 3 * self.workers:  # back-pressure: keep the queue short
+            self.wait_some()
+        fut = self._pool.submit(check_paths, self.root, chunk, self.max_pixels)
+        self._inflight[fut] = chunk
+
+    def wait_some(self) -> None:
+        """Block until at least one in-flight chunk is finished (flushing pending paths first if idle)."""
+        if not self._inflight:
+            self.flush()
+            if not self._inflight:
+                return
+        done, _ = wait(list(self._inflight), return_when=FIRST_COMPLETED)
+        for fut in done:
+            self._store(self._inflight.pop(fut), fut.result())
+
+    def drain(self) -> None:
+        """Finish every scheduled check."""
+        self.flush()
+        while self._inflight:
+            self.wait_some()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._pending or self._inflight)
+
+    def _store(self, chunk: list[str], verdicts: list[Verdict]) -> None:
+        ms, ma = self.min_side, self.max_aspect
+        for p, v in zip(chunk, verdicts):
+            if v[0] is None:
+                w, h = v[2], v[3]
+                short, long_ = (w, h) if w <= h else (h, w)
+                if short < ms:
+                    v = ("image_too_small", f"{p}: {w}x{h}, shorter side {short} < {ms}", w, h)
+                elif long_ / short > ma:
+                    v = ("bad_aspect_ratio", f"{p}: {w}x{h}, aspect {long_ / short:.1f} > {ma:g}", w, h)
+            self.cache[p] = v
+        self.checked += len(chunk)
+        if self.on_done is not None:
+            self.on_done(self.checked)
+
+    def get(self, path: str) -> Verdict | None:
+        return self.cache.get(path)

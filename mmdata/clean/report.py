@@ -1,0 +1,99 @@
+"""The clean report (counts per reason) and the atomic writers of OUT and the rejects file."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from mmdata.errors import InputError
+from mmdata.io import atomic_write, write_json
+from mmdata.records import REASONS
+
+__all__ = ["CleanReport", "Sink", "default_paths", "dump", "out_format_of"]
+
+
+def dump(obj: Any) -> bytes:
+    """orjson, falling back to the stdlib for what orjson refuses (lone surrogates, ints over 64 bits)."""
+    try:
+        return orjson.dumps(obj)
+    except TypeError:
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def out_format_of(path: Path) -> str:
+    """``jsonl`` for a ``.jsonl`` OUT, ``json`` (one array) for ``.json``; anything else is an error."""
+    suf = path.suffix.lower()
+    if suf == ".jsonl":
+        return "jsonl"
+    if suf == ".json":
+        return "json"
+    raise InputError(path, "output must end in .json (a JSON array) or .jsonl (JSON Lines)")
+
+
+def default_paths(out: Path, rejects: Path | None, report: Path | None) -> tuple[Path, Path]:
+    """``OUT.rejects.jsonl`` and ``OUT.report.json`` beside OUT unless given."""
+    stem = out.with_suffix("")
+    return (rejects or Path(f"{stem}.rejects.jsonl"), report or Path(f"{stem}.report.json"))
+
+
+class Sink:
+    """Stream pre-serialised records to a JSON array (one record a line) or JSON Lines, atomically.
+
+    Same framing as ``mmdata.io.RecordWriter``; takes bytes so the caller serialises once.
+    """
+
+    def __init__(self, path: Path, fmt: str):
+        self.path, self.fmt, self.count = path, fmt, 0
+        self._cm = atomic_write(path)
+        self._f: IO[bytes] | None = None
+
+    def __enter__(self) -> "Sink":
+        self._f = self._cm.__enter__()
+        if self.fmt == "json":
+            self._f.write(b"[")
+        return self
+
+    def write(self, data: bytes) -> None:
+        f = self._f
+        if self.fmt == "json":
+            f.write(b",\n" if self.count else b"\n")  # type: ignore[union-attr]
+            f.write(data)  # type: ignore[union-attr]
+        else:
+            f.write(data + b"\n")  # type: ignore[union-attr]
+        self.count += 1
+
+    def __exit__(self, et, ev, tb) -> bool:
+        if et is None and self.fmt == "json":
+            self._f.write(b"\n]\n" if self.count else b"]\n")  # type: ignore[union-attr]
+        return bool(self._cm.__exit__(et, ev, tb))
+
+
+@dataclass
+class CleanReport:
+    """What one clean run did: every input unit is counted once as written or rejected (by reason)."""
+
+    input: int = 0
+    written: int = 0
+    rejected: int = 0
+    by_reason: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
+    images_checked: int = 0
+    kind: str = "llava"
+    source: str = ""
+    out: str = ""
+    rejects: str = ""
+    report: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        extra = d.pop("extra")
+        d.update(extra)
+        return d
+
+    def write(self, path: Path) -> None:
+        write_json(path, self.to_json())
