@@ -1,0 +1,346 @@
+"""``--verify``: read every member of every shard, decode every image, check every json against the
+contract (CONTRACT s.1 and s.3) and the shard against its manifest and index. One process per shard.
+
+Every problem names the shard and, where there is one, the sample key; damage is reported, never raised.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from mmdata.inspect.dataset import IMAGE_TAG, ShardSet, index_batches, loads_json, resolve
+from mmdata.inspect.problems import Problem
+from mmdata.inspect.stats import Accumulator, cheap_checks
+from mmdata.inspect.tario import HashingReader, RawSample, TarFormatError, group_samples, iter_members
+
+_IMAGE_EXT = re.compile(r"^(?:(\d+)\.)?(jpg|jpeg|png|webp)$")
+_MISSING_LISTED = 3  # how many missing keys a problem names before summarising
+
+
+def _fallback_record_problems(rec: dict[str, Any]) -> list[tuple[str, str]]:
+    """CONTRACT s.1 checks, used only when ``mmdata.records.validate_record`` is unavailable."""
+    out: list[tuple[str, str]] = []
+    if not isinstance(rec.get("id"), str) or not rec["id"]:
+        out.append(("malformed", "id missing or not a non-empty string"))
+    conv = rec.get("conversations")
+    if not isinstance(conv, list) or not conv:
+        return out + [("malformed", "conversations missing or empty")]
+    n_tags = 0
+    for k, t in enumerate(conv):
+        if not isinstance(t, dict) or not isinstance(t.get("from"), str) or not isinstance(t.get("value"), str):
+            return out + [("malformed", f"turn {k} is not {{from, value}} strings")]
+        want = "human" if k % 2 == 0 else "gpt"
+        if t["from"] != want:
+            out.append(("bad_roles", f"turn {k} is {t['from']!r}, expected {want!r}"))
+        if not t["value"].strip():
+            out.append(("empty_turn", f"turn {k} is empty"))
+        elif t["value"] != t["value"].strip():
+            out.append(("malformed", f"turn {k} value has outer white space"))
+        if t["from"] == "gpt" and IMAGE_TAG in t["value"]:
+            out.append(("image_token_mismatch", f"<image> in gpt turn {k}"))
+        elif t["from"] == "human":
+            n_tags += t["value"].count(IMAGE_TAG)
+    if conv and isinstance(conv[-1], dict) and conv[-1].get("from") != "gpt":
+        out.append(("bad_roles", "last turn is not gpt"))
+    im = rec.get("image")
+    n_img = 0 if im is None else 1 if isinstance(im, str) else len(im) if isinstance(im, list) else -1
+    if n_img < 0:
+        out.append(("malformed", "image is not a string or a list"))
+    elif n_img != n_tags:
+        out.append(("image_token_mismatch", f"{n_tags} <image> in human turns, {n_img} image(s)"))
+    return out
+
+
+def _record_checker() -> Callable[[dict[str, Any]], list[tuple[str, str]]]:
+    try:
+        from mmdata.records import validate_record
+    except ImportError:  # pragma: no cover - only while records.py is missing
+        return _fallback_record_problems
+    return validate_record
+
+
+@dataclass
+class ShardTask:
+    """What one worker needs to verify one shard."""
+
+    path: str
+    name: str
+    entry: dict[str, Any] | None  # manifest entry
+    index: str | None  # index.parquet path (rows of this shard are read by the worker)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ShardResult:
+    name: str
+    samples: int
+    problems: list[Problem]
+
+
+def _index_rows(index: str, name: str) -> dict[str, dict[str, Any]]:
+    s = ShardSet(root=Path(index).parent, manifest=None, index=Path(index), tars=[], selected=[name])
+    cols = ("key", "offset", "nbytes", "id", "n_images", "image_tokens", "image_tokens_list", "widths", "heights")
+    rows: dict[str, dict[str, Any]] = {}
+    for b in index_batches(s, cols):
+        for r in b.to_pylist():
+            rows[r["key"]] = r
+    return rows
+
+
+def _image_members(s: RawSample) -> tuple[list[tuple[str, bytes]], list[str]]:
+    """Image members in order (``jpg`` or ``0.jpg``, ``1.jpg``, ...) and any odd image names."""
+    numbered: list[tuple[int, str, bytes]] = []
+    odd: list[str] = []
+    for ext, data in s.files.items():
+        m = _IMAGE_EXT.match(ext)
+        if m is None:
+            continue
+        numbered.append((int(m.group(1)) if m.group(1) is not None else -1, ext, data))
+    numbered.sort()
+    if len(numbered) > 1 and any(i < 0 for i, _, _ in numbered):
+        odd = [f"{s.key}.{e}" for i, e, _ in numbered if i < 0]
+    return [(e, d) for _, e, d in numbered], odd
+
+
+def _check_sample(s: RawSample, shard: str, task: ShardTask, row: dict[str, Any] | None,
+                  check_record: Callable[[dict[str, Any]], list[tuple[str, str]]]) -> list[Problem]:
+    from mmdata.images import ImageError, verify_image_bytes
+
+    out: list[Problem] = []
+    key = s.key
+
+    def bad(code: str, msg: str) -> None:
+        out.append(Problem(shard, key, msg, code))
+
+    if "." in key.rsplit("/", 1)[-1]:
+        bad("bad_key", f"key {key!r} contains a dot")
+    images, odd = _image_members(s)
+    for name in odd:
+        bad("bad_member", f"{name}: a multi-image sample's images must be numbered ({key}.0.jpg, ...)")
+    rec: Any = None
+    data = s.files.get("json")
+    if data is None:
+        bad("missing_json", f"no {key}.json member (members: {', '.join(s.names)})")
+    else:
+        try:
+            rec = loads_json(data)
+        except ValueError as e:
+            bad("bad_json", f"{key}.json: {e}")
+        else:
+            if not isinstance(rec, dict):
+                bad("bad_json", f"{key}.json is not a JSON object")
+                rec = None
+    entries: list[Any] = []
+    if rec is not None:
+        for code, detail in check_record(rec):
+            bad("bad_record", f"{key}.json: {code}: {detail}")
+        entries = rec.get("images", [])
+        if not isinstance(entries, list):
+            bad("bad_record", f"{key}.json: 'images' is not a list")
+            entries = []
+        if len(entries) != len(images):
+            bad("image_count_mismatch", f"{key}.json lists {len(entries)} image(s), the shard holds {len(images)}")
+        total = rec.get("image_tokens")
+        listed = sum(int(e.get("image_tokens") or 0) for e in entries if isinstance(e, dict))
+        if entries and total != listed:
+            bad("bad_record", f"{key}.json: image_tokens {total} != sum over its images {listed}")
+
+    rule = None
+    max_res, max_tok = task.options.get("max_res"), task.options.get("max_image_tokens")
+    if task.options.get("rule"):
+        try:
+            from mmdata.rules import get_rule
+
+            rule = get_rule(task.options["rule"])
+        except ValueError:
+            rule = None
+    sizes: list[tuple[int, int]] = []
+    for i, (ext, blob) in enumerate(images):
+        name = f"{key}.{ext}"
+        try:
+            info = verify_image_bytes(blob)
+        except ImageError as e:
+            bad("bad_image", f"{name}: {e.detail}")
+            sizes.append((0, 0))
+            continue
+        sizes.append((info.width, info.height))
+        if info.orientation != 1:
+            bad("bad_image", f"{name}: EXIF orientation {info.orientation} left in a stored image")
+        e = entries[i] if i < len(entries) and isinstance(entries[i], dict) else None
+        if e is None:
+            continue
+        if (e.get("width"), e.get("height")) != (info.width, info.height):
+            bad("size_mismatch", f"{name} is {info.width}x{info.height}, json says {e.get('width')}x{e.get('height')}")
+        if isinstance(max_res, int) and max(info.width, info.height) > max_res:
+            bad("over_max_res", f"{name} is {info.width}x{info.height}, longer side over --max-res {max_res}")
+        if rule is not None and isinstance(max_tok, int):
+            t = rule.tokens(info.width, info.height, max_tok)
+            if t != e.get("image_tokens"):
+                bad("token_mismatch", f"{name}: {t} tokens under {task.options['rule']}, json says {e.get('image_tokens')}")
+            if t > max_tok:
+                bad("over_token_budget", f"{name}: {t} tokens, over --max-image-tokens {max_tok}")
+
+    if row is not None:
+        if row.get("offset") is not None and row["offset"] != s.offset:
+            bad("index_mismatch", f"index offset {row['offset']}, sample starts at byte {s.offset}")
+        if row.get("nbytes") is not None and row["nbytes"] != s.end - s.offset:
+            bad("index_mismatch", f"index nbytes {row['nbytes']}, sample spans {s.end - s.offset} bytes")
+        if rec is not None:
+            if "id" in row and row["id"] != str(rec.get("id")):
+                bad("index_mismatch", f"index id {row['id']!r}, json id {rec.get('id')!r}")
+            if row.get("n_images") is not None and row["n_images"] != len(images):
+                bad("index_mismatch", f"index n_images {row['n_images']}, shard holds {len(images)}")
+            if row.get("image_tokens") is not None and entries and row["image_tokens"] != rec.get("image_tokens"):
+                bad("index_mismatch", f"index image_tokens {row['image_tokens']}, json says {rec.get('image_tokens')}")
+        if row.get("widths") is not None and sizes and all(sz != (0, 0) for sz in sizes):
+            if list(zip(row["widths"], row["heights"])) != sizes:
+                bad("index_mismatch", f"index sizes {list(zip(row['widths'], row['heights']))}, images are {sizes}")
+    return out
+
+
+def verify_shard(task: ShardTask) -> ShardResult:
+    """Verify one shard completely; never raises for bad data."""
+    name = task.name
+    problems: list[Problem] = []
+    try:
+        rows = _index_rows(task.index, name) if task.index else None
+    except Exception as e:  # a broken index is reported, the tar is still checked
+        problems.append(Problem(name, None, f"cannot read its index rows: {e}", "bad_index"))
+        rows = None
+    check_record = _record_checker()
+    seen: set[str] = set()
+    prev: str | None = None
+    first: str | None = None
+    n = 0
+    sha = None
+    try:
+        with open(task.path, "rb") as f:
+            r = HashingReader(f)
+            try:
+                for s in group_samples(iter_members(r)):
+                    n += 1
+                    first = first if first is not None else s.key
+                    if s.key in seen:
+                        problems.append(Problem(name, s.key, "key appears twice in the shard (members not grouped)",
+                                                "duplicate_key"))
+                    elif prev is not None and s.key < prev:
+                        problems.append(Problem(name, s.key, f"key after {prev}: members not sorted by key",
+                                                "unsorted"))
+                    seen.add(s.key)
+                    prev = s.key
+                    row = rows.get(s.key) if rows is not None else None
+                    if rows is not None and row is None:
+                        problems.append(Problem(name, s.key, "sample is in the shard but not in index.parquet",
+                                                "index_mismatch"))
+                    problems.extend(_check_sample(s, name, task, row, check_record))
+            except TarFormatError as e:
+                key = e.key
+                where = f" (after sample {prev})" if key is None and prev is not None else ""
+                code = "truncated" if "truncat" in e.message or "cut" in e.message else "bad_tar"
+                problems.append(Problem(name, key, f"{e}{where}", code))
+                r.drain()
+            sha = r.sha.hexdigest() if r.sha is not None else None
+    except FileNotFoundError:
+        return ShardResult(name, 0, [Problem(name, None, "shard file is missing", "missing_shard")])
+    except OSError as e:
+        return ShardResult(name, 0, [Problem(name, None, f"cannot read: {e.strerror or e}", "unreadable")])
+
+    if rows is not None:
+        missing = sorted(set(rows) - seen)
+        if missing:
+            shown = ", ".join(missing[:_MISSING_LISTED]) + (", ..." if len(missing) > _MISSING_LISTED else "")
+            problems.append(Problem(name, missing[0], f"{len(missing)} sample(s) in index.parquet are not in the "
+                                    f"shard: {shown}", "missing_sample"))
+    e = task.entry
+    if e is not None:
+        if isinstance(e.get("sha256"), str) and sha is not None and e["sha256"] != sha:
+            problems.append(Problem(name, None, f"sha256 {sha[:16]}... does not match the manifest's "
+                                    f"{e['sha256'][:16]}... (bytes changed)", "sha256_mismatch"))
+        if isinstance(e.get("samples"), int) and e["samples"] != n:
+            problems.append(Problem(name, None, f"shard holds {n} samples, manifest says {e['samples']}",
+                                    "count_mismatch"))
+        if n and e.get("first_key") not in (None, first):
+            problems.append(Problem(name, first, f"first key {first}, manifest says {e['first_key']}",
+                                    "count_mismatch"))
+        if n and e.get("last_key") not in (None, prev):
+            problems.append(Problem(name, prev, f"last key {prev}, manifest says {e['last_key']}", "count_mismatch"))
+    return ShardResult(name, n, problems)
+
+
+def _safe_verify(task: ShardTask) -> ShardResult:
+    try:
+        return verify_shard(task)
+    except Exception as e:  # a bug must not hide the other shards' results
+        return ShardResult(task.name, 0, [Problem(task.name, None, f"verifier failed: {type(e).__name__}: {e}",
+                                                  "internal")])
+
+
+def _set_checks(s: ShardSet) -> list[Problem]:
+    """Index-wide checks: rows per shard against the manifest, keys unique and in order."""
+    acc = Accumulator()
+    problems: list[Problem] = []
+    prev: str | None = None
+    if s.index is not None:
+        try:
+            for b in index_batches(s, ("key", "shard")):
+                acc.samples += b.num_rows
+                keys = b.column("key").to_pylist()
+                shards = b.column("shard").to_pylist()
+                for sh in shards:
+                    acc.rows_per_shard[sh] += 1
+                arr = np.asarray(keys, dtype=object)
+                bad_order = np.nonzero(arr[1:] <= arr[:-1])[0] if len(arr) > 1 else []
+                if prev is not None and keys and keys[0] <= prev:
+                    problems.append(Problem(shards[0], keys[0], f"index key {keys[0]} not after {prev}: keys repeated "
+                                            "or out of order", "duplicate_key"))
+                for i in bad_order[:10]:
+                    problems.append(Problem(shards[i + 1], keys[i + 1], f"index key {keys[i + 1]} not after "
+                                            f"{keys[i]}: keys repeated or out of order", "duplicate_key"))
+                if keys:
+                    prev = keys[-1]
+        except Exception as e:
+            problems.append(Problem("-", None, f"cannot read index.parquet: {e}", "bad_index"))
+    problems.extend(cheap_checks(s, acc.rows_per_shard, acc.samples if s.index is not None else None))
+    return [p for p in problems if p.code not in ("missing_shard", "bytes_mismatch")]  # the workers report these
+
+
+def verify_shards(paths: list[str | Path], workers: int | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> list[Problem]:
+    """Verify every shard at ``paths``; ``workers`` processes (default: one per CPU, at most 32).
+
+    ``progress(done, total)`` is called after each shard. Problems come back in shard order.
+    """
+    sets = resolve(paths)
+    problems: list[Problem] = []
+    tasks: list[ShardTask] = []
+    for s in sets:
+        problems.extend(_set_checks(s))
+        ms = s.manifest_shards()
+        opts = s.manifest.get("options", {}) if s.manifest else {}
+        for tar in s.tars:
+            tasks.append(ShardTask(path=str(tar), name=tar.name, entry=ms.get(tar.name),
+                                   index=str(s.index) if s.index else None, options=opts if isinstance(opts, dict) else {}))
+    workers = workers or max(1, min(32, os.cpu_count() or 1))
+    results: dict[int, ShardResult] = {}
+    if workers <= 1 or len(tasks) <= 1:
+        for i, t in enumerate(tasks):
+            results[i] = _safe_verify(t)
+            if progress:
+                progress(len(results), len(tasks))
+    else:
+        with ProcessPoolExecutor(max_workers=min(workers, len(tasks))) as ex:
+            futs = {ex.submit(_safe_verify, t): i for i, t in enumerate(tasks)}
+            for fut in as_completed(futs):
+                results[futs[fut]] = fut.result()
+                if progress:
+                    progress(len(results), len(tasks))
+    for i in range(len(tasks)):
+        problems.extend(results[i].problems)
+    return problems
