@@ -1,0 +1,484 @@
+"""The packed loader: follows the epoch plan, reads each row's samples by offset, yields batches.
+
+``PackedLoader`` is what a training loop holds: an endless (or ``epochs=N``) iterator of packed
+rows for one data-parallel rank, with ``state_dict()`` / ``load_state_dict()`` for exact resume,
+also onto another world size. Workers of a torch DataLoader build the rank's rows round robin and
+the DataLoader hands them back in order, so the output does not depend on ``num_workers``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import orjson
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from mmdata.errors import InputError, MMDataError
+from mmdata.loader.batch import Document, RowSpec, collate_row
+from mmdata.loader.lengths import ShardIndex, read_index, text_tokens
+from mmdata.loader.pixels import image_rows, target_size
+from mmdata.loader.plan import PlanConfig, Planner, SetLengths, iter_positions, normalize_position
+
+log = logging.getLogger("mmdata.loader")
+STATE_FORMAT = "mmdata.loader.state"
+STATE_VERSION = 1
+PIXEL_RULES = ("qwen2vl", "qwen-vl")  # rules whose stored images map to (H/28)*(W/28) tokens
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """Everything that shapes the batches (docs/DESIGN.md "Loader API")."""
+
+    seq_len: int = 2048
+    template: str = "qwen2vl"
+    max_images_per_seq: int | None = None
+    seed: int = 0
+    shuffle: bool = True
+    overlong: str = "drop"  # or "truncate": cut the text, never inside an image block
+    pixel_dtype: str = "float32"  # or "uint8": normalise on the device with normalize_pixels
+    patch_size: int = 14
+    merge_size: int = 2
+    temporal_patch_size: int = 2
+    bad_sample_budget: int = 100
+    pad_to_seq_len: bool = False
+    window_samples: int = 8192  # samples packed together (a window of whole shards)
+    packer: str = "fill"  # or "bfd" (best-fit decreasing)
+    epochs: int | None = None  # None: endless
+    prefetch_factor: int = 2
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.pixel_dtype not in ("float32", "uint8"):
+            raise ValueError(f"pixel_dtype must be 'float32' or 'uint8', got {self.pixel_dtype!r}")
+        if self.bad_sample_budget < 0:
+            raise ValueError("bad_sample_budget must be >= 0")
+
+    def plan_config(self) -> PlanConfig:
+        return PlanConfig(seq_len=self.seq_len, max_images_per_seq=self.max_images_per_seq, seed=self.seed,
+                          shuffle=self.shuffle, overlong=self.overlong, window_samples=self.window_samples,
+                          packer=self.packer)
+
+
+@dataclass
+class ShardSet:
+    """One shard folder: its index, per-sample lengths and the pixel budget its images were made for."""
+
+    index: ShardIndex
+    text_tokens: np.ndarray  # int64 [N], -1 = unreadable / unrenderable json
+    max_pixels: int
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.where(self.text_tokens >= 0, self.text_tokens + self.index.image_tokens, 0)
+
+    def plan_input(self) -> SetLengths:
+        return SetLengths(self.lengths, self.index.n_images, self.index.shard_idx, self.index.image_tokens,
+                          fingerprint=self.index.index_sha256)
+
+
+def open_shard_set(root: str | Path, tokenizer, config: LoaderConfig) -> ShardSet:
+    """Read a shard folder's index and lengths (counting text tokens once if the index lacks them)."""
+    index = read_index(root)
+    opts = index.manifest.get("options", {}) if isinstance(index.manifest, dict) else {}
+    rule = opts.get("rule", "qwen2vl")
+    if rule not in PIXEL_RULES:
+        raise InputError(index.root / "manifest.json", f"shards made with --rule {rule}: the packed loader emits "
+                                                        f"Qwen2-VL patches and needs --rule qwen2vl or qwen-vl")
+    factor = config.patch_size * config.merge_size
+    max_tokens = int(opts.get("max_image_tokens") or 1280)
+    max_pixels = max(max_tokens * factor * factor, int(index.image_tokens.max(initial=0)) * factor * factor)
+    return ShardSet(index, text_tokens(index, tokenizer, config.template, config.cache_dir), max_pixels)
+
+
+class BadSample(Exception):
+    """A sample that cannot be used; the row is built without it."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
+def _checksum_ok(header: bytes) -> bool:
+    try:
+        want = int(header[148:156].rstrip(b"\0 ").decode("ascii") or "-1", 8)
+    except ValueError:
+        return False
+    return want == sum(header[:148]) + 256 + sum(header[156:])
+
+
+def parse_members(buf: bytes) -> list[tuple[str, bytes]]:
+    """(name, data) of the tar members in ``buf`` (one sample's bytes), checking each header."""
+    from mmdata.loader.lengths import tar_member_size
+
+    out: list[tuple[str, bytes]] = []
+    pos, n = 0, len(buf)
+    pax_name = None
+    while pos + 512 <= n:
+        header = buf[pos:pos + 512]
+        if header.count(0) == 512:
+            break
+        if not _checksum_ok(header):
+            raise BadSample("unreadable_member", f"bad tar header checksum at byte {pos}")
+        size = tar_member_size(header)
+        kind = header[156:157]
+        data = buf[pos + 512:pos + 512 + size]
+        if len(data) < size:
+            raise BadSample("unreadable_member", "member runs past the sample's bytes")
+        pos += 512 + (size + 511) // 512 * 512
+        if kind in (b"x", b"g"):
+            for rec in data.split(b"\n"):
+                if b" path=" in rec:
+                    pax_name = rec.split(b" path=", 1)[1].decode("utf-8")
+            continue
+        name = header[0:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+        prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "replace")
+        if prefix:
+            name = f"{prefix}/{name}"
+        if pax_name:
+            name, pax_name = pax_name, None
+        if kind in (b"0", b"\0"):
+            out.append((name, data))
+    return out
+
+
+def _split_sample(key: str, members: list[tuple[str, bytes]]) -> tuple[bytes, list[bytes]]:
+    """The json and the images in ``<image>`` order: ``key.jpg`` or ``key.0.jpg``, ``key.1.jpg``, ..."""
+    js = None
+    imgs: list[tuple[int, bytes]] = []
+    for name, data in members:
+        base = name.rsplit("/", 1)[-1]
+        stem, _, rest = base.partition(".")
+        if stem != key:
+            raise BadSample("unreadable_member", f"member {name!r} does not belong to key {key}")
+        if rest == "json":
+            js = data
+        else:
+            parts = rest.split(".")
+            k = int(parts[0]) if len(parts) == 2 and parts[0].isdigit() else 0
+            imgs.append((k, data))
+    if js is None:
+        raise BadSample("unreadable_member", "no .json member")
+    imgs.sort(key=lambda t: t[0])
+    return js, [d for _, d in imgs]
+
+
+class RowBuilder:
+    """Reads and encodes samples, builds rows. One per worker (it keeps shard files open)."""
+
+    def __init__(self, sets: list[ShardSet], tokenizer, config: LoaderConfig):
+        self.sets = sets
+        self.tok = tokenizer
+        self.cfg = config
+        self.spec = RowSpec(seq_len=config.seq_len, pad_id=int(tokenizer.pad_id),
+                            vision_start_id=tokenizer.vision_start_id if config.template == "qwen2vl" else None,
+                            image_pad_id=tokenizer.image_pad_id if config.template == "qwen2vl" else None,
+                            merge_size=config.merge_size, pad_to_seq_len=config.pad_to_seq_len,
+                            pixel_dtype=config.pixel_dtype,
+                            row_width=3 * config.temporal_patch_size * config.patch_size ** 2)
+        self._files: dict[tuple[int, int], object] = {}
+
+    def _file(self, set_id: int, shard: int):
+        f = self._files.get((set_id, shard))
+        if f is None:
+            if len(self._files) >= 64:
+                old = next(iter(self._files))
+                self._files.pop(old).close()
+            f = open(self.sets[set_id].index.root / self.sets[set_id].index.shards[shard], "rb")
+            self._files[(set_id, shard)] = f
+        return f
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+    def read(self, set_id: int, i: int) -> tuple[dict, list[bytes]]:
+        ix = self.sets[set_id].index
+        try:
+            f = self._file(set_id, int(ix.shard_idx[i]))
+            f.seek(int(ix.offset[i]))
+            buf = f.read(int(ix.nbytes[i]))
+        except OSError as e:
+            raise BadSample("unreadable_member", f"cannot read: {e.strerror or e}") from None
+        if len(buf) < int(ix.nbytes[i]):
+            raise BadSample("unreadable_member", "shard is shorter than the index says")
+        js, imgs = _split_sample(str(ix.keys[i]), parse_members(buf))
+        try:
+            rec = orjson.loads(js)
+        except orjson.JSONDecodeError as e:
+            raise BadSample("broken_json", str(e)) from None
+        if not isinstance(rec, dict):
+            raise BadSample("broken_json", "the json is not an object")
+        return rec, imgs
+
+    def encode(self, set_id: int, i: int) -> tuple[Document | None, bool]:
+        """The sample as a document (None if truncation left nothing to learn), and whether it was cut."""
+        from mmdata.loader.templates import TemplateError, encode_conversation
+
+        s = self.sets[set_id]
+        ix = s.index
+        cfg = self.cfg
+        rec, img_bytes = self.read(set_id, i)
+        metas = rec.get("images", [])
+        if not isinstance(metas, list) or len(metas) != len(img_bytes):
+            raise BadSample("image_count_mismatch", f"{len(img_bytes)} image member(s), json lists "
+                                                    f"{len(metas) if isinstance(metas, list) else 'no'} images")
+        factor = cfg.patch_size * cfg.merge_size
+        sizes, tokens = [], []
+        for k, m in enumerate(metas):
+            try:
+                h, w = target_size(int(m["height"]), int(m["width"]), s.max_pixels, factor)
+                claimed = int(m["image_tokens"])
+            except (KeyError, TypeError, ValueError):
+                raise BadSample("broken_json", f"image {k}: no usable width/height/image_tokens") from None
+            t = (h // factor) * (w // factor)
+            if t != claimed:
+                raise BadSample("image_token_mismatch", f"image {k}: {w}x{h} gives {t} tokens, json claims {claimed}")
+            sizes.append((h, w))
+            tokens.append(t)
+        if sum(tokens) != int(ix.image_tokens[i]):
+            raise BadSample("image_token_mismatch", f"json images sum to {sum(tokens)} tokens, index says {int(ix.image_tokens[i])}")
+        try:
+            enc = encode_conversation(rec, self.tok, cfg.template, tokens)
+        except TemplateError as e:
+            raise BadSample(e.reason, e.detail) from None
+        ids, labels = enc.input_ids, enc.labels
+        cut = False
+        if len(ids) > cfg.seq_len:
+            if cfg.overlong != "truncate":
+                raise BadSample("length_mismatch", f"{len(ids)} tokens, more than seq_len {cfg.seq_len} (index lengths are stale?)")
+            ids, labels, kept = self._truncate(ids, labels, tokens)
+            sizes, img_bytes, cut = sizes[:kept], img_bytes[:kept], True
+            if not np.any(labels[1:] != -100):
+                return None, True
+        elif len(ids) != int(s.lengths[i]):
+            raise BadSample("length_mismatch", f"{len(ids)} tokens, the plan counted {int(s.lengths[i])} (index text_tokens stale?)")
+        pixels, grids = [], []
+        for k, ((h, w), data) in enumerate(zip(sizes, img_bytes)):
+            try:
+                rows, grid = image_rows(data, h, w, cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size, cfg.pixel_dtype)
+            except Exception as e:  # PIL raises many types on corrupt data
+                raise BadSample("decode_error", f"image {k}: {type(e).__name__}: {e}") from None
+            pixels.append(rows)
+            grids.append(grid)
+        return Document(str(ix.ids[i]), ids, labels, pixels, grids), cut
+
+    def _truncate(self, ids: np.ndarray, labels: np.ndarray, tokens: list[int]):
+        """Cut to seq_len; a cut inside an image block moves before the block (the image is dropped)."""
+        cut = self.cfg.seq_len
+        kept = len(tokens)
+        pad = self.tok.image_placeholder_id if self.spec.image_pad_id is None else self.spec.image_pad_id
+        if tokens and pad is not None:
+            pos = np.flatnonzero(ids == pad)
+            ends_c = np.cumsum(tokens)
+            first = pos[np.concatenate([[0], ends_c[:-1]])]
+            last = pos[ends_c - 1]
+            vs, ve = self.tok.vision_start_id, self.tok.vision_end_id
+            kept = 0
+            for a, b in zip(first.tolist(), last.tolist()):
+                start = a - 1 if a > 0 and vs is not None and ids[a - 1] == vs else a
+                end = b + 2 if b + 1 < len(ids) and ve is not None and ids[b + 1] == ve else b + 1
+                if end <= cut:
+                    kept += 1
+                    continue
+                if start < cut:
+                    cut = start
+                break
+        return ids[:cut], labels[:cut], kept
+
+    def build(self, set_id: int, samples: np.ndarray) -> tuple[dict, dict]:
+        """One row: batch dict plus what happened (bad samples, truncations) for the main process."""
+        docs: list[Document] = []
+        bad: list[tuple[str, str, str, str]] = []
+        truncated = dropped = 0
+        ix = self.sets[set_id].index
+        for i in samples.tolist():
+            try:
+                doc, cut = self.encode(set_id, i)
+            except BadSample as e:
+                bad.append((ix.shards[int(ix.shard_idx[i])], str(ix.keys[i]), e.reason, e.detail))
+                continue
+            truncated += cut
+            if doc is None:
+                dropped += 1
+            else:
+                docs.append(doc)
+        batch = collate_row(docs, self.spec)
+        info = {"bad": bad, "docs": len(docs), "truncated": truncated, "dropped": dropped, "set": set_id,
+                "real_tokens": batch["num_real_tokens"], "loss_tokens": batch["num_loss_tokens"]}
+        return batch, info
+
+
+class RowDataset(IterableDataset):
+    """The rows one rank builds, from a global position on; each DataLoader worker builds every W-th."""
+
+    def __init__(self, sets: list[ShardSet], tokenizer, config: LoaderConfig, planner: Planner,
+                 rank: int, world_size: int, epoch: int, row: int):
+        self.sets, self.tokenizer, self.config, self.planner = sets, tokenizer, config, planner
+        self.rank, self.world_size, self.epoch, self.row = rank, world_size, epoch, row
+
+    def __iter__(self):
+        info = get_worker_info()
+        j, w = (info.id, info.num_workers) if info is not None else (0, 1)
+        builder = RowBuilder(self.sets, self.tokenizer, self.config)
+        try:
+            for e, r in iter_positions(self.planner, self.epoch, self.row + self.rank + j * self.world_size,
+                                       self.world_size * w, self.config.epochs):
+                set_id, samples = self.planner.epoch(e).row(r)
+                batch, meta = builder.build(set_id, samples)
+                meta["epoch"], meta["row"] = e, r
+                yield batch, meta
+        finally:
+            builder.close()
+
+
+def _identity(x):
+    return x
+
+
+@dataclass
+class _Counters:
+    rows: int = 0
+    samples: int = 0
+    bad_samples: int = 0
+    dropped: int = 0
+    truncated: int = 0
+    real_tokens: int = 0
+    loss_tokens: int = 0
+    bad_by_reason: dict = field(default_factory=dict)
+
+
+class PackedLoader:
+    """Packed rows for one data-parallel rank; exact, elastic resume. See docs/loader.md."""
+
+    def __init__(self, paths, tokenizer=None, config: LoaderConfig | None = None, rank: int = 0,
+                 world_size: int = 1, num_workers: int = 2, weights: list[float] | None = None):
+        from mmdata.loader.tokenizer import load_tokenizer
+
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        self.config = config or LoaderConfig()
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(None)
+        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
+        paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+        self.sets = [open_shard_set(p, self.tokenizer, self.config) for p in paths]
+        self.planner = Planner([s.plan_input() for s in self.sets], self.config.plan_config(), weights)
+        self._epoch, self._row, self._consumed = 0, 0, 0
+        self._counters = _Counters()
+        self._seen_bad: set[tuple[str, str]] = set()
+        self._iter = None
+        unplannable = [(s, int(i)) for s in self.sets for i in np.flatnonzero(s.text_tokens < 0)]
+        for s, i in unplannable[:20]:
+            log.warning("bad sample %s:%s (%s): unreadable or unrenderable json, left out of the plan",
+                        s.index.root, s.index.keys[i], s.index.shards[int(s.index.shard_idx[i])])
+        self.unplannable = len(unplannable)
+        if self.unplannable > self.config.bad_sample_budget:
+            raise MMDataError(f"{self.unplannable} samples have unreadable or unrenderable json "
+                              f"(first: {unplannable[0][0].index.root}/{unplannable[0][0].index.shards[int(unplannable[0][0].index.shard_idx[unplannable[0][1]])]} "
+                              f"key {unplannable[0][0].index.keys[unplannable[0][1]]}), over bad_sample_budget "
+                              f"{self.config.bad_sample_budget}")
+
+    # ---- plan facts ---------------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        return self.planner.fingerprint
+
+    def len_epoch_rows(self, epoch: int | None = None) -> int:
+        """Global packed rows in ``epoch`` (default: the current one); this rank gets every world_size-th."""
+        return self.planner.epoch(self._epoch if epoch is None else epoch).num_rows
+
+    @property
+    def rows_per_epoch(self) -> int:
+        return self.len_epoch_rows()
+
+    @property
+    def epoch(self) -> int:
+        return normalize_position(self.planner, self._epoch, self._row)[0]
+
+    # ---- iteration ----------------------------------------------------------------------------
+    def __iter__(self):
+        self._iter = self._generate()
+        return self._iter
+
+    def __next__(self):
+        if self._iter is None:
+            self._iter = self._generate()
+        return next(self._iter)
+
+    def _generate(self):
+        e, r = normalize_position(self.planner, self._epoch, self._row)
+        self.planner.epoch(e)  # plan in the parent: forked workers inherit it
+        ds = RowDataset(self.sets, self.tokenizer, self.config, self.planner, self.rank, self.world_size, e, r)
+        kwargs = {}
+        if self.num_workers > 0:
+            kwargs = {"prefetch_factor": self.config.prefetch_factor, "persistent_workers": False}
+        dl = DataLoader(ds, batch_size=None, num_workers=self.num_workers, collate_fn=_identity, **kwargs)
+        for batch, meta in dl:
+            self._account(meta)
+            yield batch
+
+    def _account(self, meta: dict) -> None:
+        c = self._counters
+        self._epoch, self._row = meta["epoch"], meta["row"] - self.rank + self.world_size
+        self._consumed += self.world_size
+        c.rows += 1
+        c.samples += meta["docs"]
+        c.truncated += meta["truncated"]
+        c.dropped += meta["dropped"]
+        c.real_tokens += meta["real_tokens"]
+        c.loss_tokens += meta["loss_tokens"]
+        for shard, key, reason, detail in meta["bad"]:
+            c.bad_samples += 1
+            c.bad_by_reason[reason] = c.bad_by_reason.get(reason, 0) + 1
+            if (shard, key) not in self._seen_bad:
+                self._seen_bad.add((shard, key))
+                log.warning("bad sample skipped: %s key %s: %s: %s", shard, key, reason, detail)
+            if c.bad_samples + self.unplannable > self.config.bad_sample_budget:
+                raise MMDataError(f"bad sample budget exceeded: {c.bad_samples + self.unplannable} bad samples "
+                                  f"> bad_sample_budget {self.config.bad_sample_budget} "
+                                  f"(last: shard {shard} key {key}: {reason}: {detail})")
+
+    # ---- state --------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Position in the plan (global rows consumed), seed, plan fingerprint and counters."""
+        e, r = normalize_position(self.planner, self._epoch, self._row)
+        return {"format": STATE_FORMAT, "version": STATE_VERSION, "seed": self.config.seed,
+                "fingerprint": self.fingerprint, "epoch": e, "row": r, "consumed_rows": self._consumed,
+                "world_size": self.world_size, "counters": asdict(self._counters)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue exactly where ``state`` was taken; any world size works when the global batch is
+        constant (every rank consumed the same number of rows). Arithmetic only: nothing is re-read."""
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise MMDataError("not a mmdata loader state (format key missing)")
+        if state.get("version") != STATE_VERSION:
+            raise MMDataError(f"loader state version {state.get('version')} is not supported (expected {STATE_VERSION})")
+        if state["seed"] != self.config.seed:
+            raise MMDataError(f"loader state was saved with seed {state['seed']}, this loader has seed {self.config.seed}")
+        if state["fingerprint"] != self.fingerprint:
+            raise MMDataError(f"loader state belongs to another plan (fingerprint {state['fingerprint']} != "
+                              f"{self.fingerprint}): the shards, lengths, seq_len or packing options changed")
+        self._epoch, self._row = int(state["epoch"]), int(state["row"])
+        self._consumed = int(state.get("consumed_rows", 0))
+        self._counters = _Counters(**state.get("counters", {}))
+        self._iter = None
+
+    save_state = state_dict
+    restore_state = load_state_dict
+
+    def stats(self) -> dict:
+        """Counters of what this rank yielded, plus the planned packing efficiency of the epoch."""
+        c = asdict(self._counters)
+        c["unplannable"] = self.unplannable
+        c["packing_efficiency"] = c["real_tokens"] / max(1, c["rows"] * self.config.seq_len)
+        plan = self.planner.epoch(self.epoch)
+        c["planned_efficiency"] = plan.efficiency(self.config.seq_len)
+        c["planned_dropped"] = plan.dropped
+        c["planned_truncated"] = plan.truncated
+        return c

@@ -1,0 +1,189 @@
+"""Per-sample token lengths of a shard set, from its index (never by decoding images).
+
+length = text tokens (the template-rendered conversation, image pads excluded) + image tokens.
+Text tokens come from the index column ``text_tokens`` when the shard writer made it with the same
+tokenizer and template (the manifest's ``options.tokenizer_sha256`` / ``options.template``); else
+they are counted once by reading only each sample's ``.json`` member (one seek + one read per
+sample) and cached under ``OUTDIR/.mmdata-cache/`` (or ``~/.cache/mmdata/`` when OUTDIR is
+read-only), keyed by (index sha256, tokenizer sha256, template).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from mmdata.errors import InputError
+from mmdata.io import atomic_write, read_json
+
+INDEX = "index.parquet"
+MANIFEST = "manifest.json"
+_NEEDED = ("key", "shard", "shard_idx", "offset", "nbytes", "n_images", "image_tokens")
+
+
+@dataclass
+class ShardIndex:
+    """The columns of ``index.parquet`` the loader uses, as numpy arrays in index order."""
+
+    root: Path
+    manifest: dict
+    index_sha256: str
+    shards: list[str]  # file names, by shard_idx
+    keys: np.ndarray  # object [N]
+    ids: np.ndarray  # object [N]
+    shard_idx: np.ndarray  # int64 [N]
+    offset: np.ndarray  # int64 [N]
+    nbytes: np.ndarray  # int64 [N]
+    n_images: np.ndarray  # int64 [N]
+    image_tokens: np.ndarray  # int64 [N]
+    text_tokens: np.ndarray | None  # int64 [N] when the index carries usable ones
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def read_index(root: str | Path) -> ShardIndex:
+    """Read ``root/index.parquet`` and ``root/manifest.json`` (pyarrow; the tars are not opened)."""
+    import pyarrow.parquet as pq
+
+    root = Path(root)
+    path = root / INDEX
+    if not root.is_dir():
+        raise InputError(root, "shard folder not found")
+    if not path.is_file():
+        raise InputError(path, "no index.parquet: not a shard folder made by `mmdata shard`")
+    manifest = read_json(root / MANIFEST) if (root / MANIFEST).is_file() else {}
+    data = path.read_bytes()
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise InputError(path, f"unreadable parquet: {e}") from None
+    missing = [c for c in _NEEDED if c not in table.column_names]
+    if missing:
+        raise InputError(path, f"index lacks column(s) {', '.join(missing)}")
+    col = {c: table.column(c) for c in table.column_names}
+    shard_idx = np.asarray(col["shard_idx"].to_numpy(), dtype=np.int64)
+    shard_names = col["shard"].to_pylist()
+    n_shards = int(shard_idx.max()) + 1 if len(shard_idx) else 0
+    shards = [""] * n_shards
+    for i, name in zip(shard_idx.tolist(), shard_names):
+        shards[i] = name
+    offset = np.asarray(col["offset"].to_numpy(), dtype=np.int64)
+    order = np.lexsort((offset, shard_idx))
+    if np.any(order != np.arange(len(order))):
+        raise InputError(path, "index rows are not in (shard, offset) order")
+    text_tokens = None
+    opts = manifest.get("options", {}) if isinstance(manifest, dict) else {}
+    if "text_tokens" in col and opts.get("tokenizer_sha256") and opts.get("template"):
+        text_tokens = np.asarray(col["text_tokens"].to_numpy(zero_copy_only=False), dtype=np.int64)
+    return ShardIndex(
+        root=root,
+        manifest=manifest,
+        index_sha256=hashlib.sha256(data).hexdigest(),
+        shards=shards,
+        keys=np.asarray(col["key"].to_pylist(), dtype=object),
+        ids=np.asarray(col["id"].to_pylist(), dtype=object) if "id" in col else np.asarray(col["key"].to_pylist(), dtype=object),
+        shard_idx=shard_idx,
+        offset=offset,
+        nbytes=np.asarray(col["nbytes"].to_numpy(), dtype=np.int64),
+        n_images=np.asarray(col["n_images"].to_numpy(), dtype=np.int64),
+        image_tokens=np.asarray(col["image_tokens"].to_numpy(), dtype=np.int64),
+        text_tokens=text_tokens,
+    )
+
+
+def tar_member_size(header: bytes) -> int:
+    """Size field of a 512-byte ustar header (octal, or GNU base-256)."""
+    field = header[124:136]
+    if field[0] & 0x80:
+        return int.from_bytes(field[1:], "big")
+    return int(field.rstrip(b"\0 ").decode("ascii") or "0", 8)
+
+
+def read_json_member(f, offset: int) -> bytes:
+    """Bytes of the sample's first member (its ``.json``) at ``offset`` in an open tar file."""
+    f.seek(offset)
+    header = f.read(512)
+    if len(header) < 512:
+        raise ValueError("truncated tar header")
+    size = tar_member_size(header)
+    data = f.read(size)
+    if len(data) < size:
+        raise ValueError("truncated member")
+    return data
+
+
+def cache_dir_for(root: Path, cache_dir: str | Path | None = None) -> Path:
+    """``cache_dir`` if given, else ``root/.mmdata-cache`` when writable, else ``~/.cache/mmdata``."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    local = root / ".mmdata-cache"
+    try:
+        local.mkdir(exist_ok=True)
+        if os.access(local, os.W_OK):
+            return local
+    except OSError:
+        pass
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mmdata"
+
+
+def text_tokens(index: ShardIndex, tokenizer, template: str, cache_dir: str | Path | None = None) -> np.ndarray:
+    """Text tokens per sample (int64 [N]); -1 where the json cannot be read or rendered."""
+    from mmdata.loader.templates import text_token_counts
+
+    opts = index.manifest.get("options", {}) if isinstance(index.manifest, dict) else {}
+    if (index.text_tokens is not None and opts.get("tokenizer_sha256") == tokenizer.sha256
+            and opts.get("template") == template):
+        return index.text_tokens
+    cdir = cache_dir_for(index.root, cache_dir)
+    name = f"text-tokens-{index.index_sha256[:16]}-{tokenizer.sha256[:16]}-{template}.npy"
+    cached = cdir / name
+    if cached.is_file():
+        try:
+            arr = np.load(cached, allow_pickle=False)
+            if arr.shape == (len(index),):
+                return arr.astype(np.int64)
+        except (OSError, ValueError):
+            pass
+    out = np.full(len(index), -1, dtype=np.int64)
+    batch_i: list[int] = []
+    batch_r: list[dict] = []
+
+    def flush() -> None:
+        if batch_r:
+            out[np.asarray(batch_i)] = text_token_counts(batch_r, tokenizer, template)
+            batch_i.clear()
+            batch_r.clear()
+
+    for s, name_ in enumerate(index.shards):
+        rows = np.flatnonzero(index.shard_idx == s)
+        if len(rows) == 0:
+            continue
+        try:
+            f = open(index.root / name_, "rb")
+        except OSError:
+            continue  # every sample of a missing shard stays -1 (counted as bad at planning)
+        with f:
+            for i in rows.tolist():
+                try:
+                    rec = orjson.loads(read_json_member(f, int(index.offset[i])))
+                except (ValueError, OSError):
+                    continue
+                if not isinstance(rec, dict):
+                    continue
+                batch_i.append(i)
+                batch_r.append(rec)
+                if len(batch_r) >= 1024:
+                    flush()
+    flush()
+    try:
+        with atomic_write(cdir / name) as fh:
+            np.save(fh, out, allow_pickle=False)
+    except OSError:
+        pass  # a cache we cannot write only costs time next run
+    return out
