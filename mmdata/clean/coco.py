@@ -97,8 +97,8 @@ def clean_coco(
 
     listed = {L["id"] for L in images if type(L) is dict and _is_key(L.get("id"))}
     by_img, ann_rejects = _group_captions(anns, listed)
-    report = CleanReport(kind="coco", source=captions_path.name, out=out_path.name, rejects=rejects_path.name,
-                         report=report_path.name,
+    report = CleanReport(kind="coco", source=captions_path.name, out=str(out_path), rejects=str(rejects_path),
+                         report=str(report_path),
                          options={"min_side": min_side, "max_aspect": max_aspect, "max_pixels": max_pixels,
                                   "out_format": out_format, "per_caption": per_caption, "prompts": len(prompts)})
     fallback = captions_path.stem

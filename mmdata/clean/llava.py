@@ -138,8 +138,8 @@ def clean_llava(
     rejects_path, report_path = default_paths(out_path, Path(rejects_path) if rejects_path else None,
                                               Path(report_path) if report_path else None)
     nworkers = resolve_workers(workers)
-    report = CleanReport(kind="llava", source=input_path.name, out=out_path.name, rejects=rejects_path.name,
-                         report=report_path.name,
+    report = CleanReport(kind="llava", source=input_path.name, out=str(out_path), rejects=str(rejects_path),
+                         report=str(report_path),
                          options={"min_side": min_side, "max_aspect": max_aspect, "max_pixels": max_pixels,
                                   "out_format": out_format, "input_format": shape})
     stem = input_path.stem

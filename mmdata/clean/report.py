@@ -91,6 +91,8 @@ class CleanReport:
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
+        for k in ("out", "rejects", "report"):  # names only: reruns elsewhere give the same bytes
+            d[k] = Path(d[k]).name if d[k] else ""
         extra = d.pop("extra")
         d.update(extra)
         return d

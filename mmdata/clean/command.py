@@ -1,0 +1,126 @@
+"""`mmdata clean coco|llava`: flags (CONTRACT s.2) -> the library; progress and a summary on stderr."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+
+from mmdata.clean.report import CleanReport
+from mmdata.images import DEFAULT_MAX_PIXELS
+from mmdata.records import REASONS
+
+__all__ = ["register"]
+
+clean_app = typer.Typer(help="Check and normalise raw data into conversation JSON; every record ends in OUT or the rejects file.",
+                        no_args_is_help=True)
+
+_IMAGES = typer.Option(..., "--images", help="Root folder the image paths are relative to.")
+_OUT = typer.Option(..., "--out", help="Output: .json (one JSON array) or .jsonl (JSON Lines).")
+_REJECTS = typer.Option(None, "--rejects", help="Rejects (JSON Lines). Default: OUT.rejects.jsonl.")
+_REPORT = typer.Option(None, "--report", help="Report (JSON). Default: OUT.report.json.")
+_MIN_SIDE = typer.Option(28, "--min-side", min=1, help="Reject images whose shorter side is smaller (after EXIF).")
+_MAX_ASPECT = typer.Option(200.0, "--max-aspect", min=1.0, help="Reject images with long/short side above this.")
+_MAX_PIXELS = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1,
+                           help="Images with more pixels are decompression bombs (unreadable_image).")
+_WORKERS = typer.Option(None, "--workers", min=1, help="Image-checking processes (default: all cores).")
+_OUT_FORMAT = typer.Option("llava", "--out-format", help="llava (CONTRACT s.1) or messages (LLaMA-Factory / MindSpeed-MM).")
+_QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars and no summary.")
+
+
+def _run(quiet: bool, fn: Callable[..., CleanReport], **kw) -> None:
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    t0 = time.perf_counter()
+    if quiet:
+        report = fn(**kw)
+    else:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.fields[records]:,} records"),
+                      TextColumn("{task.fields[images]:,} images checked"), TimeElapsedColumn(),
+                      console=console, transient=True) as bar:
+            task = bar.add_task("cleaning", records=0, images=0)
+            state = {"records": 0}
+
+            def progress(records: int, images: int) -> None:
+                state["records"] = max(state["records"], records)
+                bar.update(task, records=state["records"], images=images)
+
+            report = fn(progress=progress, **kw)
+    if not quiet:
+        _summary(console, report, time.perf_counter() - t0)
+
+
+def _summary(console, report: CleanReport, seconds: float) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"mmdata clean {report.kind}: {report.source}", title_justify="left")
+    table.add_column("outcome")
+    table.add_column("count", justify="right")
+    table.add_row("input", f"{report.input:,}")
+    table.add_row("[green]written[/green]", f"{report.written:,}")
+    table.add_row("[red]rejected[/red]", f"{report.rejected:,}")
+    for code in REASONS:
+        n = report.by_reason.get(code, 0)
+        if n:
+            table.add_row(f"  {code}", f"{n:,}")
+    table.add_row("images checked", f"{report.images_checked:,}")
+    console.print(table)
+    console.print(f"wrote {report.out}, {report.rejects}, {report.report} in {seconds:.1f} s")
+
+
+@clean_app.command("llava")
+def llava_cmd(
+    input: Path = typer.Argument(..., help="LLaVA / ShareGPT / messages records: a JSON array or JSON Lines."),
+    images: Path = _IMAGES,
+    out: Path = _OUT,
+    rejects: Optional[Path] = _REJECTS,
+    report: Optional[Path] = _REPORT,
+    min_side: int = _MIN_SIDE,
+    max_aspect: float = _MAX_ASPECT,
+    max_pixels: int = _MAX_PIXELS,
+    workers: Optional[int] = _WORKERS,
+    out_format: str = _OUT_FORMAT,
+    input_format: str = typer.Option("auto", "--input-format",
+                                     help="auto (per record: conversations / messages / instruction+output), llava or messages."),
+    quiet: bool = _QUIET,
+) -> None:
+    """Clean LLaVA / ShareGPT records, or the messages shape of LLaMA-Factory and MindSpeed-MM."""
+    from mmdata.clean.llava import clean_llava
+
+    _run(quiet, clean_llava, input_path=input, images_root=images, out_path=out, rejects_path=rejects,
+         report_path=report, min_side=min_side, max_aspect=max_aspect, max_pixels=max_pixels, workers=workers,
+         out_format=out_format, input_format=input_format)
+
+
+@clean_app.command("coco")
+def coco_cmd(
+    captions: Path = typer.Argument(..., help="A COCO captions file (images + annotations)."),
+    images: Path = _IMAGES,
+    out: Path = _OUT,
+    rejects: Optional[Path] = _REJECTS,
+    report: Optional[Path] = _REPORT,
+    min_side: int = _MIN_SIDE,
+    max_aspect: float = _MAX_ASPECT,
+    max_pixels: int = _MAX_PIXELS,
+    per_caption: bool = typer.Option(False, "--per-caption", help="One record per caption, id {stem}_{annotation id}."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt list, one per line (default: LLaVA's brief-description prompts)."),
+    workers: Optional[int] = _WORKERS,
+    out_format: str = _OUT_FORMAT,
+    quiet: bool = _QUIET,
+) -> None:
+    """Clean a COCO captions file into one conversation per image (or per caption)."""
+    from mmdata.clean.coco import clean_coco
+    from mmdata.clean.prompts import load_prompts
+
+    _run(quiet, clean_coco, captions_path=captions, images_root=images, out_path=out, rejects_path=rejects,
+         report_path=report, per_caption=per_caption, prompts=load_prompts(prompts) if prompts else None,
+         min_side=min_side, max_aspect=max_aspect, max_pixels=max_pixels, workers=workers, out_format=out_format)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``clean`` group to the ``mmdata`` app."""
+    app.add_typer(clean_app, name="clean")
