@@ -222,6 +222,12 @@ def test_no_label_and_bad_turns_are_errors_not_silent_samples(tok):
     with pytest.raises(TemplateError, match="bad_turns: <image> in a gpt turn"):
         encode_conversation({"id": "g", "conversations": [{"from": "human", "value": "a"},
                                                           {"from": "gpt", "value": "<image>"}]}, tok, "qwen2vl", [1])
+    with pytest.raises(TemplateError, match="bad_turns: the record is not a JSON object"):
+        encode_conversation(["x"], tok, "qwen2vl", [])
+    with pytest.raises(TemplateError, match="bad_turns: turn 0 has no known role"):
+        encode_conversation({"id": 5, "conversations": [{"from": ["human"], "value": "a"}]}, tok, "qwen2vl", [])
+    with pytest.raises(TemplateError, match="bad_turns: no 'conversations' list"):
+        encode_conversation({"id": 5, "conversations": []}, tok, "qwen2vl", [])
     with pytest.raises(InputError, match="unknown chat template 'chatml'"):
         encode_conversation(CAR, tok, "chatml", [1])
 

@@ -87,6 +87,8 @@ class _Builder:
 def _turns(record: dict) -> tuple[str | None, list[tuple[str, str]]]:
     """(system or None, [(user|assistant, value)]) from ``conversations`` (from/value) or ``messages``."""
     sid = _sid(record)
+    if not isinstance(record, dict):
+        raise TemplateError(sid, "bad_turns", "the record is not a JSON object")
     conv = record.get("conversations")
     keys = ("from", "value")
     if conv is None and isinstance(record.get("messages"), list):
@@ -96,7 +98,8 @@ def _turns(record: dict) -> tuple[str | None, list[tuple[str, str]]]:
     system = record.get("system") if isinstance(record.get("system"), str) else None
     turns: list[tuple[str, str]] = []
     for i, t in enumerate(conv):
-        role = _ROLES.get(t.get(keys[0])) if isinstance(t, dict) else None
+        raw = t.get(keys[0]) if isinstance(t, dict) else None
+        role = _ROLES.get(raw) if isinstance(raw, str) else None
         value = t.get(keys[1]) if isinstance(t, dict) else None
         if role is None or not isinstance(value, str):
             raise TemplateError(sid, "bad_turns", f"turn {i} has no known role or no string value")

@@ -47,8 +47,9 @@ class TextTokenizer:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """``encode`` over many texts in one call (Rust side, parallel when allowed)."""
-        return [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+        """``encode`` over many texts in one call (Rust side; no offsets computed when the library allows)."""
+        fn = getattr(self.tokenizer, "encode_batch_fast", None) or self.tokenizer.encode_batch
+        return [e.ids for e in fn(list(texts), add_special_tokens=False)]
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         """Text of ``ids`` (a list or an integer array); special tokens kept unless asked."""
