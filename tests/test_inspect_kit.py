@@ -84,7 +84,7 @@ def write_dataset(out: Path, specs: list[dict[str, Any]], samples_per_shard: int
             start = tf.offset
             for mname, data in members:
                 tf.addfile(_tarinfo(mname, len(data)), io.BytesIO(data))
-            text = sp["human"] + sp["gpt"]
+            text = (human + sp["gpt"]).replace("<image>", "")  # DESIGN: turn values, <image> removed
             for c, v in (("key", key), ("shard", name), ("shard_idx", si // samples_per_shard), ("offset", start),
                          ("nbytes", tf.offset - start), ("id", sp["id"]), ("n_images", len(sizes)),
                          ("image_tokens", sum(toks)), ("image_tokens_list", toks),
