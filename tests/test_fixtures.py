@@ -211,3 +211,77 @@ def test_coco_dirt_present(fx: dict[str, Path]) -> None:
     assert ann_ids != sorted(ann_ids)
     caps = [a["caption"] for a in coco["annotations"] if isinstance(a["caption"], str)]
     assert "  A dog. " in caps and "A cat\n on a mat.\n" in caps and "" in caps
+
+
+# --- big clean sets ----------------------------------------------------------------------------
+
+def _check_clean_llava(rec: dict, images: Path | None) -> None:
+    """The invariants of a clean record (CONTRACT s.1), checked directly."""
+    assert isinstance(rec["id"], str)
+    conv = rec["conversations"]
+    assert [t["from"] for t in conv] == ["human", "gpt"] * (len(conv) // 2) and len(conv) >= 2
+    assert all(t["value"] == t["value"].strip() and t["value"] for t in conv)
+    im = rec.get("image")
+    n_img = 0 if im is None else 1 if isinstance(im, str) else len(im)
+    assert sum(t["value"].count("<image>") for t in conv if t["from"] == "human") == n_img
+    assert not any("<image>" in t["value"] for t in conv if t["from"] == "gpt")
+    if images is not None and im is not None:
+        for p in [im] if isinstance(im, str) else im:
+            assert (images / p).is_file(), p
+
+
+def test_llava_scale_is_clean_deterministic_and_reuses_images(tmp_path: Path) -> None:
+    from fixtures.generate import generate_llava_scale
+
+    a = generate_llava_scale(tmp_path / "a", n_records=3000, n_images=60, seed=3)
+    b = generate_llava_scale(tmp_path / "b", n_records=3000, n_images=60, seed=3)
+    assert _tree_digest(a["root"]) == _tree_digest(b["root"])
+    recs = json.loads(a["llava_json"].read_text())
+    assert recs == _load_records(a["llava_jsonl"])
+    assert len(recs) == 3000 and len({r["id"] for r in recs}) == 3000
+    for r in recs:
+        _check_clean_llava(r, a["images"])
+    with_img = [r["image"] for r in recs if "image" in r]
+    assert 0 < len(recs) - len(with_img) < 300  # ~5 % text-only
+    assert len(set(with_img)) <= 60 and len(with_img) / len(set(with_img)) > 20  # heavy reuse
+    rounds = {len(r["conversations"]) // 2 for r in recs}
+    assert rounds == {1, 2, 3, 4, 5}
+    words = [len(t["value"].split()) for r in recs for t in r["conversations"] if t["from"] == "gpt"]
+    assert min(words) >= 20 and max(words) <= 300
+    with Image.open(a["images"] / with_img[0]) as im:
+        assert im.size == (64, 64) and im.format == "JPEG"
+
+
+def test_text_only_json_and_jsonl_agree(tmp_path: Path) -> None:
+    from fixtures.generate import write_llava_scale_text_only
+
+    out = write_llava_scale_text_only(tmp_path, 20_001)  # crosses a 20k chunk boundary
+    lines = out["json"].read_text().splitlines()
+    assert lines[0] == "[" and lines[-1] == "]" and len(lines) == 20_003  # one record a line
+    recs = json.loads(out["json"].read_text())
+    assert recs == _load_records(out["jsonl"])
+    assert len({r["id"] for r in recs}) == 20_001
+    for r in recs[:2000]:
+        assert "image" not in r
+        _check_clean_llava(r, None)
+
+
+def test_size_mix(tmp_path: Path) -> None:
+    from fixtures.generate import generate_size_mix
+
+    a = generate_size_mix(tmp_path / "a", n=8, seed=1)
+    b = generate_size_mix(tmp_path / "b", n=8, seed=1)
+    assert _tree_digest(a["root"]) == _tree_digest(b["root"])
+    mp = []
+    for p in sorted(a["images"].iterdir()):
+        with Image.open(p) as im:
+            assert im.format == "JPEG" and im.mode == "RGB"
+            mp.append(im.width * im.height / 1e6)
+    mp.sort()
+    assert len(mp) == 8 and mp[3] < 0.4 and 1 <= mp[4] <= mp[5] <= 4 and 8 <= mp[6] <= mp[7] <= 12
+    recs = json.loads(a["records"].read_text())
+    for r in recs:
+        _check_clean_llava(r, a["images"])
+    used = {r["image"] for r in recs if isinstance(r.get("image"), str)}
+    assert used == {p.name for p in a["images"].iterdir()}
+    assert any(isinstance(r.get("image"), list) for r in recs) and any("image" not in r for r in recs)
