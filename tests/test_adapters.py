@@ -199,3 +199,40 @@ def test_bridge_shift_on_a_row_built_from_real_templates():
     tgt = out["labels"][0][out["loss_mask"][0] > 0]
     assert tok.decode(tgt) == "A red car.<|im_end|>\nHi.<|im_end|>\n"
     assert to_mindspeed_seqpack(b)["seqlens"].tolist() == lens
+
+
+class FakeLoader:
+    """A resumable list of rows with PackedLoader's state interface."""
+
+    def __init__(self, rows):
+        self.rows, self.pos = rows, 0
+
+    def __iter__(self):
+        while self.pos < len(self.rows):
+            self.pos += 1
+            yield self.rows[self.pos - 1]
+
+    def state_dict(self):
+        return {"row": self.pos}
+
+    def load_state_dict(self, s):
+        self.pos = s["row"]
+
+
+def test_adapted_loader_keeps_resume_hooks():
+    from mmdata.loader.adapters import AdaptedLoader
+
+    rows = [two_doc_batch(tail=t) for t in (0, 1, 2)]
+    it = AdaptedLoader(FakeLoader(rows), to_megatron_bridge)
+    assert it.is_distributed is True
+    assert next(it)["total_tokens"] == 9
+    state = it.save_state()
+    assert next(it)["total_tokens"] == 10
+    it.restore_state(state)
+    assert next(it)["total_tokens"] == 10  # resumes right after the saved row
+    assert it.state_dict() == {"row": 2}
+    it.load_state_dict({"row": 0})
+    assert [b["total_tokens"] for b in it] == [9, 10, 11]
+    llava = AdaptedLoader(FakeLoader(rows[:1]), to_megatron_lm_llava, image_token_id=92, img_seq_len=1)
+    with pytest.raises(ValueError, match="needs tiled images"):  # kwargs reach the adapter
+        next(llava)

@@ -229,3 +229,37 @@ def flash_attn_varlen_kwargs(batch: dict) -> dict[str, Any]:
     cu = batch["cu_seqlens_padded"].to(torch.int32)
     m = int(batch["max_seqlen"])
     return {"cu_seqlens_q": cu, "cu_seqlens_k": cu, "max_seqlen_q": m, "max_seqlen_k": m}
+
+
+class AdaptedLoader:
+    """Iterator over ``fn(row, **kwargs)`` for each packed row of ``loader``, keeping its resume hooks.
+
+    What the Megatron-style providers return: ``is_distributed = True`` (every rank builds its own),
+    ``__next__`` for ``RerunDataIterator``, ``save_state``/``restore_state`` (Megatron-LM, Bridge) and
+    ``state_dict``/``load_state_dict`` (MindSpeed-MM FSDP2) delegated to the loader.
+    """
+
+    is_distributed = True
+
+    def __init__(self, loader, fn, **kwargs):
+        self.loader, self.fn, self.kwargs = loader, fn, kwargs
+        self._it = None
+
+    def __iter__(self):
+        self._it = iter(self.loader)
+        return self
+
+    def __next__(self):
+        if self._it is None:
+            self._it = iter(self.loader)
+        return self.fn(next(self._it), **self.kwargs)
+
+    def state_dict(self) -> dict:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loader.load_state_dict(state)
+        self._it = None
+
+    save_state = state_dict
+    restore_state = load_state_dict
