@@ -47,6 +47,11 @@ def test_same_seed_gives_identical_bytes(fx: dict[str, Path], tmp_path: Path) ->
     assert a == b
 
 
+def test_rerun_into_the_same_folder_is_identical(tmp_path: Path) -> None:
+    first = _tree_digest(generate(tmp_path / "x", seed=0)["root"])
+    assert _tree_digest(generate(tmp_path / "x", seed=0)["root"]) == first
+
+
 def test_other_seed_gives_other_images(fx: dict[str, Path], tmp_path: Path) -> None:
     other = generate(tmp_path / "other", seed=1)
     a, b = _tree_digest(fx["root"]), _tree_digest(other["root"])
