@@ -21,6 +21,7 @@ class TarFormatError(Exception):
     """The archive is damaged at ``offset``: ``message`` says how. ``key`` names the sample, if known."""
 
     def __init__(self, offset: int, message: str, key: str | None = None):
+        self.pending: "RawSample | None" = None
         self.offset = offset
         self.message = message
         self.key = key
@@ -209,17 +210,21 @@ def split_key(name: str) -> tuple[str, str]:
 def group_samples(members: Iterator[Member]) -> Iterator[RawSample]:
     """Group consecutive members with the same key into samples (webdataset's grouping)."""
     cur: RawSample | None = None
-    for m in members:
-        key, ext = split_key(m.name)
-        if cur is None or key != cur.key:
-            if cur is not None:
-                yield cur
-            cur = RawSample(key=key, offset=m.offset, end=m.end)
-        elif ext in cur.files:
-            raise TarFormatError(m.offset, f"member {m.name!r} repeated in one sample", key)
-        cur.files[ext] = m.data
-        cur.names.append(m.name)
-        cur.end = m.end
+    try:
+        for m in members:
+            key, ext = split_key(m.name)
+            if cur is None or key != cur.key:
+                if cur is not None:
+                    yield cur
+                cur = RawSample(key=key, offset=m.offset, end=m.end)
+            elif ext in cur.files:
+                raise TarFormatError(m.offset, f"member {m.name!r} repeated in one sample", key)
+            cur.files[ext] = m.data
+            cur.names.append(m.name)
+            cur.end = m.end
+    except TarFormatError as e:
+        e.pending = cur  # the sample being read when the damage was found (it may be complete)
+        raise
     if cur is not None:
         yield cur
 

@@ -220,28 +220,35 @@ def verify_shard(task: ShardTask) -> ShardResult:
     first: str | None = None
     n = 0
     sha = None
+
+    def check(s: RawSample) -> None:
+        nonlocal n, first, prev
+        n += 1
+        first = first if first is not None else s.key
+        if s.key in seen:
+            problems.append(Problem(name, s.key, "key appears twice in the shard (members not grouped)",
+                                    "duplicate_key"))
+        elif prev is not None and s.key < prev:
+            problems.append(Problem(name, s.key, f"key after {prev}: members not sorted by key", "unsorted"))
+        seen.add(s.key)
+        prev = s.key
+        row = rows.get(s.key) if rows is not None else None
+        if rows is not None and row is None:
+            problems.append(Problem(name, s.key, "sample is in the shard but not in index.parquet", "index_mismatch"))
+        problems.extend(_check_sample(s, name, task, row, check_record))
+
     try:
         with open(task.path, "rb") as f:
             r = HashingReader(f)
             try:
                 for s in group_samples(iter_members(r)):
-                    n += 1
-                    first = first if first is not None else s.key
-                    if s.key in seen:
-                        problems.append(Problem(name, s.key, "key appears twice in the shard (members not grouped)",
-                                                "duplicate_key"))
-                    elif prev is not None and s.key < prev:
-                        problems.append(Problem(name, s.key, f"key after {prev}: members not sorted by key",
-                                                "unsorted"))
-                    seen.add(s.key)
-                    prev = s.key
-                    row = rows.get(s.key) if rows is not None else None
-                    if rows is not None and row is None:
-                        problems.append(Problem(name, s.key, "sample is in the shard but not in index.parquet",
-                                                "index_mismatch"))
-                    problems.extend(_check_sample(s, name, task, row, check_record))
+                    check(s)
             except TarFormatError as e:
-                key = e.key
+                p = e.pending
+                # The sample read when the damage came is checked only if the index says it was complete.
+                if p is not None and rows is not None and p.key in rows and rows[p.key].get("nbytes") == p.end - p.offset:
+                    check(p)
+                key = e.key if e.key is not None else (p.key if p is not None and p.key not in seen else None)
                 where = f" (after sample {prev})" if key is None and prev is not None else ""
                 code = "truncated" if "truncat" in e.message or "cut" in e.message else "bad_tar"
                 problems.append(Problem(name, key, f"{e}{where}", code))
@@ -308,7 +315,7 @@ def _set_checks(s: ShardSet) -> list[Problem]:
         except Exception as e:
             problems.append(Problem("-", None, f"cannot read index.parquet: {e}", "bad_index"))
     problems.extend(cheap_checks(s, acc.rows_per_shard, acc.samples if s.index is not None else None))
-    return [p for p in problems if p.code not in ("missing_shard", "bytes_mismatch")]  # the workers report these
+    return [p for p in problems if p.code != "missing_shard"]  # the worker reports a missing file
 
 
 def verify_shards(paths: list[str | Path], workers: int | None = None,
