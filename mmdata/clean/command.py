@@ -21,11 +21,11 @@ _IMAGES = typer.Option(..., "--images", help="Root folder the image paths are re
 _OUT = typer.Option(..., "--out", help="Output: .json (one JSON array) or .jsonl (JSON Lines).")
 _REJECTS = typer.Option(None, "--rejects", help="Rejects (JSON Lines). Default: OUT.rejects.jsonl.")
 _REPORT = typer.Option(None, "--report", help="Report (JSON). Default: OUT.report.json.")
-_MIN_SIDE = typer.Option(28, "--min-side", min=1, help="Reject images whose shorter side is smaller (after EXIF).")
-_MAX_ASPECT = typer.Option(200.0, "--max-aspect", min=1.0, help="Reject images with long/short side above this.")
-_MAX_PIXELS = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1,
+_MIN_SIDE = typer.Option(28, "--min-side", help="Reject images whose shorter side is smaller (after EXIF).")
+_MAX_ASPECT = typer.Option(200.0, "--max-aspect", help="Reject images with long/short side above this.")
+_MAX_PIXELS = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels",
                            help="Images with more pixels are decompression bombs (unreadable_image).")
-_WORKERS = typer.Option(None, "--workers", min=1, help="Image-checking processes (default: all cores).")
+_WORKERS = typer.Option(None, "--workers", help="Image-checking processes (default: all cores).")
 _OUT_FORMAT = typer.Option("llava", "--out-format", help="llava (CONTRACT s.1) or messages (LLaMA-Factory / MindSpeed-MM).")
 _QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars and no summary.")
 
