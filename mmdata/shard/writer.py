@@ -1,0 +1,457 @@
+"""Write deterministic webdataset shards: ordered parallel workers -> tars, index, manifest, rejects.
+
+Records are read in input order and handed to worker processes in chunks; results are consumed
+in submission order, so keys, shard boundaries and bytes never depend on ``workers``. Each shard
+is written to ``.shard-NNNNNN.tar.tmp`` and renamed when complete; after each rename a line is
+appended to ``.shard-journal.jsonl`` (its sha256, index rows, rejects and the input position),
+so ``resume=True`` keeps the verified complete shards and continues from there with identical bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import orjson
+
+from mmdata.errors import InputError
+from mmdata.io import atomic_write, iter_json_records
+from mmdata.rules import RULES
+from mmdata.shard import tarfmt
+from mmdata.shard.index import IndexColumns, write_index
+from mmdata.shard.manifest import ShardInfo, build_manifest, write_manifest
+from mmdata.shard.resize import ResizeSpec
+from mmdata.shard.sample import Reject, Sample, SampleMaker, Task
+
+__all__ = ["write_shards", "ShardReport", "JOURNAL", "shard_name"]
+
+JOURNAL = ".shard-journal.jsonl"
+_SHARD_RE = re.compile(r"^shard-\d{6}\.tar$")
+_TMP_RE = re.compile(r"^\.shard-\d{6}\.tar\.tmp$")
+CHUNK = 16  # records per worker task
+
+
+def shard_name(i: int) -> str:
+    return f"shard-{i:06d}.tar"
+
+
+@dataclass
+class ShardReport:
+    """What a run did: counts, shards and time (the manifest holds the same numbers)."""
+
+    out_dir: Path
+    records: int = 0
+    samples: int = 0
+    rejected: int = 0
+    images: int = 0
+    passthrough: int = 0
+    image_tokens: int = 0
+    bytes: int = 0
+    shards: list[ShardInfo] = field(default_factory=list)
+    reasons: dict[str, int] = field(default_factory=dict)
+    resumed_shards: int = 0
+    seconds: float = 0.0
+    text_tokens: bool = False
+
+
+# ---------------------------------------------------------------------------------------------
+# worker side
+
+_MAKER: SampleMaker | None = None
+_TOK: Any = None
+_TEMPLATE: str | None = None
+
+
+def _init_worker(images_root: str, spec: ResizeSpec, tokenizer: str | None, template: str) -> None:
+    global _MAKER, _TOK, _TEMPLATE
+    _MAKER = SampleMaker(images_root, spec)
+    _TEMPLATE = template
+    _TOK = None
+    if tokenizer is not None:
+        from mmdata.loader.tokenizer import load_tokenizer
+
+        _TOK = load_tokenizer(tokenizer)
+
+
+def _run_chunk(tasks: list[Task]) -> list[Sample | Reject]:
+    assert _MAKER is not None
+    out = [_MAKER.make(t) for t in tasks]
+    if _TOK is not None:
+        from mmdata.loader.templates import text_token_counts
+
+        idx = [i for i, r in enumerate(out) if isinstance(r, Sample)]
+        if idx:
+            counts = text_token_counts([tasks[i].record for i in idx], _TOK, _TEMPLATE)
+            for i, c in zip(idx, counts.tolist()):
+                out[i].text_tokens = int(c)  # type: ignore[union-attr]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# main side
+
+
+def _tasks(inputs: list[Path], start: tuple[int, int]) -> Iterator[Task]:
+    for fi, path in enumerate(inputs):
+        if fi < start[0]:
+            continue
+        stem = path.stem
+        for index, line, rec in iter_json_records(path):
+            if fi == start[0] and index < start[1]:
+                continue
+            yield Task(fi, stem, index, line, rec)
+
+
+def _chunks(tasks: Iterator[Task], n: int) -> Iterator[list[Task]]:
+    buf: list[Task] = []
+    for t in tasks:
+        buf.append(t)
+        if len(buf) == n:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def _ordered(chunks: Iterator[list[Task]], workers: int, init_args: tuple) -> Iterator[tuple[list[Task], list]]:
+    """(chunk, results) in input order; at most ``4 * workers`` chunks in flight (bounded memory)."""
+    if workers <= 1:
+        _init_worker(*init_args)
+        for ch in chunks:
+            yield ch, _run_chunk(ch)
+        return
+    import multiprocessing as mp
+
+    # fork: no re-import of the caller's __main__ (library use from a plain script); spawn elsewhere.
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    pool = ctx.Pool(workers, initializer=_init_worker, initargs=init_args)
+    try:
+        pending: deque = deque()
+        for ch in chunks:
+            pending.append((ch, pool.apply_async(_run_chunk, (ch,))))
+            if len(pending) >= 4 * workers:
+                c, r = pending.popleft()
+                yield c, r.get()
+        while pending:
+            c, r = pending.popleft()
+            yield c, r.get()
+        pool.close()
+        pool.join()
+    finally:
+        pool.terminate()
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class _OpenShard:
+    """A shard being written under its temporary name, hashed as it goes."""
+
+    def __init__(self, out_dir: Path, idx: int, first_key: str, start_row: int):
+        self.idx = idx
+        self.name = shard_name(idx)
+        self.final = out_dir / self.name
+        self.tmp = out_dir / f".{self.name}.tmp"
+        self.f = open(self.tmp, "wb")
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self.samples = 0
+        self.passthrough = 0
+        self.first_key = first_key
+        self.last_key = first_key
+        self.start_row = start_row
+
+    def add(self, key: str, data: bytes) -> int:
+        offset = self.size
+        self.f.write(data)
+        self.sha.update(data)
+        self.size += len(data)
+        self.samples += 1
+        self.last_key = key
+        return offset
+
+    def close(self) -> ShardInfo:
+        end = tarfmt.end_of_archive(self.size)
+        self.f.write(end)
+        self.sha.update(end)
+        self.size += len(end)
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+        os.replace(self.tmp, self.final)
+        _fsync_dir(self.final.parent)
+        return ShardInfo(self.name, self.samples, self.size, self.sha.hexdigest(), self.first_key, self.last_key)
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self.f.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp)
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_journal(out_dir: Path, header: dict) -> list[dict]:
+    """Journal entries of complete, verified shards (a prefix); InputError if options differ."""
+    path = out_dir / JOURNAL
+    if not path.exists():
+        return []
+    entries: list[dict] = []
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    try:
+        first = orjson.loads(lines[0])
+    except orjson.JSONDecodeError:
+        return []
+    if first.get("header") != header:
+        raise InputError(
+            out_dir, "--resume: options or inputs differ from the run being resumed (run again without --resume)"
+        )
+    for i, raw in enumerate(lines[1:]):
+        try:
+            e = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            break  # a torn last line from a crash
+        info = e["shard"]
+        p = out_dir / info["name"]
+        if info["name"] != shard_name(i) or not p.exists() or p.stat().st_size != info["bytes"]:
+            break
+        if _sha256_file(p) != info["sha256"]:
+            break
+        entries.append(e)
+    return entries
+
+
+def _clean_out_dir(out_dir: Path, keep: int) -> None:
+    """Remove shards numbered >= keep, temp shards and stale outputs of an earlier run."""
+    for p in out_dir.iterdir():
+        n = p.name
+        if _TMP_RE.match(n) or (_SHARD_RE.match(n) and int(n[6:12]) >= keep):
+            p.unlink()
+    for n in ("manifest.json", "index.parquet", "rejects.jsonl"):
+        with contextlib.suppress(FileNotFoundError):
+            (out_dir / n).unlink()
+
+
+def _check_options(inputs: list[Path], images_root: Path, spec: ResizeSpec, samples_per_shard: int | None,
+                   max_shard_bytes: int, quality: int) -> None:
+    if spec.rule not in RULES:
+        raise InputError(None, f"--rule: unknown rule {spec.rule!r}; choose one of {', '.join(RULES)}")
+    if spec.max_res < 28:
+        raise InputError(None, f"--max-res must be at least 28, got {spec.max_res}")
+    if spec.max_image_tokens < 1:
+        raise InputError(None, f"--max-image-tokens must be positive, got {spec.max_image_tokens}")
+    if samples_per_shard is not None and samples_per_shard < 1:
+        raise InputError(None, f"--samples-per-shard must be positive, got {samples_per_shard}")
+    if max_shard_bytes < 10240:
+        raise InputError(None, f"--max-shard-bytes must be at least 10 kB, got {max_shard_bytes}")
+    if not 1 <= quality <= 100:
+        raise InputError(None, f"--quality must be 1..100, got {quality}")
+    if not inputs:
+        raise InputError(None, "no input files given")
+    for p in inputs:
+        if not p.exists():
+            raise InputError(p, "no such file")
+        if p.is_dir():
+            raise InputError(p, "is a directory, expected a JSON or JSON Lines file")
+    if not images_root.is_dir():
+        raise InputError(images_root, "--images: no such directory")
+
+
+def write_shards(
+    inputs: list[str | Path] | str | Path,
+    images_root: str | Path,
+    out_dir: str | Path,
+    *,
+    max_res: int = 448,
+    max_image_tokens: int = 1280,
+    rule: str = "qwen2vl",
+    samples_per_shard: int | None = None,
+    max_shard_bytes: int = 1_000_000_000,
+    quality: int = 90,
+    workers: int | None = None,
+    resume: bool = False,
+    tokenizer: str | Path | None = None,
+    template: str = "qwen2vl",
+    progress: Callable[[int, int, int], None] | None = None,
+) -> ShardReport:
+    """Shard cleaned conversation files into ``out_dir`` (see docs/shard.md and CONTRACT s.3).
+
+    Same inputs and options give byte-identical outputs whatever ``workers`` is; ``resume`` keeps
+    the complete shards of a killed run and ends with the bytes an uninterrupted run gives.
+    ``progress(records_done, samples, rejected)`` is called after each chunk of records.
+    """
+    t0 = time.perf_counter()
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    inputs = [Path(p) for p in inputs]
+    images_root, out_dir = Path(images_root), Path(out_dir)
+    spec = ResizeSpec(rule=rule, max_res=max_res, max_image_tokens=max_image_tokens, quality=quality)
+    _check_options(inputs, images_root, spec, samples_per_shard, max_shard_bytes, quality)
+    if not workers:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+    tok_sha = None
+    if tokenizer is not None:
+        try:
+            from mmdata.loader.tokenizer import load_tokenizer
+            from mmdata.loader.templates import text_token_counts  # noqa: F401
+        except ImportError as e:
+            raise InputError(None, f"--tokenizer needs the loader's tokenizer and templates: {e}") from None
+        tok_sha = load_tokenizer(tokenizer).sha256
+        tokenizer = str(tokenizer)
+
+    options: dict[str, Any] = {
+        "rule": rule,
+        "max_res": max_res,
+        "max_image_tokens": max_image_tokens,
+        "quality": quality,
+        "samples_per_shard": samples_per_shard,
+        "max_shard_bytes": max_shard_bytes,
+        "inputs": [p.name for p in inputs],
+    }
+    if tok_sha is not None:
+        options["text_tokens"] = {"template": template, "tokenizer_sha256": tok_sha}
+    header = {"options": options, "input_bytes": [p.stat().st_size for p in inputs]}
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = ShardReport(out_dir=out_dir, text_tokens=tok_sha is not None)
+    cols = IndexColumns(with_text_tokens=tok_sha is not None)
+    rejects: list[dict] = []
+    reasons: Counter = Counter()
+    start = (0, 0)
+    journal_path = out_dir / JOURNAL
+
+    entries = _read_journal(out_dir, header) if resume else []
+    _clean_out_dir(out_dir, keep=len(entries))
+    for e in entries:
+        report.shards.append(ShardInfo(**e["shard"]))
+        cols.extend(e["rows"])
+        rejects.extend(e["rejects"])
+        start = tuple(e["next"])  # type: ignore[assignment]
+    report.resumed_shards = len(entries)
+    # Rewrite the journal as exactly the verified prefix (drops a torn or unverified tail).
+    with atomic_write(journal_path) as jf:
+        jf.write(orjson.dumps({"header": header}) + b"\n")
+        for e in entries:
+            jf.write(orjson.dumps(e) + b"\n")
+    journal = open(journal_path, "ab")
+    for r in rejects:
+        reasons[r["reason"]] += 1
+    report.records = (sum(s.samples for s in report.shards) + len(rejects))
+
+    n = len(cols)  # next sample number = next key
+    journaled_rejects = len(rejects)
+    shard: _OpenShard | None = None
+    last_pos = start
+    init_args = (str(images_root), spec, tokenizer, template)
+    has_tt = tok_sha is not None
+
+    def close_shard() -> None:
+        nonlocal shard, journaled_rejects
+        assert shard is not None
+        info = shard.close()
+        report.shards.append(info)
+        new_rejects = [r for r in rejects[journaled_rejects:] if (r["_file"], r["index"]) < last_pos]
+        journaled_rejects += len(new_rejects)
+        entry = {"shard": info.__dict__, "next": list(last_pos), "rows": cols.slice(shard.start_row),
+                 "rejects": new_rejects, "passthrough": shard.passthrough}
+        journal.write(orjson.dumps(entry) + b"\n")
+        journal.flush()
+        os.fsync(journal.fileno())
+        shard = None
+
+    try:
+        for chunk, results in _ordered(_chunks(_tasks(inputs, start), CHUNK), workers, init_args):
+            for task, res in zip(chunk, results):
+                report.records += 1
+                if isinstance(res, Reject):
+                    reasons[res.reason] += 1
+                    rejects.append({"index": task.index, "id": res.id, "reason": res.reason, "detail": res.detail,
+                                    "input": inputs[task.file_idx].name, "record": task.record,
+                                    "_file": task.file_idx})
+                    continue
+                key = f"{n:09d}"
+                if len(res.images) == 1:
+                    members = [(f"{key}.json", res.json), (f"{key}.jpg", res.images[0])]
+                else:
+                    members = [(f"{key}.json", res.json)] + [(f"{key}.{i}.jpg", d) for i, d in enumerate(res.images)]
+                data = tarfmt.sample_bytes(members)
+                if shard is not None and shard.size + len(data) + 2 * tarfmt.BLOCK > max_shard_bytes:
+                    close_shard()
+                if shard is None:
+                    shard = _OpenShard(out_dir, len(report.shards), key, n)
+                offset = shard.add(key, data)
+                cols["key"].append(key)
+                cols["shard"].append(shard.name)
+                cols["shard_idx"].append(shard.idx)
+                cols["offset"].append(offset)
+                cols["nbytes"].append(len(data))
+                cols["id"].append(res.id)
+                cols["n_images"].append(len(res.images))
+                cols["image_tokens"].append(sum(res.image_tokens))
+                cols["image_tokens_list"].append(res.image_tokens)
+                cols["widths"].append(res.widths)
+                cols["heights"].append(res.heights)
+                cols["text_chars"].append(res.text_chars)
+                cols["n_turns"].append(res.n_turns)
+                cols["source"].append(res.source)
+                if has_tt:
+                    cols["text_tokens"].append(res.text_tokens)
+                n += 1
+                report.images += len(res.images)
+                report.passthrough += res.passthrough
+                shard.passthrough += res.passthrough
+                last_pos = (task.file_idx, task.index + 1)
+                if samples_per_shard is not None and shard.samples >= samples_per_shard:
+                    close_shard()
+            if progress is not None:
+                progress(report.records, n, len(rejects))
+        if shard is not None:
+            close_shard()
+    except BaseException:
+        if shard is not None:
+            shard.discard()
+        raise
+    finally:
+        journal.close()
+
+    # Images counted from the index so resumed shards are included.
+    report.samples = n
+    report.rejected = len(rejects)
+    report.images = sum(cols["n_images"])
+    report.image_tokens = sum(cols["image_tokens"])
+    report.bytes = sum(s.bytes for s in report.shards)
+    report.reasons = dict(sorted(reasons.items()))
+    passthrough = report.passthrough + sum(e.get("passthrough", 0) for e in entries)
+    report.passthrough = passthrough
+
+    write_index(out_dir / "index.parquet", cols)
+    with atomic_write(out_dir / "rejects.jsonl") as f:
+        for r in rejects:
+            r = {k: v for k, v in r.items() if k != "_file"}
+            f.write(orjson.dumps(r) + b"\n")
+    manifest = build_manifest(options, report.shards, report.samples, report.rejected, report.image_tokens,
+                              report.reasons, report.passthrough, report.images)
+    write_manifest(out_dir / "manifest.json", manifest)
+    report.seconds = time.perf_counter() - t0
+    return report
