@@ -118,3 +118,19 @@ def test_own_packer_matches_the_loaders_row_count() -> None:
     for _ in range(20):
         lens = rng.integers(1, 2048, size=int(rng.integers(1, 300)))
         assert _own_best_fit(lens, 2048) == len(fn(lens, None, 2048))
+
+
+def test_tokenizer_counts_are_the_loaders(data: Path) -> None:
+    asset = Path(__file__).parents[1] / "mmdata" / "assets" / "tokenizer.json"
+    if not asset.is_file():
+        pytest.skip("the shipped tokenizer asset is missing")
+    from mmdata.loader.templates import text_token_count
+    from mmdata.loader.tokenizer import load_tokenizer
+
+    p = plan_records(data / "clean.jsonl", data / "img", seq_len=4096, tokenizer=str(asset))
+    tok = load_tokenizer(str(asset))
+    recs = [json.loads(line) for line in (data / "clean.jsonl").read_text().splitlines()]
+    counts = [text_token_count(r, tok, "qwen2vl") for r in recs]
+    assert p["text_tokens"]["min"] == min(counts) and p["text_tokens"]["max"] == max(counts)
+    assert p["total_tokens"] == sum(counts) + 256 + 128 + 260
+    assert "qwen2vl template" in p["text_tokens_method"]

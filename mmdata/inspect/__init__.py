@@ -1,0 +1,29 @@
+"""mmdata.inspect: summarise, verify, plan and picture a data set; reads data, writes only reports.
+
+Library first: ``inspect_shards``, ``verify_shards``, ``plan_records``, ``contact_sheet``,
+``plot_histograms`` (imported on first use, so ``import mmdata.inspect`` stays cheap). Docs: docs/inspect.md.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_WHERE = {
+    "inspect_shards": "mmdata.inspect.stats",
+    "histograms": "mmdata.inspect.stats",
+    "verify_shards": "mmdata.inspect.verify",
+    "Problem": "mmdata.inspect.problems",
+    "plan_records": "mmdata.inspect.plan",
+    "contact_sheet": "mmdata.inspect.pictures",
+    "plot_histograms": "mmdata.inspect.pictures",
+    "pick_samples": "mmdata.inspect.samples",
+}
+
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(import_module(_WHERE[name]), name)
+    raise AttributeError(name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,15 @@ from mmdata.inspect.samples import Shown, pick_samples
 from mmdata.io import atomic_write
 
 BG = (246, 246, 246)
+
+
+def _readable(path: Path) -> None:
+    """Give a finished picture the usual file mode (the temp file of an atomic write is 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 INK = (20, 20, 20)
 DIM = (95, 95, 95)
 BAD = (200, 30, 30)
@@ -131,6 +141,7 @@ def contact_sheet(paths: list[str | Path], out_png: str | Path, n: int = 16, thu
     out = Path(out_png)
     with atomic_write(out) as f:
         sheet.save(f, "PNG", optimize=True)
+    _readable(out)
     return {"path": str(out), "samples": len(shown), "width": sheet.width, "height": sheet.height}
 
 
@@ -177,5 +188,6 @@ def plot_histograms(hists: dict[str, Any], out_png: str | Path, title: str = "")
     out = Path(out_png)
     with atomic_write(out) as f:
         fig.savefig(f, format="png", dpi=100)
+    _readable(out)
     plt.close(fig)
     return {"path": str(out)}
