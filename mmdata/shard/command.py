@@ -1,0 +1,95 @@
+"""`mmdata shard`: flags (CONTRACT s.3) -> ``write_shards``; progress and a summary table on stderr."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from mmdata.errors import InputError
+
+__all__ = ["register", "parse_size"]
+
+_UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9,
+          "T": 10**12, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """'1GB' -> 10**9, '512MiB' -> 2**29, '1e9' -> 10**9; InputError on anything else."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([A-Za-z]*)\s*", text)
+    unit = m.group(2).upper() if m else None
+    if not m or unit not in _UNITS:
+        raise InputError(None, f"--max-shard-bytes: cannot read {text!r} (use e.g. 1GB, 500MB, 512MiB, 1000000)")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def shard_cmd(
+    inputs: List[Path] = typer.Argument(..., help="Cleaned conversation files (JSON array or JSON Lines), in order."),
+    images: Path = typer.Option(..., "--images", help="Root folder the image paths are relative to."),
+    out: Path = typer.Option(..., "--out", help="Output folder for shard-NNNNNN.tar, index.parquet, manifest.json."),
+    max_res: int = typer.Option(448, "--max-res", help="Longer side of every stored image at most this."),
+    max_image_tokens: int = typer.Option(1280, "--max-image-tokens", help="Visual-token budget per image under --rule."),
+    rule: str = typer.Option("qwen2vl", "--rule", help="Token rule: qwen2vl, qwen-vl, llava, internvl."),
+    samples_per_shard: Optional[int] = typer.Option(None, "--samples-per-shard", help="At most this many samples per shard."),
+    max_shard_bytes: str = typer.Option("1GB", "--max-shard-bytes", help="At most this many bytes per shard (1GB, 500MB...)."),
+    quality: int = typer.Option(90, "--quality", help="JPEG quality of re-encoded images."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Image processes (default: all cores). Output is the same for any value."),
+    resume: bool = typer.Option(False, "--resume", help="Keep the complete shards of a killed run and write the rest."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Local tokenizer.json or folder: fills the index's text_tokens."),
+    template: str = typer.Option("qwen2vl", "--template", help="Chat template for text_tokens (with --tokenizer)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary."),
+) -> None:
+    """Write webdataset shards capped to a visual-token budget, with an index and a manifest."""
+    from rich.console import Console
+
+    from mmdata.shard.writer import write_shards
+
+    console = Console(stderr=True)
+    kw = dict(max_res=max_res, max_image_tokens=max_image_tokens, rule=rule, samples_per_shard=samples_per_shard,
+              max_shard_bytes=parse_size(max_shard_bytes), quality=quality, workers=workers, resume=resume,
+              tokenizer=tokenizer, template=template)
+    if quiet:
+        report = write_shards(inputs, images, out, **kw)
+    else:
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        with Progress(SpinnerColumn(), TextColumn("sharding"), TextColumn("{task.fields[records]:,} records"),
+                      TextColumn("{task.fields[samples]:,} samples"), TextColumn("{task.fields[rejected]:,} rejected"),
+                      TimeElapsedColumn(), console=console, transient=True) as bar:
+            task = bar.add_task("shard", records=0, samples=0, rejected=0)
+
+            def progress(records: int, samples: int, rejected: int) -> None:
+                bar.update(task, records=records, samples=samples, rejected=rejected)
+
+            report = write_shards(inputs, images, out, progress=progress, **kw)
+    if not quiet:
+        _summary(console, report)
+
+
+def _summary(console, report) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"mmdata shard -> {report.out_dir}", title_justify="left")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    table.add_row("records read", f"{report.records:,}")
+    table.add_row("[green]samples[/green]", f"{report.samples:,}")
+    table.add_row("[red]rejected[/red]", f"{report.rejected:,}")
+    for code, n in report.reasons.items():
+        table.add_row(f"  {code}", f"{n:,}")
+    table.add_row("images", f"{report.images:,}")
+    table.add_row("  stored unchanged (passthrough)", f"{report.passthrough:,}")
+    table.add_row("image tokens", f"{report.image_tokens:,}")
+    table.add_row("shards", f"{len(report.shards):,}" + (f" ({report.resumed_shards} kept)" if report.resumed_shards else ""))
+    table.add_row("bytes", f"{report.bytes:,}")
+    console.print(table)
+    rate = report.records / report.seconds if report.seconds else 0.0
+    console.print(f"wrote {len(report.shards)} shards, index.parquet, manifest.json, rejects.jsonl "
+                  f"in {report.seconds:.1f} s ({rate:,.0f} records/s)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("shard", help="Write webdataset shards capped to a visual-token budget, with an index.")(shard_cmd)
