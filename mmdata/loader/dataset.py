@@ -354,6 +354,51 @@ class _Counters:
     bad_by_reason: dict = field(default_factory=dict)
 
 
+@dataclass
+class _Progress:
+    """Where the rank stands and what it has seen; shared by the loader and its running iterator
+    (the iterator never holds the loader, so dropping either closes the workers promptly)."""
+
+    rank: int
+    world_size: int
+    budget: int
+    unplannable: int
+    epoch: int = 0
+    row: int = 0
+    consumed: int = 0
+    counters: _Counters = field(default_factory=_Counters)
+    seen_bad: set = field(default_factory=set)
+
+    def account(self, meta: dict) -> None:
+        c = self.counters
+        self.epoch, self.row = meta["epoch"], meta["row"] - self.rank + self.world_size
+        self.consumed += self.world_size
+        c.rows += 1
+        c.samples += meta["docs"]
+        c.truncated += meta["truncated"]
+        c.dropped += meta["dropped"]
+        c.real_tokens += meta["real_tokens"]
+        c.loss_tokens += meta["loss_tokens"]
+        for shard, key, reason, detail in meta["bad"]:
+            c.bad_samples += 1
+            c.bad_by_reason[reason] = c.bad_by_reason.get(reason, 0) + 1
+            if (shard, key) not in self.seen_bad:
+                self.seen_bad.add((shard, key))
+                log.warning("bad sample skipped: %s key %s: %s: %s", shard, key, reason, detail)
+            if c.bad_samples + self.unplannable > self.budget:
+                raise MMDataError(f"bad sample budget exceeded: {c.bad_samples + self.unplannable} bad samples "
+                                  f"> bad_sample_budget {self.budget} "
+                                  f"(last: shard {shard} key {key}: {reason}: {detail})")
+
+
+def _stream(ds: RowDataset, num_workers: int, prefetch_factor: int, progress: _Progress):
+    kwargs = {"prefetch_factor": prefetch_factor, "persistent_workers": False} if num_workers > 0 else {}
+    dl = DataLoader(ds, batch_size=None, num_workers=num_workers, collate_fn=_identity, **kwargs)
+    for batch, meta in dl:
+        progress.account(meta)
+        yield batch
+
+
 class PackedLoader:
     """Packed rows for one data-parallel rank; exact, elastic resume. See docs/loader.md."""
 
@@ -369,9 +414,6 @@ class PackedLoader:
         paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
         self.sets = [open_shard_set(p, self.tokenizer, self.config) for p in paths]
         self.planner = Planner([s.plan_input() for s in self.sets], self.config.plan_config(), weights)
-        self._epoch, self._row, self._consumed = 0, 0, 0
-        self._counters = _Counters()
-        self._seen_bad: set[tuple[str, str]] = set()
         self._iter = None
         unplannable = [(s, int(i)) for s in self.sets for i in np.flatnonzero(s.text_tokens < 0)]
         for s, i in unplannable[:20]:
@@ -383,6 +425,7 @@ class PackedLoader:
                               f"(first: {unplannable[0][0].index.root}/{unplannable[0][0].index.shards[int(unplannable[0][0].index.shard_idx[unplannable[0][1]])]} "
                               f"key {unplannable[0][0].index.keys[unplannable[0][1]]}), over bad_sample_budget "
                               f"{self.config.bad_sample_budget}")
+        self._progress = _Progress(rank, world_size, self.config.bad_sample_budget, self.unplannable)
 
     # ---- plan facts ---------------------------------------------------------------------------
     @property
@@ -391,7 +434,7 @@ class PackedLoader:
 
     def len_epoch_rows(self, epoch: int | None = None) -> int:
         """Global packed rows in ``epoch`` (default: the current one); this rank gets every world_size-th."""
-        return self.planner.epoch(self._epoch if epoch is None else epoch).num_rows
+        return self.planner.epoch(self.epoch if epoch is None else epoch).num_rows
 
     @property
     def rows_per_epoch(self) -> int:
@@ -399,58 +442,37 @@ class PackedLoader:
 
     @property
     def epoch(self) -> int:
-        return normalize_position(self.planner, self._epoch, self._row)[0]
+        return normalize_position(self.planner, self._progress.epoch, self._progress.row)[0]
 
     # ---- iteration ----------------------------------------------------------------------------
     def __iter__(self):
-        self._iter = self._generate()
+        self.close()
+        pr = self._progress
+        e, r = normalize_position(self.planner, pr.epoch, pr.row)
+        self.planner.epoch(e)  # plan in the parent: forked workers inherit it
+        ds = RowDataset(self.sets, self.tokenizer, self.config, self.planner, self.rank, self.world_size, e, r)
+        self._iter = _stream(ds, self.num_workers, self.config.prefetch_factor, pr)
         return self._iter
 
     def __next__(self):
         if self._iter is None:
-            self._iter = self._generate()
+            iter(self)
         return next(self._iter)
 
-    def _generate(self):
-        e, r = normalize_position(self.planner, self._epoch, self._row)
-        self.planner.epoch(e)  # plan in the parent: forked workers inherit it
-        ds = RowDataset(self.sets, self.tokenizer, self.config, self.planner, self.rank, self.world_size, e, r)
-        kwargs = {}
-        if self.num_workers > 0:
-            kwargs = {"prefetch_factor": self.config.prefetch_factor, "persistent_workers": False}
-        dl = DataLoader(ds, batch_size=None, num_workers=self.num_workers, collate_fn=_identity, **kwargs)
-        for batch, meta in dl:
-            self._account(meta)
-            yield batch
-
-    def _account(self, meta: dict) -> None:
-        c = self._counters
-        self._epoch, self._row = meta["epoch"], meta["row"] - self.rank + self.world_size
-        self._consumed += self.world_size
-        c.rows += 1
-        c.samples += meta["docs"]
-        c.truncated += meta["truncated"]
-        c.dropped += meta["dropped"]
-        c.real_tokens += meta["real_tokens"]
-        c.loss_tokens += meta["loss_tokens"]
-        for shard, key, reason, detail in meta["bad"]:
-            c.bad_samples += 1
-            c.bad_by_reason[reason] = c.bad_by_reason.get(reason, 0) + 1
-            if (shard, key) not in self._seen_bad:
-                self._seen_bad.add((shard, key))
-                log.warning("bad sample skipped: %s key %s: %s: %s", shard, key, reason, detail)
-            if c.bad_samples + self.unplannable > self.config.bad_sample_budget:
-                raise MMDataError(f"bad sample budget exceeded: {c.bad_samples + self.unplannable} bad samples "
-                                  f"> bad_sample_budget {self.config.bad_sample_budget} "
-                                  f"(last: shard {shard} key {key}: {reason}: {detail})")
+    def close(self) -> None:
+        """Stop the running iteration and its workers (also done by ``iter()`` and ``load_state_dict``)."""
+        if self._iter is not None:
+            self._iter.close()
+            self._iter = None
 
     # ---- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Position in the plan (global rows consumed), seed, plan fingerprint and counters."""
-        e, r = normalize_position(self.planner, self._epoch, self._row)
+        pr = self._progress
+        e, r = normalize_position(self.planner, pr.epoch, pr.row)
         return {"format": STATE_FORMAT, "version": STATE_VERSION, "seed": self.config.seed,
-                "fingerprint": self.fingerprint, "epoch": e, "row": r, "consumed_rows": self._consumed,
-                "world_size": self.world_size, "counters": asdict(self._counters)}
+                "fingerprint": self.fingerprint, "epoch": e, "row": r, "consumed_rows": pr.consumed,
+                "world_size": self.world_size, "counters": asdict(pr.counters)}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue exactly where ``state`` was taken; any world size works when the global batch is
@@ -464,17 +486,18 @@ class PackedLoader:
         if state["fingerprint"] != self.fingerprint:
             raise MMDataError(f"loader state belongs to another plan (fingerprint {state['fingerprint']} != "
                               f"{self.fingerprint}): the shards, lengths, seq_len or packing options changed")
-        self._epoch, self._row = int(state["epoch"]), int(state["row"])
-        self._consumed = int(state.get("consumed_rows", 0))
-        self._counters = _Counters(**state.get("counters", {}))
-        self._iter = None
+        self.close()
+        pr = self._progress
+        pr.epoch, pr.row = int(state["epoch"]), int(state["row"])
+        pr.consumed = int(state.get("consumed_rows", 0))
+        pr.counters = _Counters(**state.get("counters", {}))
 
     save_state = state_dict
     restore_state = load_state_dict
 
     def stats(self) -> dict:
         """Counters of what this rank yielded, plus the planned packing efficiency of the epoch."""
-        c = asdict(self._counters)
+        c = asdict(self._progress.counters)
         c["unplannable"] = self.unplannable
         c["packing_efficiency"] = c["real_tokens"] / max(1, c["rows"] * self.config.seq_len)
         plan = self.planner.epoch(self.epoch)
