@@ -214,3 +214,18 @@ def test_blending_two_sets(tmp_path, tok):
     ids = ids_of(all_rows(w))
     assert sum(i.startswith("s2-") for i in ids) == 40  # 20 per epoch: set b upsampled 2x
     assert sum(i.startswith("s1-") for i in ids) == 40
+
+
+def test_restore_decodes_nothing_before_the_position(shards, tok, monkeypatch):
+    from mmdata.loader.dataset import RowBuilder
+
+    a = loader(shards, tok)
+    all_rows(a, 7)
+    st = a.state_dict()
+    calls = []
+    orig = RowBuilder.encode
+    monkeypatch.setattr(RowBuilder, "encode", lambda self, s, i: calls.append(i) or orig(self, s, i))
+    b = loader(shards, tok)
+    b.load_state_dict(st)
+    row = next(b)
+    assert len(calls) == len(row["sample_ids"])  # only the row after the position was read

@@ -2,7 +2,7 @@
 
 length = text tokens (the template-rendered conversation, image pads excluded) + image tokens.
 Text tokens come from the index column ``text_tokens`` when the shard writer made it with the same
-tokenizer and template (the manifest's ``options.tokenizer_sha256`` / ``options.template``); else
+tokenizer and template (the manifest's ``options.text_tokens = {tokenizer_sha256, template}``); else
 they are counted once by reading only each sample's ``.json`` member (one seek + one read per
 sample) and cached under ``OUTDIR/.mmdata-cache/`` (or ``~/.cache/mmdata/`` when OUTDIR is
 read-only), keyed by (index sha256, tokenizer sha256, template).
@@ -78,8 +78,7 @@ def read_index(root: str | Path) -> ShardIndex:
     if np.any(order != np.arange(len(order))):
         raise InputError(path, "index rows are not in (shard, offset) order")
     text_tokens = None
-    opts = manifest.get("options", {}) if isinstance(manifest, dict) else {}
-    if "text_tokens" in col and opts.get("tokenizer_sha256") and opts.get("template"):
+    if "text_tokens" in col and _index_text_tokens_made_with(manifest) is not None:
         text_tokens = np.asarray(col["text_tokens"].to_numpy(zero_copy_only=False), dtype=np.int64)
     return ShardIndex(
         root=root,
@@ -95,6 +94,15 @@ def read_index(root: str | Path) -> ShardIndex:
         image_tokens=np.asarray(col["image_tokens"].to_numpy(), dtype=np.int64),
         text_tokens=text_tokens,
     )
+
+
+def _index_text_tokens_made_with(manifest: dict) -> tuple[str, str] | None:
+    """(tokenizer sha256, template) the index's ``text_tokens`` were counted with, if recorded."""
+    opts = manifest.get("options", {}) if isinstance(manifest, dict) else {}
+    tt = opts.get("text_tokens")
+    if isinstance(tt, dict) and tt.get("tokenizer_sha256") and tt.get("template"):
+        return tt["tokenizer_sha256"], tt["template"]
+    return None
 
 
 def tar_member_size(header: bytes) -> int:
@@ -136,9 +144,7 @@ def text_tokens(index: ShardIndex, tokenizer, template: str, cache_dir: str | Pa
     """Text tokens per sample (int64 [N]); -1 where the json cannot be read or rendered."""
     from mmdata.loader.templates import text_token_counts
 
-    opts = index.manifest.get("options", {}) if isinstance(index.manifest, dict) else {}
-    if (index.text_tokens is not None and opts.get("tokenizer_sha256") == tokenizer.sha256
-            and opts.get("template") == template):
+    if index.text_tokens is not None and _index_text_tokens_made_with(index.manifest) == (tokenizer.sha256, template):
         return index.text_tokens
     cdir = cache_dir_for(index.root, cache_dir)
     name = f"text-tokens-{index.index_sha256[:16]}-{tokenizer.sha256[:16]}-{template}.npy"
