@@ -159,3 +159,28 @@ def test_inspect_never_imports_torch(ds: Path, tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     method, torch_loaded = res.stdout.strip().splitlines()[-2:]
     assert torch_loaded == "False"
+
+
+def test_manifest_path_means_its_folder(ds: Path) -> None:
+    assert inspect_shards([ds / "manifest.json"])["samples"] == 7
+
+
+def test_broken_json_in_a_tar_without_index(ds: Path, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    row = next(r for r in pq.read_table(ds / "index.parquet").to_pylist() if r["key"] == "000000004")
+    data = bytearray((ds / "shard-000001.tar").read_bytes())
+    data[row["offset"] + 512] = ord("X")
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "x.tar").write_bytes(bytes(data))
+    s = inspect_shards([lone / "x.tar"])
+    assert s["samples"] == 3
+    assert [(e["shard"], e["key"], e["code"]) for e in s["errors"]] == [("x.tar", "000000004", "bad_json")]
+
+
+def test_empty_data_set(tmp_path: Path) -> None:
+    write_dataset(tmp_path / "e", [])
+    s = inspect_shards([tmp_path / "e"])
+    assert (s["samples"], s["shards"], s["errors"]) == (0, 0, [])
+    assert s["image_tokens"] == {"min": 0, "p50": 0, "mean": 0.0, "p95": 0, "max": 0}

@@ -83,6 +83,8 @@ def resolve(paths: list[str | Path]) -> list[ShardSet]:
     sets: list[ShardSet] = []
     by_parent: dict[Path, ShardSet] = {}
     for p in map(Path, paths):
+        if p.name in (MANIFEST, INDEX) and p.is_file():
+            p = p.parent  # `inspect out/manifest.json` means the data set
         if p.is_dir():
             sets.append(_open_folder(p))
         elif p.is_file():
