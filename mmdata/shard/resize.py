@@ -122,7 +122,9 @@ def resize_image(data: bytes, spec: ResizeSpec, rule: Rule | None = None) -> Sto
     ow, oh = (rh, rw) if orientation in _TRANSPOSED else (rw, rh)
     fit = rule.fit(ow, oh, spec.max_res, spec.max_image_tokens)
     if fit is None:
-        if min(ow, oh) < MIN_SIDE:
+        side = max(ow, oh, MIN_SIDE)
+        if min(ow, oh) < MIN_SIDE and rule.fit(side, side, spec.max_res, spec.max_image_tokens):
+            # A square of the longer side would fit: it is the short side that is too small.
             raise ImageError("image_too_small", f"{ow}x{oh}: a side is below {MIN_SIDE} px")
         raise ImageError(
             "over_token_budget",
