@@ -147,3 +147,20 @@ def test_workers_give_the_same_answer(ds: Path) -> None:
     one = verify_shards([ds], workers=1)
     two = verify_shards([ds], workers=2)
     assert one == two and len(one) >= 3
+
+
+def test_index_out_of_order_falls_back_to_per_shard_reads(ds: Path) -> None:
+    t = pq.read_table(ds / "index.parquet")
+    order = [6, 0, 1, 2, 3, 4, 5]  # shard-000002's row first: rows of a shard no longer contiguous
+    pq.write_table(t.take(order), ds / "index.parquet")
+    problems = verify_shards([ds], workers=2)
+    assert [(p.key, p.code) for p in problems] == [("000000000", "duplicate_key")]
+    assert "keys repeated or out of order" in problems[0].message
+
+
+def test_index_rows_missing_for_a_shard(ds: Path) -> None:
+    t = pq.read_table(ds / "index.parquet")
+    pq.write_table(t.slice(0, 6), ds / "index.parquet")  # drop shard-000002's only row
+    codes = _codes(verify_shards([ds], workers=1))
+    assert ("shard-000002.tar", "000000006", "index_mismatch") in codes
+    assert ("shard-000002.tar", None, "count_mismatch") in codes  # index 0 rows vs manifest 1

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import os
 import re
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from mmdata.inspect.dataset import IMAGE_TAG, ShardSet, index_batches, loads_json, resolve
 from mmdata.inspect.problems import Problem
-from mmdata.inspect.stats import Accumulator, cheap_checks
+from mmdata.inspect.stats import cheap_checks
 from mmdata.inspect.tario import HashingReader, RawSample, TarFormatError, group_samples, iter_members
 
 _IMAGE_EXT = re.compile(r"^(?:(\d+)\.)?(jpg|jpeg|png|webp)$")
@@ -73,8 +76,9 @@ class ShardTask:
     path: str
     name: str
     entry: dict[str, Any] | None  # manifest entry
-    index: str | None  # index.parquet path (rows of this shard are read by the worker)
+    index: str | None  # index.parquet path: the worker reads this shard's rows itself (when ``rows`` is None)
     options: dict[str, Any] = field(default_factory=dict)
+    rows: pa.Table | None = None  # this shard's index rows, streamed by the parent
 
 
 @dataclass
@@ -210,7 +214,10 @@ def verify_shard(task: ShardTask) -> ShardResult:
     name = task.name
     problems: list[Problem] = []
     try:
-        rows = _index_rows(task.index, name) if task.index else None
+        if task.rows is not None:
+            rows = {r["key"]: r for r in task.rows.to_pylist()}
+        else:
+            rows = _index_rows(task.index, name) if task.index else None
     except Exception as e:  # a broken index is reported, the tar is still checked
         problems.append(Problem(name, None, f"cannot read its index rows: {e}", "bad_index"))
         rows = None
@@ -289,65 +296,146 @@ def _safe_verify(task: ShardTask) -> ShardResult:
                                                   "internal")])
 
 
-def _set_checks(s: ShardSet) -> list[Problem]:
-    """Index-wide checks: rows per shard against the manifest, keys unique and in order."""
-    acc = Accumulator()
+def _runs(col: pa.Array) -> list[tuple[str, int, int]]:
+    """(value, start, end) of each run of equal values in a string column."""
+    n = len(col)
+    if n == 0:
+        return []
+    if n == 1:
+        return [(col[0].as_py(), 0, 1)]
+    diff = pc.not_equal(col.slice(1), col.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    starts = [0, *(np.nonzero(diff)[0] + 1).tolist()]
+    ends = [*starts[1:], n]
+    return [(col[a].as_py(), a, e) for a, e in zip(starts, ends)]
+
+
+def _set_checks(s: ShardSet) -> tuple[list[Problem], bool]:
+    """Index-wide checks: rows per shard against the manifest, keys unique and in order, index rows that
+    name no shard. Also says whether each shard's rows are contiguous in the index (then the parent
+    streams them to the workers)."""
     problems: list[Problem] = []
-    prev: str | None = None
+    rows_per_shard: Counter[str] = Counter()
+    n_rows = 0
+    contiguous = True
+    prev_key: str | None = None
+    prev_shard: str | None = None
+    finished: set[str] = set()
     if s.index is not None:
         try:
             for b in index_batches(s, ("key", "shard")):
-                acc.samples += b.num_rows
-                keys = b.column("key").to_pylist()
-                shards = b.column("shard").to_pylist()
-                for sh in shards:
-                    acc.rows_per_shard[sh] += 1
-                arr = np.asarray(keys, dtype=object)
-                bad_order = np.nonzero(arr[1:] <= arr[:-1])[0] if len(arr) > 1 else []
-                if prev is not None and keys and keys[0] <= prev:
-                    problems.append(Problem(shards[0], keys[0], f"index key {keys[0]} not after {prev}: keys repeated "
-                                            "or out of order", "duplicate_key"))
-                for i in bad_order[:10]:
-                    problems.append(Problem(shards[i + 1], keys[i + 1], f"index key {keys[i + 1]} not after "
-                                            f"{keys[i]}: keys repeated or out of order", "duplicate_key"))
-                if keys:
-                    prev = keys[-1]
+                n_rows += b.num_rows
+                keys, shards = b.column("key"), b.column("shard")
+                for name, a, e in _runs(shards):
+                    rows_per_shard[name] += e - a
+                    if name != prev_shard:
+                        if name in finished:
+                            contiguous = False
+                        if prev_shard is not None:
+                            finished.add(prev_shard)
+                        prev_shard = name
+                if len(keys) > 1:
+                    bad = np.nonzero(~pc.greater(keys.slice(1), keys.slice(0, len(keys) - 1))
+                                     .to_numpy(zero_copy_only=False))[0]
+                    for i in bad[:10].tolist():
+                        problems.append(Problem(shards[i + 1].as_py(), keys[i + 1].as_py(),
+                                                f"index key {keys[i + 1].as_py()} not after {keys[i].as_py()}: keys "
+                                                "repeated or out of order", "duplicate_key"))
+                if prev_key is not None and len(keys) and keys[0].as_py() <= prev_key:
+                    problems.append(Problem(shards[0].as_py(), keys[0].as_py(), f"index key {keys[0].as_py()} not "
+                                            f"after {prev_key}: keys repeated or out of order", "duplicate_key"))
+                if len(keys):
+                    prev_key = keys[-1].as_py()
         except Exception as e:
             problems.append(Problem("-", None, f"cannot read index.parquet: {e}", "bad_index"))
-    problems.extend(cheap_checks(s, acc.rows_per_shard, acc.samples if s.index is not None else None))
-    return [p for p in problems if p.code != "missing_shard"]  # the worker reports a missing file
+            contiguous = False
+        known = {t.name for t in s.tars}
+        for name in sorted(set(rows_per_shard) - known):
+            if s.selected is None:
+                problems.append(Problem(name, None, f"index.parquet has {rows_per_shard[name]} rows for this shard, "
+                                        "which is not in the data set", "index_mismatch"))
+    problems.extend(cheap_checks(s, rows_per_shard, n_rows if s.index is not None else None))
+    return [p for p in problems if p.code != "missing_shard"], contiguous  # the worker reports a missing file
+
+
+_ROW_COLS = ("key", "shard", "offset", "nbytes", "id", "n_images", "image_tokens", "widths", "heights")
+
+
+def _tasks(s: ShardSet, contiguous: bool) -> Iterator[ShardTask]:
+    """One task per shard of ``s``. With a contiguous index the rows travel with the task (one pass over
+    the index in the parent); otherwise each worker reads its shard's rows with a filter."""
+    ms = s.manifest_shards()
+    opts = s.manifest.get("options", {}) if s.manifest else {}
+    opts = opts if isinstance(opts, dict) else {}
+    tars = {t.name: t for t in s.tars}
+
+    def task(name: str, rows: pa.Table | None) -> ShardTask:
+        return ShardTask(path=str(tars[name]), name=name, entry=ms.get(name), options=opts, rows=rows,
+                         index=str(s.index) if s.index is not None and rows is None else None)
+
+    if s.index is None or not contiguous:
+        for name in tars:
+            yield task(name, None)
+        return
+    done: set[str] = set()
+    cur: str | None = None
+    parts: list[pa.Table] = []
+    for b in index_batches(s, _ROW_COLS):
+        t = pa.Table.from_batches([b])
+        for name, a, e in _runs(b.column("shard")):
+            if name != cur:
+                if cur in tars:
+                    yield task(cur, pa.concat_tables(parts))
+                    done.add(cur)
+                cur, parts = name, []
+            parts.append(t.slice(a, e - a))
+    if cur in tars:
+        yield task(cur, pa.concat_tables(parts))
+        done.add(cur)
+    for name in tars:
+        if name not in done:  # a shard with no index rows: every sample in it is reported
+            yield task(name, pa.table({"key": pa.array([], pa.string())}))
 
 
 def verify_shards(paths: list[str | Path], workers: int | None = None,
                   progress: Callable[[int, int], None] | None = None) -> list[Problem]:
     """Verify every shard at ``paths``; ``workers`` processes (default: one per CPU, at most 32).
 
-    ``progress(done, total)`` is called after each shard. Problems come back in shard order.
+    ``progress(done, total)`` is called after each shard. Problems come back in a fixed order: data-set
+    checks, then shards in index order. At most ``2 x workers`` shards' index rows are in flight.
     """
     sets = resolve(paths)
     problems: list[Problem] = []
-    tasks: list[ShardTask] = []
+    streams = []
+    total = 0
     for s in sets:
-        problems.extend(_set_checks(s))
-        ms = s.manifest_shards()
-        opts = s.manifest.get("options", {}) if s.manifest else {}
-        for tar in s.tars:
-            tasks.append(ShardTask(path=str(tar), name=tar.name, entry=ms.get(tar.name),
-                                   index=str(s.index) if s.index else None, options=opts if isinstance(opts, dict) else {}))
+        found, contiguous = _set_checks(s)
+        problems.extend(found)
+        streams.append(_tasks(s, contiguous))
+        total += len(s.tars)
+    tasks = (t for st in streams for t in st)
     workers = workers or max(1, min(32, os.cpu_count() or 1))
     results: dict[int, ShardResult] = {}
-    if workers <= 1 or len(tasks) <= 1:
+    if workers <= 1 or total <= 1:
         for i, t in enumerate(tasks):
             results[i] = _safe_verify(t)
             if progress:
-                progress(len(results), len(tasks))
+                progress(len(results), total)
     else:
-        with ProcessPoolExecutor(max_workers=min(workers, len(tasks))) as ex:
-            futs = {ex.submit(_safe_verify, t): i for i, t in enumerate(tasks)}
-            for fut in as_completed(futs):
-                results[futs[fut]] = fut.result()
-                if progress:
-                    progress(len(results), len(tasks))
-    for i in range(len(tasks)):
+        with ProcessPoolExecutor(max_workers=min(workers, total)) as ex:
+            pending: dict[Any, int] = {}
+
+            def collect(futs) -> None:
+                for f in futs:
+                    results[pending.pop(f)] = f.result()
+                    if progress:
+                        progress(len(results), total)
+
+            for i, t in enumerate(tasks):
+                pending[ex.submit(_safe_verify, t)] = i
+                if len(pending) >= 2 * workers:
+                    done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+                    collect(done)
+            collect(list(as_completed(list(pending))))
+    for i in sorted(results):
         problems.extend(results[i].problems)
     return problems
