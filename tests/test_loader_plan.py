@@ -122,3 +122,14 @@ def test_positions_carry_over_epochs():
     assert normalize_position(pl, 0, n0 + 2) == (1, 2)
     got = list(iter_positions(pl, 0, n0 - 1, 2, end_epoch=2))
     assert got[0] == (0, n0 - 1) and got[1] == (1, 1)
+
+
+def test_plan_cache_file_gives_the_same_plan(tmp_path):
+    s = make_set()
+    a = Planner([s], PlanConfig(seq_len=1024, window_samples=64), cache_dir=tmp_path)
+    rows = plan_rows(a, 1)
+    assert len(list(tmp_path.glob("plan-*-seed0-epoch1.npz"))) == 1
+    b = Planner([s], PlanConfig(seq_len=1024, window_samples=64), cache_dir=tmp_path)
+    b._make = None  # must not re-pack: the file answers
+    assert plan_rows(b, 1) == rows
+    assert b.epoch(1).dropped == a.epoch(1).dropped

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmdata.errors import InputError, MMDataError
 from mmdata.loader.batch import Document, RowSpec, collate_row
-from mmdata.loader.lengths import ShardIndex, read_index, text_tokens
+from mmdata.loader.lengths import ShardIndex, cache_dir_for, read_index, text_tokens
 from mmdata.loader.pixels import image_rows, target_size
 from mmdata.loader.plan import PlanConfig, Planner, SetLengths, iter_positions, normalize_position
 
@@ -413,7 +413,8 @@ class PackedLoader:
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
         self.sets = [open_shard_set(p, self.tokenizer, self.config) for p in paths]
-        self.planner = Planner([s.plan_input() for s in self.sets], self.config.plan_config(), weights)
+        self.planner = Planner([s.plan_input() for s in self.sets], self.config.plan_config(), weights,
+                               cache_dir=cache_dir_for(self.sets[0].index.root, self.config.cache_dir))
         self._iter = None
         unplannable = [(s, int(i)) for s in self.sets for i in np.flatnonzero(s.text_tokens < 0)]
         for s, i in unplannable[:20]:

@@ -8,7 +8,7 @@ samples. Over a window of a few thousand samples this wastes well under 0.5% of 
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
+from bisect import bisect_left, bisect_right, insort
 
 import numpy as np
 
@@ -131,66 +131,139 @@ def pack_fill(
     n = len(lens)
     if n == 0:
         return []
-    classes = sorted(set(imgs.tolist()))
-    counts = {m: np.zeros(capacity + 1, dtype=np.int64) for m in classes}
-    stacks: dict[tuple[int, int], list[int]] = {}
-    lens_l = lens.tolist()
-    imgs_l = imgs.tolist()
-    for i in range(n - 1, -1, -1):  # pop() then yields the lowest index first
-        counts[imgs_l[i]][lens_l[i]] += 1
-        stacks.setdefault((imgs_l[i], lens_l[i]), []).append(i)
     switch = int(2 * np.median(lens))  # below this much room, try exact pairs
+    if max_images is None:
+        return _fill_uncapped(lens.tolist(), capacity, switch)
+    return _fill_capped(lens.tolist(), imgs.tolist(), capacity, cap_img, switch)
 
-    def pop(length: int, room: int) -> tuple[int, int] | None:
-        for m in reversed(classes):  # image-heavy items first: they are the hard ones to place
-            if m <= room and counts[m][length] > 0:
-                counts[m][length] -= 1
-                return stacks[(m, length)].pop(), m
-        return None
+
+def _fill_capped(lens: list[int], imgs: list[int], capacity: int, cap_img: int, switch: int) -> list[list[int]]:
+    """:func:`pack_fill` with an image cap: one sorted length list per image count."""
+    stacks: dict[tuple[int, int], list[int]] = {}
+    for i in range(len(lens) - 1, -1, -1):
+        stacks.setdefault((imgs[i], lens[i]), []).append(i)
+    classes = sorted({m for m, _ in stacks})
+    avail = {m: sorted(length for mm, length in stacks if mm == m) for m in classes}
+    left = len(lens)
+
+    def take(m: int, length: int) -> int:
+        st = stacks[(m, length)]
+        i = st.pop()
+        if not st:
+            del stacks[(m, length)]
+            lst = avail[m]
+            del lst[bisect_left(lst, length)]
+        return i
+
+    def longest(limit: int, room: int) -> tuple[int, int] | None:
+        """(length, images) of the longest item <= limit with images <= room; ties: more images."""
+        best = None
+        for m in classes:
+            if m > room:
+                break
+            lst = avail[m]
+            k = bisect_right(lst, limit) - 1
+            if k >= 0 and (best is None or lst[k] >= best[0]):
+                best = (lst[k], m)
+        return best
 
     rows: list[list[int]] = []
-    remaining = n
-    while remaining:
+    while left:
         gap, room, row = capacity, cap_img, []
-        while gap > 0:
-            usable = [counts[m][: gap + 1] for m in classes if m <= room]
+        while True:
+            usable = [m for m in classes if m <= room and avail[m]]
             if not usable:
                 break
-            avail_count = usable[0] if len(usable) == 1 else np.sum(usable, axis=0)
-            avail = np.flatnonzero(avail_count)
-            if len(avail) == 0:
+            smallest = min(avail[m][0] for m in usable)
+            if gap < smallest:
                 break
-            smallest = int(avail[0])
-            fillable = avail[(gap - avail == 0) | (gap - avail >= smallest)]
-            longest_ok = int(fillable[-1]) if len(fillable) else int(avail[-1])
-            picks = [longest_ok]
-            if gap <= switch and not (len(fillable) and gap - longest_ok >= smallest):
-                # Row nearly done: the pair with the largest sum <= gap (exact fill when possible).
-                idx = np.searchsorted(avail, gap - avail, side="right") - 1
-                partner = np.where(idx >= 0, avail[np.maximum(idx, 0)], 0)
-                lonely = (partner == avail) & (avail_count[avail] < 2)
-                idx2 = idx - 1
-                partner = np.where(lonely, np.where(idx2 >= 0, avail[np.maximum(idx2, 0)], 0), partner)
-                partner = np.where(avail + partner <= gap, partner, 0)
-                k = int(np.argmax(avail + partner))
-                if partner[k] > 0 and int(avail[k] + partner[k]) > int(avail[-1]):
-                    picks = [int(avail[k]), int(partner[k])]
-                else:
-                    picks = [int(avail[-1])]
-            placed = False
-            for length in picks:
-                got = pop(length, room)
-                if got is None:
-                    break
-                row.append(got[0])
+            top = longest(gap, room)
+            ok = top
+            if 0 < gap - top[0] < smallest:
+                ok = longest(gap - smallest, room)
+            picks = [ok] if ok is not None and (gap > switch or gap - ok[0] >= smallest) else None
+            if picks is None:
+                # exact-ish pair over the usable lengths, each length taken from its fewest-image class
+                fewest: dict[int, int] = {}
+                for m in reversed(usable):
+                    for length in avail[m]:
+                        if length <= gap:
+                            fewest[length] = m
+                union = sorted(fewest)
+                best, pair = 0, None
+                i, j = 0, len(union) - 1
+                while i <= j:
+                    x, y = union[i], union[j]
+                    if x + y > gap:
+                        j -= 1
+                        continue
+                    two_ok = i != j or len(stacks[(fewest[x], x)]) >= 2
+                    if two_ok and fewest[x] + fewest[y] <= room and x + y > best:
+                        best, pair = x + y, [(x, fewest[x]), (y, fewest[y])]
+                        if best == gap:
+                            break
+                    i += 1
+                picks = pair if pair is not None and best > top[0] else [top]
+            for length, m in picks:
+                row.append(take(m, length))
                 gap -= length
-                room -= got[1]
-                remaining -= 1
-                placed = True
-            if not placed:
-                break
-        if not row:  # cannot happen for valid input; guard against an endless loop
+                room -= m
+                left -= 1
+        if not row:
             raise RuntimeError("packer made no progress")
+        row.sort()
+        rows.append(row)
+    return rows
+
+
+def _fill_uncapped(lens: list[int], capacity: int, switch: int) -> list[list[int]]:
+    """:func:`pack_fill` without an image cap, on a sorted list of distinct lengths (no numpy per step)."""
+    stacks: dict[int, list[int]] = {}
+    for i in range(len(lens) - 1, -1, -1):  # pop() then yields the lowest index first
+        stacks.setdefault(lens[i], []).append(i)
+    avail = sorted(stacks)
+
+    def take(length: int) -> int:
+        st = stacks[length]
+        i = st.pop()
+        if not st:
+            del stacks[length]
+            del avail[bisect_left(avail, length)]
+        return i
+
+    rows: list[list[int]] = []
+    while avail:
+        gap, row = capacity, []
+        while avail and gap >= avail[0]:
+            smallest = avail[0]
+            k = bisect_right(avail, gap) - 1
+            longest = avail[k]
+            ok = longest
+            if 0 < gap - longest < smallest:  # would leave a gap nothing can fill: take a shorter one
+                k2 = bisect_right(avail, gap - smallest) - 1
+                ok = avail[k2] if k2 >= 0 else None
+            if ok is not None and (gap > switch or gap - ok >= smallest):
+                picks = [ok]
+            else:
+                best, pa, pb = 0, 0, 0  # best pair sum <= gap (two pointers over the sorted lengths)
+                i, j = 0, k
+                while i <= j:
+                    a, b = avail[i], avail[j]
+                    total = a + b
+                    if total > gap:
+                        j -= 1
+                        continue
+                    if i == j and len(stacks[a]) < 2:
+                        break
+                    if total > best:
+                        best, pa, pb = total, a, b
+                        if total == gap:
+                            break
+                    i += 1
+                picks = [pa, pb] if best > longest else [longest]
+            for length in picks:
+                row.append(take(length))
+                gap -= length
         row.sort()
         rows.append(row)
     return rows

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -94,7 +95,8 @@ def _rng(seed: int, *words: int) -> np.random.Generator:
 class Planner:
     """Deterministic epoch plans for one or more shard sets; ``epoch(e)`` is cached (two epochs)."""
 
-    def __init__(self, sets: list[SetLengths], config: PlanConfig, weights: list[float] | None = None):
+    def __init__(self, sets: list[SetLengths], config: PlanConfig, weights: list[float] | None = None,
+                 cache_dir: str | Path | None = None):
         if not sets:
             raise ValueError("no shard sets")
         if weights is not None:
@@ -104,6 +106,7 @@ class Planner:
         self.config = config
         self.weights = None if weights is None else [float(w) for w in weights]
         self._cache: dict[int, EpochPlan] = {}
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._keep = [self._eligible(s) for s in sets]
         total = sum(len(k) for k in self._keep)
         if self.weights is None:
@@ -199,10 +202,53 @@ class Planner:
         return rows, truncated
 
     def epoch(self, e: int) -> EpochPlan:
-        """The plan of epoch ``e`` (pure function of data, config, weights and seed)."""
+        """The plan of epoch ``e`` (pure function of data, config, weights and seed); kept in memory
+        (two epochs) and, with ``cache_dir``, in a file, so a restart or restore does not re-pack."""
         hit = self._cache.get(e)
-        if hit is not None:
-            return hit
+        if hit is None:
+            hit = self._load(e)
+        if hit is None:
+            hit = self._make(e)
+            self._save(hit)
+        if len(self._cache) >= 2:
+            self._cache.pop(min(self._cache))
+        self._cache[e] = hit
+        return hit
+
+    def _file(self, e: int) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / f"plan-{self.fingerprint}-seed{self.config.seed}-epoch{e}.npz"
+
+    def _load(self, e: int) -> EpochPlan | None:
+        f = self._file(e)
+        if f is None or not f.is_file():
+            return None
+        try:
+            with np.load(f, allow_pickle=False) as z:
+                meta = z["meta"].tolist()
+                plan = EpochPlan(epoch=e, row_ptr=z["row_ptr"], row_set=z["row_set"], samples=z["samples"],
+                                 row_tokens=z["row_tokens"], dropped=meta[0], truncated=meta[1],
+                                 per_set_samples=meta[2:])
+        except (OSError, ValueError, KeyError):
+            return None
+        return plan if len(plan.per_set_samples) == len(self.sets) else None
+
+    def _save(self, plan: EpochPlan) -> None:
+        f = self._file(plan.epoch)
+        if f is None:
+            return
+        from mmdata.io import atomic_write
+
+        meta = np.asarray([plan.dropped, plan.truncated, *plan.per_set_samples], dtype=np.int64)
+        try:
+            with atomic_write(f) as fh:
+                np.savez(fh, row_ptr=plan.row_ptr, row_set=plan.row_set, samples=plan.samples,
+                         row_tokens=plan.row_tokens, meta=meta)
+        except OSError:
+            pass  # a cache we cannot write only costs time
+
+    def _make(self, e: int) -> EpochPlan:
         c = self.config
         per_set = [self._set_rows(i, e) for i in range(len(self.sets))]
         keys, sets_of, rows_all = [], [], []
@@ -234,9 +280,6 @@ class Planner:
             truncated=sum(t for _, t in per_set),
             per_set_samples=[int(sum(len(r) for r in rows)) for rows, _ in per_set],
         )
-        if len(self._cache) >= 2:
-            self._cache.pop(min(self._cache))
-        self._cache[e] = plan
         return plan
 
 
