@@ -164,3 +164,24 @@ def test_index_rows_missing_for_a_shard(ds: Path) -> None:
     codes = _codes(verify_shards([ds], workers=1))
     assert ("shard-000002.tar", "000000006", "index_mismatch") in codes
     assert ("shard-000002.tar", None, "count_mismatch") in codes  # index 0 rows vs manifest 1
+
+
+def test_wrong_types_in_a_sample_json_are_problems_not_crashes(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    from mmdata.inspect.stats import inspect_shards
+
+    rec = {"id": "a", "image": "a.jpg", "conversations": [{"from": "human", "value": "<image>\nHi"},
+                                                          {"from": "gpt", "value": "Yo"}],
+           "images": [{"width": "wide", "height": None, "image_tokens": "many"}], "image_tokens": "lots"}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        for name, data in (("000000000.json", json.dumps(rec).encode()), ("000000000.jpg", b"not a jpeg")):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    (tmp_path / "a.tar").write_bytes(buf.getvalue())
+    codes = {p.code for p in verify_shards([tmp_path / "a.tar"], workers=1)}
+    assert {"bad_record", "bad_image"} <= codes and "internal" not in codes
+    assert inspect_shards([tmp_path / "a.tar"])["samples"] == 1

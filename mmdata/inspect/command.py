@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.markup import escape
 
 from mmdata.errors import InputError
 
@@ -51,7 +52,7 @@ def _dist_table(title: str, rows: tuple[tuple[str, str], ...], data: dict[str, A
 def _print_summary(console, s: dict[str, Any]) -> None:
     from rich.table import Table
 
-    t = Table(title=f"mmdata inspect: {', '.join(s['paths'])}", title_justify="left", show_header=False)
+    t = Table(title=escape(f"mmdata inspect: {', '.join(s['paths'])}"), title_justify="left", show_header=False)
     t.add_column("")
     t.add_column("", justify="right")
     t.add_row("samples", f"{s['samples']:,}")
@@ -66,6 +67,8 @@ def _print_summary(console, s: dict[str, Any]) -> None:
         t.add_row("shard options", ", ".join(f"{k}={opts[k]}" for k in ("rule", "max_res", "max_image_tokens")
                                             if k in opts))
     t.add_row("stats from", s["stats_from"])
+    if isinstance(opts, dict) and opts.get("tokenizer"):
+        t.add_row("tokenizer", escape(str(opts["tokenizer"])))
     console.print(t)
     console.print(_dist_table("distributions", _DIST_ROWS, s))
     r = s["resolution"]
@@ -90,7 +93,7 @@ def _print_summary(console, s: dict[str, Any]) -> None:
         st.add_column("samples", justify="right")
         st.add_column("share", justify="right")
         for name, n in s["sources"].items():
-            st.add_row(name or "(none)", f"{n:,}", f"{n / max(s['samples'], 1):.1%}")
+            st.add_row(escape(name) or "(none)", f"{n:,}", f"{n / max(s['samples'], 1):.1%}")
         console.print(st)
 
 
@@ -98,7 +101,7 @@ def _print_plan(console, p: dict[str, Any]) -> None:
     from rich.table import Table
 
     o = p["options"]
-    t = Table(title=f"mmdata inspect (pre-shard plan): {', '.join(p['inputs'])}", title_justify="left",
+    t = Table(title=escape(f"mmdata inspect (pre-shard plan): {', '.join(p['inputs'])}"), title_justify="left",
               show_header=False)
     t.add_column("")
     t.add_column("")
@@ -109,7 +112,7 @@ def _print_plan(console, p: dict[str, Any]) -> None:
     t.add_row("images (downscaled)", f"{p['images']:,} ({p['images_downscaled']:,})")
     t.add_row("options", f"rule={o['rule']} max_res={o['max_res']} max_image_tokens={o['max_image_tokens']} "
                          f"seq_len={o['seq_len']}")
-    t.add_row("text tokens", p["text_tokens_method"])
+    t.add_row("text tokens", escape(p["text_tokens_method"]))
     t.add_row("total tokens", f"{p['total_tokens']:,} ({p['image_tokens_total']:,} image)")
     ov = p["over_seq_len"]
     t.add_row(f"over --seq-len {o['seq_len']}", f"{ov['samples']:,} samples ({ov['share']:.2%})")

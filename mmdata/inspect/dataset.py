@@ -165,18 +165,23 @@ def image_paths(rec: dict[str, Any]) -> list[str]:
     return []
 
 
+def as_int(x: Any) -> int:
+    """``x`` when it is a non-negative int (not a bool), else 0: damaged json must not crash a summary."""
+    return x if type(x) is int and x >= 0 else 0
+
+
 def sample_row(rec: Any, key: str, shard: str, offset: int, nbytes: int) -> dict[str, Any]:
     """An index-like row from a sample json (for tars that have no index beside them)."""
     rec = rec if isinstance(rec, dict) else {}
     imgs = rec.get("images") if isinstance(rec.get("images"), list) else []
     imgs = [i for i in imgs if isinstance(i, dict)]
-    toks = [int(i.get("image_tokens") or 0) for i in imgs]
+    toks = [as_int(i.get("image_tokens")) for i in imgs]
     src = rec.get("source")
     return {
         "key": key, "shard": shard, "id": str(rec.get("id", "")), "offset": offset, "nbytes": nbytes,
-        "n_images": len(imgs), "image_tokens": int(rec.get("image_tokens", sum(toks)) or 0),
+        "n_images": len(imgs), "image_tokens": as_int(rec.get("image_tokens", sum(toks))),
         "image_tokens_list": toks,
-        "widths": [int(i.get("width") or 0) for i in imgs], "heights": [int(i.get("height") or 0) for i in imgs],
+        "widths": [as_int(i.get("width")) for i in imgs], "heights": [as_int(i.get("height")) for i in imgs],
         "text_chars": text_chars(rec), "n_turns": len(record_turns(rec)),
         "source": src if isinstance(src, str) else "",
     }

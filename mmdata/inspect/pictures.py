@@ -12,7 +12,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from mmdata.errors import InputError
-from mmdata.inspect.dataset import record_turns
+from mmdata.inspect.dataset import as_int, record_turns
 from mmdata.inspect.samples import Shown, pick_samples
 from mmdata.io import atomic_write
 
@@ -78,7 +78,7 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int, lines: in
 def _labels(s: Shown) -> tuple[str, str, str]:
     rec = s.record or {}
     entries = [e for e in rec.get("images", []) if isinstance(e, dict)] if isinstance(rec.get("images"), list) else []
-    tokens = rec.get("image_tokens", sum(int(e.get("image_tokens") or 0) for e in entries))
+    tokens = rec.get("image_tokens", sum(as_int(e.get("image_tokens")) for e in entries))
     if len(entries) == 1:
         size = f"{entries[0].get('width')}x{entries[0].get('height')}"
     elif entries:

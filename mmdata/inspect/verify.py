@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mmdata.inspect.dataset import IMAGE_TAG, ShardSet, index_batches, loads_json, resolve
+from mmdata.inspect.dataset import IMAGE_TAG, ShardSet, as_int, index_batches, loads_json, resolve
 from mmdata.inspect.problems import Problem
 from mmdata.inspect.stats import cheap_checks
 from mmdata.inspect.tario import HashingReader, RawSample, TarFormatError, group_samples, iter_members
@@ -152,7 +152,10 @@ def _check_sample(s: RawSample, shard: str, task: ShardTask, row: dict[str, Any]
         if len(entries) != len(images):
             bad("image_count_mismatch", f"{key}.json lists {len(entries)} image(s), the shard holds {len(images)}")
         total = rec.get("image_tokens")
-        listed = sum(int(e.get("image_tokens") or 0) for e in entries if isinstance(e, dict))
+        for i, e in enumerate(entries):
+            if not isinstance(e, dict) or any(type(e.get(k)) is not int for k in ("width", "height", "image_tokens")):
+                bad("bad_record", f"{key}.json: images[{i}] lacks integer width, height and image_tokens")
+        listed = sum(as_int(e.get("image_tokens")) for e in entries if isinstance(e, dict))
         if entries and total != listed:
             bad("bad_record", f"{key}.json: image_tokens {total} != sum over its images {listed}")
 
