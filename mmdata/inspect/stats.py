@@ -129,7 +129,8 @@ class Accumulator:
             self.text_chars.add(arr("text_chars"))
         if "text_tokens" in cols:
             self.has_text_tokens = True
-            self.text_tokens.add(arr("text_tokens"))
+            tt = arr("text_tokens")
+            self.text_tokens.add(tt[tt >= 0])  # -1: a record the writer's template could not render
         if "n_images" in cols:
             self.n_images.add(arr("n_images"))
         if "n_turns" in cols:

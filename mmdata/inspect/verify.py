@@ -418,6 +418,8 @@ def verify_shards(paths: list[str | Path], workers: int | None = None,
     tasks = (t for st in streams for t in st)
     workers = workers or max(1, min(32, os.cpu_count() or 1))
     results: dict[int, ShardResult] = {}
+    if progress:
+        progress(0, total)
     if workers <= 1 or total <= 1:
         for i, t in enumerate(tasks):
             results[i] = _safe_verify(t)
