@@ -1,0 +1,93 @@
+"""Micro-batches from packed rows: concatenate `mbs` rows into one THD row (as Megatron-Bridge does),
+move it to the device, and read the counts the recipe needs (loss tokens, real tokens, FLOPs inputs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mmtrain.model import IGNORE_INDEX, segment_bounds
+
+
+@dataclass
+class RowStats:
+    """What a micro-batch holds: tokens in all, real (non-padding) tokens, loss tokens, doc and frame sizes."""
+
+    tokens: int
+    real_tokens: int
+    loss_tokens: int
+    doc_lens: list[int]
+    frame_patches: list[int]
+
+
+def concat_rows(rows: list[dict]) -> dict:
+    """One THD row from several: ids/labels/positions/pixels concatenated, segments offset.
+
+    Each document's first label is -100, so no loss crosses a row boundary. The result carries
+    `cu_seqlens_padded` (attention segments covering every token) and the logical `cu_seqlens`.
+    """
+    if len(rows) == 1:
+        return rows[0]
+    cu_pad, cu_log, off = [0], [0], 0
+    for r in rows:
+        T = r["input_ids"].shape[1]
+        cu_pad += [off + b for b in segment_bounds(r, T)[1:]]
+        log = r["cu_seqlens"].tolist()
+        cu_log += [off + b for b in log[1:]]
+        off += T
+    out = {
+        "input_ids": torch.cat([r["input_ids"] for r in rows], 1),
+        "labels": torch.cat([r["labels"] for r in rows], 1),
+        "position_ids": torch.cat([r["position_ids"] for r in rows], -1),
+        "cu_seqlens": torch.tensor(cu_log, dtype=torch.int32),
+        "cu_seqlens_padded": torch.tensor(cu_pad, dtype=torch.int32),
+        "max_seqlen": max(int(r["max_seqlen"]) for r in rows),
+        "pixel_values": torch.cat([r["pixel_values"] for r in rows], 0),
+        "image_grid_thw": torch.cat([r["image_grid_thw"].reshape(-1, 3) for r in rows], 0),
+        "num_real_tokens": sum(real_tokens(r) for r in rows),
+    }
+    if all("attention_mask" in r for r in rows):
+        out["attention_mask"] = torch.cat([r["attention_mask"] for r in rows], 1)
+    return out
+
+
+def real_tokens(row: dict) -> int:
+    """Non-padding tokens of a row: the loader's count, else the attention mask, else the logical end."""
+    if "num_real_tokens" in row:
+        return int(row["num_real_tokens"])
+    if "attention_mask" in row:
+        return int(row["attention_mask"].sum())
+    return int(row["cu_seqlens"][-1])
+
+
+def row_stats(row: dict) -> RowStats:
+    """Counts of one (micro-batch) row, read on the host before it moves to the device."""
+    cu = row["cu_seqlens"].tolist()
+    grid = row.get("image_grid_thw")
+    frames = []
+    if grid is not None:
+        for t, h, w in grid.reshape(-1, 3).tolist():
+            frames += [h * w] * t
+    return RowStats(
+        tokens=row["input_ids"].shape[1], real_tokens=real_tokens(row),
+        loss_tokens=int((row["labels"][0, 1:] != IGNORE_INDEX).sum()),
+        doc_lens=[b - a for a, b in zip(cu[:-1], cu[1:])], frame_patches=frames,
+    )
+
+
+MODEL_KEYS = ("input_ids", "labels", "position_ids", "cu_seqlens", "cu_seqlens_padded", "max_seqlen",
+              "pixel_values", "image_grid_thw")
+
+
+def to_device(row: dict, device: torch.device) -> dict:
+    """The keys the model reads, on the device; segment bounds and the grid stay on the host."""
+    out = {}
+    for k in MODEL_KEYS:
+        v = row.get(k)
+        if v is None:
+            continue
+        if isinstance(v, torch.Tensor) and k not in ("cu_seqlens", "cu_seqlens_padded", "image_grid_thw"):
+            v = v.to(device, non_blocking=True)
+        out[k] = v
+    return out

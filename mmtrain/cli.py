@@ -1,0 +1,92 @@
+"""The `mmtrain` command: `mmtrain run` parses CONTRACT s.5's flags (plus Megatron / MindSpeed-MM ones)
+and calls `mmtrain.run.train`. User errors print one line and exit 2, with no traceback."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import List, Optional
+
+os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
+
+import typer  # noqa: E402
+
+from mmdata.errors import MMDataError  # noqa: E402
+
+app = typer.Typer(name="mmtrain", help="Train a Qwen2-VL-shaped model on mmdata's packed shards (NPU / CUDA / CPU).",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.callback()
+def _root() -> None:
+    """mmtrain: packed vision-language training; see docs/train.md."""
+
+
+@app.command("run")
+def run_cmd(
+    shards: List[str] = typer.Option(..., "--shards", help="Shard folder(s) written by `mmdata shard` (repeat for several)."),
+    tokenizer: Optional[str] = typer.Option(None, help="Local HF tokenizer.json or folder; default: the shipped one."),
+    model: str = typer.Option("tiny", help="tiny | 100m | 0.5b | 1b | 2b."),
+    seq_len: int = typer.Option(2048, help="Tokens per packed row (one sample)."),
+    micro_batch_size: int = typer.Option(1, help="Packed rows per micro-batch (concatenated into one THD row)."),
+    global_batch_size: int = typer.Option(8, help="Packed rows per iteration, over all data-parallel ranks."),
+    max_steps: int = typer.Option(100, help="Total iterations of the run, counted across resumes."),
+    lr: float = typer.Option(1e-4, help="Peak learning rate."),
+    min_lr: float = typer.Option(0.0, help="Learning rate at the end of the cosine decay."),
+    lr_warmup_iters: int = typer.Option(0, help="Linear warmup iterations."),
+    weight_decay: float = typer.Option(0.01, help="AdamW weight decay (not on biases and norms)."),
+    adam_beta1: float = typer.Option(0.9),
+    adam_beta2: float = typer.Option(0.999),
+    clip_grad: float = typer.Option(1.0, help="Gradient-norm clip (0 = off)."),
+    bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast."),
+    recompute_granularity: Optional[str] = typer.Option(None, help="full (activation recompute)."),
+    recompute_method: Optional[str] = typer.Option(None, help="block | uniform."),
+    recompute_num_layers: int = typer.Option(0, help="Layers recomputed (block) or per group (uniform)."),
+    use_flash_attn: bool = typer.Option(False, "--use-flash-attn", help="Fused varlen attention (NPU fusion / flash-attn)."),
+    use_fused_rmsnorm: bool = typer.Option(False, "--use-fused-rmsnorm"),
+    use_fused_swiglu: bool = typer.Option(False, "--use-fused-swiglu"),
+    attn_impl: Optional[str] = typer.Option(None, help="Force an attention path: npu_fusion | flash_attn | torch_varlen | sdpa_doc | sdpa_mask."),
+    template: str = typer.Option("qwen2vl", help="Chat template of the loader."),
+    num_workers: int = typer.Option(2, help="Loader worker processes per rank."),
+    log_interval: int = typer.Option(10),
+    save: Optional[str] = typer.Option(None, help="Checkpoint folder."),
+    save_interval: Optional[int] = typer.Option(None, help="Save every N iterations (and always at the end)."),
+    load: Optional[str] = typer.Option(None, help="Resume from the latest checkpoint in this folder."),
+    exit_interval: Optional[int] = typer.Option(None, help="Save (with --save) and exit when the iteration is a multiple of N."),
+    device: str = typer.Option("auto", help="auto | npu | cuda | cpu."),
+    seed: int = typer.Option(0),
+    tensorboard_dir: Optional[str] = typer.Option(None, help="Write TensorBoard scalars here."),
+    metrics: Optional[str] = typer.Option(None, help="Append one JSON object per log line to this file."),
+    fsdp: bool = typer.Option(False, "--fsdp", help="FSDP2 instead of DDP under torchrun."),
+) -> None:
+    """Stream the shards through the sequence-packed loader into a vision-language model and train it."""
+    from mmtrain.run import TrainArgs, train
+
+    args = TrainArgs(**{k: v for k, v in locals().items() if k not in ("TrainArgs", "train")})
+    args.shards = list(shards)
+    train(args)
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except MMDataError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()
