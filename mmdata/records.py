@@ -9,6 +9,7 @@ and returns a `Normalized` tuple; image, id and duplicate rules are the clean st
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import Any, NamedTuple
 
 __all__ = [
@@ -55,8 +56,8 @@ class Normalized(NamedTuple):
     """Outcome of `normalize`: ``code`` is None for a record that passed rules 1-4.
 
     ``record`` is the normalised output record (None when rejected); ``images`` its image paths in
-    ``<image>`` order; ``id`` the output id (always a string); ``turns`` the (role, value) pairs that
-    duplicate detection compares (system turn included).
+    ``<image>`` order; ``id`` the output id (always a string); ``roles`` / ``values`` the turns that
+    duplicate detection compares (a system turn first when there is one).
     """
 
     code: str | None
@@ -64,7 +65,14 @@ class Normalized(NamedTuple):
     id: str
     record: dict[str, Any] | None
     images: list[str]
-    turns: list[tuple[str, str]] | None
+    roles: list[str] | None
+    values: list[str] | None
+
+
+_new = partial(tuple.__new__, Normalized)  # C-level construction for the hot path
+
+# Role sequences of already-clean records, by turn count: the fast path compares the whole list at once.
+_ALTERNATING = {n: ["human", "gpt"] * (n // 2) for n in range(2, 202, 2)}
 
 
 def _type(x: Any) -> str:
@@ -73,7 +81,7 @@ def _type(x: Any) -> str:
 
 
 def _reject(code: str, detail: str, rid: str) -> Normalized:
-    return Normalized(code, detail, rid, None, [], None)
+    return Normalized(code, detail, rid, None, [], None, None)
 
 
 def _flatten_content(content: list[Any], images: list[str], where: str) -> str | tuple[str, str]:
@@ -127,6 +135,10 @@ def normalize(raw: Any, default_id: str, shape: str = "auto") -> Normalized:
     ``instruction`` + ``output`` -> a one-turn conversation), "llava" or "messages" (forced).
     ``default_id`` is used when the record has no ``id``.
     """
+    if type(raw) is dict and shape != "messages" and "conversations" in raw:
+        fast = _fast_llava(raw, default_id)
+        if fast is not None:
+            return fast
     if not isinstance(raw, dict):
         return _reject("malformed", f"record is {_type(raw)}, expected an object", default_id)
     rid = raw.get("id", default_id)
@@ -282,10 +294,50 @@ def normalize(raw: Any, default_id: str, shape: str = "auto") -> Normalized:
     for k, v in raw.items():
         if k not in skip and k not in rec:
             rec[k] = v
-    turns = list(zip(out_roles, stripped))
     if system is not None:
-        turns.insert(0, ("system", system))
-    return Normalized(None, "", rid, rec, images, turns)
+        return Normalized(None, "", rid, rec, images, ["system", *out_roles], [system, *stripped])
+    return Normalized(None, "", rid, rec, images, out_roles, stripped)
+
+
+def _fast_llava(raw: dict[str, Any], default_id: str) -> Normalized | None:
+    """The common case in a few C-level list operations: a LLaVA record whose turns already alternate
+    human/gpt, with string values, non-empty after stripping and matching ``<image>`` counts.
+    Returns None for anything else, and the general path decides (and explains) it."""
+    conv = raw["conversations"]
+    if type(conv) is not list:
+        return None
+    try:
+        roles = [t["from"] for t in conv]
+        values = [t["value"].strip() for t in conv]
+    except (TypeError, KeyError, AttributeError):
+        return None
+    if roles != _ALTERNATING.get(len(roles)) or not all(values):
+        return None
+    rid = raw.get("id", default_id)
+    if type(rid) is not str:
+        if type(rid) is not int:
+            return None
+        rid = str(rid)
+    im = raw.get("image")
+    if im is None:
+        images: list[str] = []
+    elif type(im) is str:
+        images = [im]
+    elif type(im) is list and all(type(p) is str for p in im):
+        images = im
+    else:
+        return None
+    if "\0".join(values[0::2]).count(IMAGE_TOKEN) != len(images) or IMAGE_TOKEN in "\0".join(values[1::2]):
+        return None
+    rec: dict[str, Any] = {"id": rid}
+    if images:
+        rec["image"] = images[0] if len(images) == 1 else list(images)
+    rec["conversations"] = [{"from": r, "value": v} for r, v in zip(roles, values)]
+    if len(raw) > 3 or "id" not in raw or "image" not in raw:
+        for k in raw:
+            if k not in _LLAVA_KEYS:
+                rec[k] = raw[k]
+    return _new((None, "", rid, rec, list(images), roles, values))
 
 
 def unsafe_path_reason(p: str) -> str | None:

@@ -28,7 +28,7 @@ def test_exact_output_record() -> None:
                                             {"from": "gpt", "value": "A cat.\nSitting."}],
                           "meta": 1, "source": "x"}
     assert list(res.record) == ["id", "image", "system", "conversations", "meta", "source"]
-    assert res.turns == [("system", "Be brief."), ("human", "<image>\nWhat?"), ("gpt", "A cat.\nSitting.")]
+    assert (res.roles, res.values) == (["system", "human", "gpt"], ["Be brief.", "<image>\nWhat?", "A cat.\nSitting."])
 
 
 def test_ids_and_images_shapes() -> None:

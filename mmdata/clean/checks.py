@@ -65,7 +65,7 @@ def check_paths(root: str, paths: list[str], max_pixels: int = DEFAULT_MAX_PIXEL
 
 
 class ImageChecker:
-    """Distinct-path verdict cache fed by a process pool (or inline when ``workers == 1``).
+    """Distinct-path verdict cache fed by a process pool (its own, the caller's, or inline when ``workers == 1``).
 
     ``request(path)`` schedules a path once; ``get(path)`` is its final verdict (None while pending);
     ``wait_some()`` blocks until at least one more chunk is done. Size rules are applied on arrival,
@@ -73,7 +73,8 @@ class ImageChecker:
     """
 
     def __init__(self, root: str, *, workers: int, min_side: int, max_aspect: float,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, on_done: Callable[[int], None] | None = None):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, on_done: Callable[[int], None] | None = None,
+                 pool: ProcessPoolExecutor | None = None):
         self.root = os.path.realpath(root)
         self.workers = max(1, workers)
         self.min_side = min_side
@@ -84,14 +85,16 @@ class ImageChecker:
         self.checked = 0
         self._pending: list[str] = []
         self._inflight: dict[Future, list[str]] = {}
-        self._pool: ProcessPoolExecutor | None = None
-        if self.workers > 1:
-            self._pool = ProcessPoolExecutor(self.workers, initializer=_init_worker, initargs=(max_pixels,))
+        self._own = pool is None and self.workers > 1
+        self._pool = pool
+        if self._own:
+            self._pool = ProcessPoolExecutor(self.workers)
 
     def close(self) -> None:
-        if self._pool is not None:
+        """Shut down the pool if this checker made it (a pool passed in belongs to the caller)."""
+        if self._pool is not None and self._own:
             self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        self._pool = None
 
     def __enter__(self) -> "ImageChecker":
         return self

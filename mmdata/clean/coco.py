@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mmdata.clean.checks import ImageChecker
-from mmdata.clean.llava import Decider, check_common_args, resolve_workers
+from mmdata.clean.llava import Decider, check_common_args, resolve_workers, sample_key
 from mmdata.clean.prompts import DEFAULT_PROMPTS, prompt_for
-from mmdata.clean.report import CleanReport, Sink, default_paths
+from mmdata.clean.report import CleanReport, Sink, default_paths, dump
 from mmdata.errors import InputError
 from mmdata.images import DEFAULT_MAX_PIXELS
 from mmdata.io import read_json
+from mmdata.records import to_messages
 
 __all__ = ["clean_coco"]
 
@@ -134,27 +135,33 @@ def clean_coco(
             if p[2] is None:
                 checker.request(p[5])
         checker.drain()
-        dec = Decider(checker, out, rejects, report, captions_path.name, out_format)
+        dec = Decider(checker, out, rejects, report, captions_path.name)
+        messages = out_format == "messages"
+
+        def write(i: int, rid: str, rec: dict[str, Any], values: list[str], L: Any, extra: dict[str, Any]) -> bool:
+            key = sample_key([rec["image"]], ["human", "gpt"], values)
+            data = dump(to_messages(rec) if messages else rec)
+            return dec.decide(i, rid, [rec["image"]], key, data, L, extra)
+
         stems: set[str] = set()
         kind = {"kind": "image"}
         for i, rid, code, detail, L, fn, stem, caps in plan:
             if code is not None:
-                dec.reject(i, rid, code, detail, L, kind)
+                dec.reject(i, rid, code, detail, dump(L), kind)
                 continue
             v = checker.cache[fn]
             if v[0] is not None:
-                dec.reject(i, rid, v[0], v[1], L, kind)
+                dec.reject(i, rid, v[0], v[1], dump(L), kind)
                 continue
             if stem in stems:
-                dec.reject(i, rid, "duplicate_id", f"id {stem!r} (the file stem) was already written", L, kind)
+                dec.reject(i, rid, "duplicate_id", f"id {stem!r} (the file stem) was already written", dump(L), kind)
                 continue
             human = {"from": "human", "value": prompt_for(stem, prompts)}
             w, h = v[2], v[3]
             if not per_caption:
                 rec = {"id": stem, "image": fn, "conversations": [human, {"from": "gpt", "value": caps[0][1]}],
                        "captions": [c for _, c in caps], "width": w, "height": h}
-                turns = [("human", human["value"]), ("gpt", caps[0][1])]
-                if dec.decide(i, stem, rec, [fn], turns, L, kind):
+                if write(i, stem, rec, [human["value"], caps[0][1]], L, kind):
                     stems.add(stem)
                 continue
             wrote = False
@@ -162,13 +169,13 @@ def clean_coco(
                 cid = f"{stem}_{aid}"
                 rec = {"id": cid, "image": fn, "conversations": [human, {"from": "gpt", "value": cap}],
                        "annotation_id": aid, "width": w, "height": h}
-                wrote |= dec.decide(i, cid, rec, [fn], [("human", human["value"]), ("gpt", cap)], L,
-                                    {"kind": "image", "annotation_id": aid})
+                wrote |= write(i, cid, rec, [human["value"], cap], L, {"kind": "image", "annotation_id": aid})
             if wrote:
                 stems.add(stem)
         for j, rid, code, detail, a in ann_rejects:
-            dec.reject(j, rid, code, detail, a, {"kind": "annotation"})
+            dec.reject(j, rid, code, detail, dump(a), {"kind": "annotation"})
         report.input = len(images)
+        report.written = out.count
         report.images_checked = checker.checked
         report.extra = {"annotations": len(anns), "annotations_rejected": len(ann_rejects),
                         "captions_used": sum(len(c) for c in by_img.values())}

@@ -1,9 +1,11 @@
 """`clean llava`: LLaVA / ShareGPT / messages records -> validated conversation JSON + rejects + report.
 
-One streaming pass in constant memory: each record is normalised (rules 1-4) as it is read, its
-images are handed to the parallel checker, and records are decided (rules 5-11) and written strictly
-in input order as soon as the verdicts of their images are in. A bounded window of waiting records
-keeps the pool busy without holding the whole input.
+One streaming pass in constant memory. The file is split into raw record bytes (`fastread`); worker
+processes parse and normalise batches (rules 1-4) and serialise the output; the main process hands
+images to the once-per-path checker and decides (rules 5-11) and writes strictly in input order as
+soon as a record's image verdicts are in. A bounded window of waiting records keeps the pool busy
+without holding the input. Input the fast splitter cannot vouch for is re-read with the exact reader
+(`mmdata.io.iter_json_records`), which gives the same output or a file:line:col error.
 """
 
 from __future__ import annotations
@@ -11,23 +13,26 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import orjson
 
 from mmdata.clean.checks import ImageChecker
+from mmdata.clean.fastread import NotFast, iter_raw_batches
 from mmdata.clean.report import CleanReport, Sink, default_paths, dump, out_format_of
 from mmdata.errors import InputError
 from mmdata.images import DEFAULT_MAX_PIXELS
 from mmdata.io import iter_json_records
 from mmdata.records import normalize, to_messages
 
-__all__ = ["clean_llava", "Decider", "resolve_workers", "check_common_args"]
+__all__ = ["clean_llava", "Decider", "resolve_workers", "check_common_args", "sample_key"]
 
 _WINDOW = 20_000  # records allowed to wait for image verdicts before the reader blocks
+_BATCH = 1000  # records per structure task
 
-Progress = Callable[[int, int], None]  # (records decided, images checked)
+Progress = Callable[[int, int], None]  # (records read, images checked)
 
 
 def resolve_workers(workers: int | None) -> int:
@@ -63,51 +68,105 @@ def check_common_args(images_root: Path, out_path: Path, inputs: list[Path], min
     return fmt
 
 
+def sample_key(images: list[str], roles: list[str], values: list[str]) -> bytes:
+    """What duplicate_sample compares: image paths in order, roles and stripped values (128-bit digest)."""
+    return hashlib.blake2b(orjson.dumps((images, roles, values)), digest_size=16).digest()
+
+
+# One record after rules 1-4: (code, detail, id, images, sample key, payload). payload is the
+# serialised output record when code is None, else the serialised original record.
+Result = tuple
+
+
+def structure_one(raw: Any, index: int, stem: str, shape: str, messages: bool) -> Result:
+    """Rules 1-4 for one parsed record, with everything the ordered decision needs, serialised."""
+    res = normalize(raw, f"{stem}-{index}", shape)
+    if res.code is not None:
+        return (res.code, res.detail, res.id, None, None, dump(raw))
+    rec = to_messages(res.record) if messages else res.record
+    return (None, "", res.id, res.images, sample_key(res.images, res.roles, res.values), dump(rec))
+
+
+def structure_batch(raws: list[bytes], start: int, stem: str, shape: str, messages: bool) -> list[Result] | int:
+    """`structure_one` over raw JSON bytes; returns the batch position of the first record orjson
+    refuses instead (the caller then re-reads the file with the exact reader)."""
+    loads = orjson.loads
+    out = []
+    for k, raw in enumerate(raws):
+        try:
+            obj = loads(raw)
+        except orjson.JSONDecodeError:
+            return k  # also a white-space-only line: the exact reader skips it and numbers the rest
+        out.append(structure_one(obj, start + k, stem, shape, messages))
+    return out
+
+
 class Decider:
     """Rules 5-11 in input order, and the writes: the first failing image (in ``<image>`` order) decides;
     then duplicate id and duplicate sample against what was already written to OUT."""
 
     def __init__(self, checker: ImageChecker, out: Sink, rejects: Sink, report: CleanReport, input_name: str,
-                 out_format: str):
+                 serialise: Callable[[Any], bytes] = dump):
+        self.serialise = serialise  # original input record (as kept by the caller) -> JSON bytes
         self.checker = checker
         self.out = out
         self.rejects = rejects
         self.report = report
         self.input_name = input_name
-        self.messages = out_format == "messages"
         self.ids: set[str] = set()
         self.samples: set[bytes] = set()
 
-    def reject(self, index: int, rid: str, code: str, detail: str, raw: Any, extra: dict[str, Any] | None = None) -> None:
-        line: dict[str, Any] = {"index": index, "id": rid, "reason": code, "detail": detail, "input": self.input_name}
+    def reject(self, index: int, rid: str, code: str, detail: str, record: bytes,
+               extra: dict[str, Any] | None = None) -> None:
+        """One rejects line; ``record`` is the original record, already serialised."""
+        head: dict[str, Any] = {"index": index, "id": rid, "reason": code, "detail": detail, "input": self.input_name}
         if extra:
-            line.update(extra)
-        line["record"] = raw
-        self.rejects.write(dump(line))
+            head.update(extra)
+        self.rejects.write(orjson.dumps(head)[:-1] + b',"record":' + record + b"}")
         self.report.rejected += 1
         self.report.by_reason[code] += 1
 
-    def decide(self, index: int, rid: str, rec: dict[str, Any], images: list[str], turns: list, raw: Any,
-               extra: dict[str, Any] | None = None) -> bool:
-        """Write ``rec`` or reject ``raw``; all image verdicts must be in. True when written."""
-        cache = self.checker.cache
-        for p in images:
-            v = cache[p]
-            if v[0] is not None:  # type: ignore[index]
-                self.reject(index, rid, v[0], v[1], raw, extra)  # type: ignore[index]
-                return False
+    def decide(self, index: int, rid: str, images: list[str], key: bytes, out: bytes,
+               original: Any, extra: dict[str, Any] | None = None) -> bool:
+        """Write ``out`` or reject ``original`` (the input record, serialised by ``self.serialise`` only
+        when needed); all image verdicts must be in. True when written."""
+        if images:
+            cache = self.checker.cache
+            for p in images:
+                v = cache[p]
+                if v[0] is not None:  # type: ignore[index]
+                    self.reject(index, rid, v[0], v[1], self.serialise(original), extra)  # type: ignore[index]
+                    return False
         if rid in self.ids:
-            self.reject(index, rid, "duplicate_id", f"id {rid!r} was already written", raw, extra)
+            self.reject(index, rid, "duplicate_id", f"id {rid!r} was already written", self.serialise(original), extra)
             return False
-        key = hashlib.blake2b(orjson.dumps((images, turns)), digest_size=16).digest()
         if key in self.samples:
-            self.reject(index, rid, "duplicate_sample", "same images and conversation as an earlier record", raw, extra)
+            self.reject(index, rid, "duplicate_sample", "same images and conversation as an earlier record",
+                        self.serialise(original), extra)
             return False
         self.ids.add(rid)
         self.samples.add(key)
-        self.out.write(dump(to_messages(rec) if self.messages else rec))
-        self.report.written += 1
+        self.out.write(out)
         return True
+
+
+class _Fallback(Exception):
+    """The fast path met input it cannot vouch for."""
+
+
+def _reserialise(raw: bytes) -> bytes:
+    return dump(orjson.loads(raw))
+
+
+def _exact_batches(path: Path) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for _i, _line, obj in iter_json_records(path):
+        batch.append(obj)
+        if len(batch) >= _BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def clean_llava(
@@ -138,73 +197,120 @@ def clean_llava(
     rejects_path, report_path = default_paths(out_path, Path(rejects_path) if rejects_path else None,
                                               Path(report_path) if report_path else None)
     nworkers = resolve_workers(workers)
+    pool = ProcessPoolExecutor(nworkers) if nworkers > 1 else None
+    try:
+        args = (input_path, images_root, out_path, rejects_path, report_path, fmt, min_side, max_aspect, max_pixels,
+                out_format, shape, pool, nworkers, progress)
+        try:
+            report = _run(*args, exact=False)
+        except (_Fallback, NotFast, UnicodeDecodeError):
+            report = _run(*args, exact=True)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    report.write(report_path)
+    return report
+
+
+def _run(input_path: Path, images_root: Path, out_path: Path, rejects_path: Path, report_path: Path, fmt: str,
+         min_side: int, max_aspect: float, max_pixels: int, out_format: str, shape: str,
+         pool: ProcessPoolExecutor | None, nworkers: int, progress: Progress | None, *, exact: bool) -> CleanReport:
     report = CleanReport(kind="llava", source=input_path.name, out=str(out_path), rejects=str(rejects_path),
                          report=str(report_path),
                          options={"min_side": min_side, "max_aspect": max_aspect, "max_pixels": max_pixels,
                                   "out_format": out_format, "input_format": shape})
     stem = input_path.stem
-    images_done = [0]
-
-    def on_images(n: int) -> None:
-        images_done[0] = n
-
+    messages = out_format == "messages"
     with ImageChecker(str(images_root), workers=nworkers, min_side=min_side, max_aspect=max_aspect,
-                      max_pixels=max_pixels, on_done=on_images) as checker, \
+                      max_pixels=max_pixels, pool=pool) as checker, \
             Sink(rejects_path, "jsonl") as rejects, Sink(out_path, fmt) as out:
-        dec = Decider(checker, out, rejects, report, input_path.name, out_format)
+        dec = Decider(checker, out, rejects, report, input_path.name, dump if exact else _reserialise)
+        decide = dec.decide
         cache = checker.cache
         request = checker.request
-        waiting: deque = deque()  # (index, rid, rec, images, turns, raw) in input order
-
+        waiting: deque = deque()  # (index, rid, images, key, out_bytes, original) in input order
+        tasks: deque = deque()  # (start, raws, future or results)
         n = 0
-        for index, _line, raw in iter_json_records(input_path):
-            n += 1
-            res = normalize(raw, f"{stem}-{index}", shape)
-            if res.code is not None:
-                if waiting:
-                    waiting.append((index, res.id, None, None, res.code, res.detail, raw))
-                else:
-                    dec.reject(index, res.id, res.code, res.detail, raw)
-            else:
-                imgs = res.images
-                for p in imgs:
-                    request(p)
-                if waiting or any(cache[p] is None for p in imgs):
-                    waiting.append((index, res.id, res.record, imgs, res.turns, raw))
-                else:
-                    dec.decide(index, res.id, res.record, imgs, res.turns, raw)
+
+        ids, samples, append = dec.ids, dec.samples, out.append
+
+        def consume(start: int, raws: list[Any], results: list[Result] | int) -> None:
+            if type(results) is int:
+                raise _Fallback(f"record {start + results} is not plain JSON")
+            for k, (code, detail, rid, images, key, payload) in enumerate(results):
+                if code is None and not images and not waiting and rid not in ids and key not in samples:
+                    ids.add(rid)  # the common text-only case, decided inline
+                    samples.add(key)
+                    append(payload)
+                    continue
+                index = start + k
+                if code is not None:
+                    if waiting:
+                        waiting.append((index, rid, None, code, detail, payload))
+                    else:
+                        dec.reject(index, rid, code, detail, payload)
+                    continue
+                if images:
+                    for p in images:
+                        request(p)
+                    if waiting or any(cache[p] is None for p in images):
+                        waiting.append((index, rid, images, key, payload, raws[k]))
+                        continue
+                elif waiting:
+                    waiting.append((index, rid, images, key, payload, raws[k]))
+                    continue
+                decide(index, rid, images, key, payload, raws[k])
             if waiting:
                 _settle(waiting, cache, dec, checker, until=_WINDOW // 2 if len(waiting) >= _WINDOW else None)
-            if progress is not None and not n & 1023:
-                progress(n, images_done[0])
+            out.flush()
+
+        source = _exact_batches(input_path) if exact else iter_raw_batches(input_path, _BATCH)
+        for raws in source:
+            start = n
+            n += len(raws)
+            if exact:
+                tasks.append((start, raws, [structure_one(o, start + k, stem, shape, messages) for k, o in enumerate(raws)]))
+            elif pool is None:
+                tasks.append((start, raws, structure_batch(raws, start, stem, shape, messages)))
+            else:
+                tasks.append((start, raws, pool.submit(structure_batch, raws, start, stem, shape, messages)))
+            while tasks and (len(tasks) > 2 * nworkers or not isinstance(tasks[0][2], Future)):
+                s, r, fut = tasks.popleft()
+                consume(s, r, fut.result() if isinstance(fut, Future) else fut)
+            if progress is not None:
+                progress(n, checker.checked)
+        while tasks:
+            s, r, fut = tasks.popleft()
+            consume(s, r, fut.result() if isinstance(fut, Future) else fut)
         checker.drain()
         _settle(waiting, cache, dec, checker, until=0)
         report.input = n
+        report.written = out.count
         report.images_checked = checker.checked
     if progress is not None:
-        progress(n, images_done[0])
-    report.write(report_path)
+        progress(n, report.images_checked)
     return report
 
 
 def _settle(waiting: deque, cache: dict, dec: Decider, checker: ImageChecker, until: int | None) -> None:
-    """Decide queued records from the head while their verdicts are in. A structural reject waits
-    in the queue as a 7-tuple so it keeps its place. With ``until`` set, block on the checker until
-    fewer than ``until`` records wait (0: all)."""
+    """Decide queued records from the head while their verdicts are in (a structural reject waits with
+    ``images`` None so it keeps its place). With ``until`` set, block on the checker until fewer than
+    ``until`` records wait (0: all)."""
     while waiting:
         head = waiting[0]
-        if len(head) == 7:
+        images = head[2]
+        if images is None:
             waiting.popleft()
-            dec.reject(head[0], head[1], head[4], head[5], head[6])
+            dec.reject(head[0], head[1], head[3], head[4], head[5])
             continue
-        for p in head[3]:
+        for p in images:
             if cache[p] is None:
                 break
         else:
             waiting.popleft()
             dec.decide(*head)
             continue
-        if until is None or len(waiting) < until or (until == 0 and not waiting):
+        if until is None or len(waiting) < until:
             return
         checker.flush()
         checker.wait_some()

@@ -16,12 +16,23 @@ from mmdata.records import REASONS
 __all__ = ["CleanReport", "Sink", "default_paths", "dump", "out_format_of"]
 
 
+def _finite(obj: Any) -> Any:
+    """NaN / infinity as null, as orjson writes them (the stdlib would write invalid JSON)."""
+    if isinstance(obj, float) and obj != obj or obj in (float("inf"), float("-inf")):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def dump(obj: Any) -> bytes:
     """orjson, falling back to the stdlib for what orjson refuses (lone surrogates, ints over 64 bits)."""
     try:
         return orjson.dumps(obj)
     except TypeError:
-        return json.dumps(obj, separators=(",", ":")).encode()
+        return json.dumps(_finite(obj), separators=(",", ":")).encode()
 
 
 def out_format_of(path: Path) -> str:
@@ -43,13 +54,24 @@ def default_paths(out: Path, rejects: Path | None, report: Path | None) -> tuple
 class Sink:
     """Stream pre-serialised records to a JSON array (one record a line) or JSON Lines, atomically.
 
-    Same framing as ``mmdata.io.RecordWriter``; takes bytes so the caller serialises once.
+    Same framing as ``mmdata.io.RecordWriter``; takes bytes so the caller serialises once, and
+    writes them 1024 at a time (a write per record costs more than the record). ``append`` is the
+    hot-loop entry: records are counted and framed when flushed.
     """
 
+    _BATCH = 1024
+
     def __init__(self, path: Path, fmt: str):
-        self.path, self.fmt, self.count = path, fmt, 0
+        self.path, self.fmt = path, fmt
         self._cm = atomic_write(path)
         self._f: IO[bytes] | None = None
+        self._parts: list[bytes] = []
+        self.append = self._parts.append
+        self._done = 0
+
+    @property
+    def count(self) -> int:
+        return self._done + len(self._parts)
 
     def __enter__(self) -> "Sink":
         self._f = self._cm.__enter__()
@@ -58,17 +80,30 @@ class Sink:
         return self
 
     def write(self, data: bytes) -> None:
+        self._parts.append(data)
+        if len(self._parts) >= self._BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        parts = self._parts
+        if not parts:
+            return
         f = self._f
         if self.fmt == "json":
-            f.write(b",\n" if self.count else b"\n")  # type: ignore[union-attr]
-            f.write(data)  # type: ignore[union-attr]
+            f.write(b",\n" if self._done else b"\n")  # type: ignore[union-attr]
+            f.write(b",\n".join(parts))  # type: ignore[union-attr]
         else:
-            f.write(data + b"\n")  # type: ignore[union-attr]
-        self.count += 1
+            parts.append(b"")
+            f.write(b"\n".join(parts))  # type: ignore[union-attr]
+            parts.pop()
+        self._done += len(parts)
+        parts.clear()
 
     def __exit__(self, et, ev, tb) -> bool:
-        if et is None and self.fmt == "json":
-            self._f.write(b"\n]\n" if self.count else b"]\n")  # type: ignore[union-attr]
+        if et is None:
+            self.flush()
+            if self.fmt == "json":
+                self._f.write(b"\n]\n" if self._done else b"]\n")  # type: ignore[union-attr]
         return bool(self._cm.__exit__(et, ev, tb))
 
 
