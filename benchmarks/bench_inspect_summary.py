@@ -70,7 +70,8 @@ from mmdata.inspect.stats import inspect_shards
 s = inspect_shards([sys.argv[1]])
 dt = time.perf_counter() - t
 assert s["errors"] == [], s["errors"][:3]
-print(s["samples"], s["shards"], s["image_tokens"]["p50"], f"{dt:.2f}", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+ru = resource.getrusage(resource.RUSAGE_SELF)
+print(s["samples"], s["shards"], s["image_tokens"]["p50"], f"{dt:.2f}", f"{ru.ru_utime + ru.ru_stime:.2f}", ru.ru_maxrss // 1024)
 """
 
 
@@ -88,9 +89,9 @@ def main() -> None:
         out = subprocess.run([sys.executable, "-c", MEASURE, str(root)], capture_output=True, text=True, env=env)
         if out.returncode:
             sys.exit(out.stderr)
-        samples, shards, p50, secs, rss = out.stdout.split()
+        samples, shards, p50, secs, cpu, rss = out.stdout.split()
         print(f"inspect_shards: {int(samples):,} samples, {int(shards):,} shards, p50 image tokens {p50}: "
-              f"{secs} s wall (incl. imports), peak RSS {rss} MB, 0 tar bytes read")
+              f"{secs} s wall, {cpu} CPU-s (process total, imports included), peak RSS {rss} MB, 0 tar bytes read")
 
 
 if __name__ == "__main__":
