@@ -184,3 +184,15 @@ def test_empty_data_set(tmp_path: Path) -> None:
     s = inspect_shards([tmp_path / "e"])
     assert (s["samples"], s["shards"], s["errors"]) == (0, 0, [])
     assert s["image_tokens"] == {"min": 0, "p50": 0, "mean": 0.0, "p95": 0, "max": 0}
+
+
+def test_text_tokens_column_is_summarised(ds: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(ds / "index.parquet")
+    t = t.append_column("text_tokens", pa.array([30, 31, 40, -1, 12, 33, 30], pa.int32()))  # -1: not renderable
+    pq.write_table(t, ds / "index.parquet")
+    s = inspect_shards([ds])
+    assert s["text_tokens"] == {"min": 12, "p50": 30.5, "mean": round(176 / 6, 3), "p95": _q([30, 31, 40, 12, 33, 30], 95),
+                                "max": 40}
