@@ -60,10 +60,14 @@ def run_cmd(
     fsdp: bool = typer.Option(False, "--fsdp", help="FSDP2 instead of DDP under torchrun."),
 ) -> None:
     """Stream the shards through the sequence-packed loader into a vision-language model and train it."""
-    from mmtrain.run import TrainArgs, train
+    from mmtrain.args import TrainArgs, check_shards, validate
 
-    args = TrainArgs(**{k: v for k, v in locals().items() if k not in ("TrainArgs", "train")})
+    args = TrainArgs(**{k: v for k, v in locals().items() if k not in ("TrainArgs", "check_shards", "validate")})
     args.shards = list(shards)
+    validate(args, int(os.environ.get("WORLD_SIZE", "1")))  # before torch is imported: fast errors
+    check_shards(args.shards)
+    from mmtrain.run import train
+
     train(args)
 
 

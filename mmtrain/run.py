@@ -16,7 +16,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -27,49 +27,10 @@ import torch.distributed as dist
 from mmdata.errors import InputError
 from mmtrain import checkpoint as ckpt
 from mmtrain.accel import BACKENDS, Accel, detect_device, get_accel
+from mmtrain.args import TrainArgs, check_shards, validate
 from mmtrain.batch import RowStats, concat_rows, row_stats, to_device
 from mmtrain.flops import row_flops
-from mmtrain.model import MODEL_SHAPES, VLModel, build_model, num_params
-
-
-@dataclass
-class TrainArgs:
-    """Every option of `mmtrain run` (CONTRACT s.5 plus Megatron / MindSpeed-MM names)."""
-
-    shards: list[str] = field(default_factory=list)
-    tokenizer: str | None = None
-    model: str = "tiny"
-    seq_len: int = 2048
-    micro_batch_size: int = 1
-    global_batch_size: int = 8
-    max_steps: int = 100
-    lr: float = 1e-4
-    min_lr: float = 0.0
-    lr_warmup_iters: int = 0
-    weight_decay: float = 0.01
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    clip_grad: float = 1.0
-    bf16: bool = False
-    recompute_granularity: str | None = None
-    recompute_method: str | None = None
-    recompute_num_layers: int = 0
-    use_flash_attn: bool = False
-    use_fused_rmsnorm: bool = False
-    use_fused_swiglu: bool = False
-    attn_impl: str | None = None
-    template: str = "qwen2vl"
-    num_workers: int = 2
-    log_interval: int = 10
-    save: str | None = None
-    save_interval: int | None = None
-    load: str | None = None
-    exit_interval: int | None = None
-    device: str = "auto"
-    seed: int = 0
-    tensorboard_dir: str | None = None
-    metrics: str | None = None
-    fsdp: bool = False
+from mmtrain.model import VLModel, build_model, num_params
 
 
 @dataclass
@@ -98,48 +59,9 @@ class TrainResult:
 # ------------------------------------------------------------------------------------------- setup
 
 
-def validate(args: TrainArgs, world_size: int) -> None:
-    """Reject bad option combinations with one clear line (InputError -> exit 2)."""
-    def bad(msg: str) -> None:
-        raise InputError(None, msg)
-
-    if args.model not in MODEL_SHAPES:
-        bad(f"--model must be one of {', '.join(MODEL_SHAPES)}, got {args.model!r}")
-    for name in ("seq_len", "micro_batch_size", "global_batch_size", "max_steps", "log_interval"):
-        if getattr(args, name) < 1:
-            bad(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.global_batch_size % (args.micro_batch_size * world_size):
-        bad(f"--global-batch-size {args.global_batch_size} is not divisible by --micro-batch-size "
-            f"{args.micro_batch_size} x data-parallel size {world_size}")
-    if not (args.lr > 0 and 0 <= args.min_lr <= args.lr):
-        bad(f"need 0 <= --min-lr <= --lr and --lr > 0, got --lr {args.lr} --min-lr {args.min_lr}")
-    if args.lr_warmup_iters < 0 or args.lr_warmup_iters > args.max_steps:
-        bad(f"--lr-warmup-iters must be between 0 and --max-steps, got {args.lr_warmup_iters}")
-    if args.save_interval is not None and args.save_interval < 1:
-        bad(f"--save-interval must be at least 1, got {args.save_interval}")
-    if args.save_interval and not args.save:
-        bad("--save-interval needs --save DIR")
-    if args.recompute_granularity not in (None, "full"):
-        bad(f"--recompute-granularity: only 'full' is supported, got {args.recompute_granularity!r}")
-    if args.recompute_granularity == "full":
-        if args.recompute_method not in ("block", "uniform"):
-            bad("--recompute-granularity full needs --recompute-method block|uniform")
-        if args.recompute_num_layers < 1:
-            bad("--recompute-granularity full needs --recompute-num-layers N (N >= 1)")
-    elif args.recompute_method or args.recompute_num_layers:
-        bad("--recompute-method / --recompute-num-layers need --recompute-granularity full")
-    if not args.shards:
-        bad("--shards is required")
-
-
 def loader_data(args: TrainArgs, rank: int, world_size: int) -> Data:
     """The real stream: mmdata's PackedLoader over the shard folders, with its tokenizer."""
-    for s in args.shards:
-        p = Path(s)
-        if not p.is_dir():
-            raise InputError(p, "shards folder not found")
-        if not (p / "manifest.json").is_file() and not any(p.glob("*.tar")):
-            raise InputError(p, "no shards here (expected manifest.json and shard-*.tar from `mmdata shard`)")
+    check_shards(args.shards)
     from mmdata.loader import LoaderConfig, PackedLoader, load_tokenizer
 
     tok = load_tokenizer(args.tokenizer)
@@ -395,8 +317,8 @@ def _train(args: TrainArgs, data_factory: DataFactory, rank: int, world: int, lo
         t_data = time.perf_counter() - t0
         micro = [concat_rows(rows[i * args.micro_batch_size:(i + 1) * args.micro_batch_size]) for i in range(n_micro)]
         stats: list[RowStats] = [row_stats(m) for m in micro]
-        counts = torch.tensor([sum(s.loss_tokens for s in stats), sum(s.real_tokens for s in stats),
-                               sum(s.tokens for s in stats),
+        capacity = max(sum(s.tokens for s in stats), len(rows) * args.seq_len)  # rows may come unpadded
+        counts = torch.tensor([sum(s.loss_tokens for s in stats), sum(s.real_tokens for s in stats), capacity,
                                sum(row_flops(model.cfg, s.doc_lens, s.loss_tokens, s.frame_patches) for s in stats)],
                               dtype=torch.float64 if accel.kind != "npu" else torch.float32)
         counts = _all_reduce(counts.to(accel.device), world).cpu()

@@ -194,6 +194,10 @@ def test_model_sizes():
     assert 90e6 < num_params(sizes["100m"], exclude_embeddings=True) < 110e6
     assert 2.1e9 < num_params(sizes["2b"]) < 2.3e9  # Qwen2-VL-2B: 2.21B
     assert num_params(sizes["0.5b"]) < num_params(sizes["1b"]) < num_params(sizes["2b"])
+    from mmtrain.args import MODEL_NAMES
+    from mmtrain.model import MODEL_SHAPES
+
+    assert tuple(MODEL_SHAPES) == MODEL_NAMES
     with pytest.raises(ValueError, match="unknown model"):
         build_model("huge", 10, 1, device="meta")
 

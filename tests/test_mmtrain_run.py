@@ -202,6 +202,7 @@ def _spawn(world: int, runs: list[dict], tmp_path) -> list[dict]:
     return losses[0]
 
 
+@pytest.mark.slow  # two spawned interpreters importing torch: ~15-40 s on 2 busy cores
 def test_two_gloo_processes_match_one_process(tmp_path):
     # Same global batch of 4 rows: one process takes rows 0-3, two processes take 0,2 and 1,3.
     runs = [dict(max_steps=3, global_batch_size=4), dict(max_steps=3, global_batch_size=4, fsdp=True)]

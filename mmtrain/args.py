@@ -1,0 +1,94 @@
+"""The options of `mmtrain run` and their checks, free of torch so that the CLI rejects bad input fast."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmdata.errors import InputError
+
+MODEL_NAMES = ("tiny", "100m", "0.5b", "1b", "2b")
+
+
+@dataclass
+class TrainArgs:
+    """Every option of `mmtrain run` (CONTRACT s.5 plus Megatron / MindSpeed-MM names)."""
+
+    shards: list[str] = field(default_factory=list)
+    tokenizer: str | None = None
+    model: str = "tiny"
+    seq_len: int = 2048
+    micro_batch_size: int = 1
+    global_batch_size: int = 8
+    max_steps: int = 100
+    lr: float = 1e-4
+    min_lr: float = 0.0
+    lr_warmup_iters: int = 0
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    clip_grad: float = 1.0
+    bf16: bool = False
+    recompute_granularity: str | None = None
+    recompute_method: str | None = None
+    recompute_num_layers: int = 0
+    use_flash_attn: bool = False
+    use_fused_rmsnorm: bool = False
+    use_fused_swiglu: bool = False
+    attn_impl: str | None = None
+    template: str = "qwen2vl"
+    num_workers: int = 2
+    log_interval: int = 10
+    save: str | None = None
+    save_interval: int | None = None
+    load: str | None = None
+    exit_interval: int | None = None
+    device: str = "auto"
+    seed: int = 0
+    tensorboard_dir: str | None = None
+    metrics: str | None = None
+    fsdp: bool = False
+
+
+def check_shards(shards: list[str]) -> None:
+    """Every --shards folder exists and holds shards."""
+    for s in shards:
+        p = Path(s)
+        if not p.is_dir():
+            raise InputError(p, "shards folder not found")
+        if not (p / "manifest.json").is_file() and not any(p.glob("*.tar")):
+            raise InputError(p, "no shards here (expected manifest.json and shard-*.tar from `mmdata shard`)")
+
+
+def validate(args: TrainArgs, world_size: int) -> None:
+    """Reject bad option combinations with one clear line (InputError -> exit 2)."""
+    def bad(msg: str) -> None:
+        raise InputError(None, msg)
+
+    if args.model not in MODEL_NAMES:
+        bad(f"--model must be one of {', '.join(MODEL_NAMES)}, got {args.model!r}")
+    for name in ("seq_len", "micro_batch_size", "global_batch_size", "max_steps", "log_interval"):
+        if getattr(args, name) < 1:
+            bad(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.global_batch_size % (args.micro_batch_size * world_size):
+        bad(f"--global-batch-size {args.global_batch_size} is not divisible by --micro-batch-size "
+            f"{args.micro_batch_size} x data-parallel size {world_size}")
+    if not (args.lr > 0 and 0 <= args.min_lr <= args.lr):
+        bad(f"need 0 <= --min-lr <= --lr and --lr > 0, got --lr {args.lr} --min-lr {args.min_lr}")
+    if args.lr_warmup_iters < 0 or args.lr_warmup_iters > args.max_steps:
+        bad(f"--lr-warmup-iters must be between 0 and --max-steps, got {args.lr_warmup_iters}")
+    if args.save_interval is not None and args.save_interval < 1:
+        bad(f"--save-interval must be at least 1, got {args.save_interval}")
+    if args.save_interval and not args.save:
+        bad("--save-interval needs --save DIR")
+    if args.recompute_granularity not in (None, "full"):
+        bad(f"--recompute-granularity: only 'full' is supported, got {args.recompute_granularity!r}")
+    if args.recompute_granularity == "full":
+        if args.recompute_method not in ("block", "uniform"):
+            bad("--recompute-granularity full needs --recompute-method block|uniform")
+        if args.recompute_num_layers < 1:
+            bad("--recompute-granularity full needs --recompute-num-layers N (N >= 1)")
+    elif args.recompute_method or args.recompute_num_layers:
+        bad("--recompute-method / --recompute-num-layers need --recompute-granularity full")
+    if not args.shards:
+        bad("--shards is required")
