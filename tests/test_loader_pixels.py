@@ -60,3 +60,19 @@ def test_image_rows_size_grid_and_tokens():
 def test_patchify_rejects_unaligned():
     with pytest.raises(ValueError, match="multiple of 28"):
         patchify(np.zeros((30, 28, 3), np.uint8))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "uint8"])
+def test_fill_rows_equals_per_image_rows(dtype):
+    from mmdata.loader.pixels import decode_frame, fill_rows
+
+    blobs = []
+    for k, (h, w) in enumerate([(56, 84), (28, 56)]):
+        arr = np.random.default_rng(k).integers(0, 256, (h, w, 3), dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="PNG")
+        blobs.append((buf.getvalue(), h, w))
+    frames = [decode_frame(b, h, w) for b, h, w in blobs]
+    got = fill_rows(frames, 2, dtype)
+    want = np.concatenate([image_rows(b, h, w, 14, 2, 2, dtype)[0] for b, h, w in blobs])
+    assert got.dtype == want.dtype and np.array_equal(got, want)

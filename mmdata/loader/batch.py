@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from mmdata.loader.pixels import fill_rows
 from mmdata.loader.rope import mrope_position_ids, text_position_ids
 
 IGNORE = -100
@@ -18,7 +19,8 @@ IGNORE = -100
 
 @dataclass
 class Document:
-    """One encoded sample: ids/labels int32 [L], its images' pixel rows and (t, h, w) grids."""
+    """One encoded sample: ids/labels int32 [L], its images as uint8 patch frames [P, C, p*p]
+    (:func:`mmdata.loader.pixels.decode_frame`) and their (t, h, w) grids."""
 
     sample_id: str
     input_ids: np.ndarray
@@ -38,7 +40,7 @@ class RowSpec:
     merge_size: int = 2
     pad_to_seq_len: bool = False
     pixel_dtype: str = "float32"
-    row_width: int = 1176  # C * T * p * p
+    temporal_patch_size: int = 2
 
 
 def _positions(doc: Document, spec: RowSpec) -> np.ndarray:
@@ -78,10 +80,8 @@ def collate_row(docs: list[Document], spec: RowSpec) -> dict:
     np.cumsum(lens, out=cu[1:])
     cu_padded = cu.copy()
     cu_padded[-1] = total  # tail padding folded into the last document
-    pix = [p for d in docs for p in d.pixels]
     grids = [g for d in docs for g in d.grids]
-    dtype = np.uint8 if spec.pixel_dtype == "uint8" else np.float32
-    pixel_values = np.concatenate(pix).astype(dtype, copy=False) if pix else np.zeros((0, spec.row_width), dtype)
+    pixel_values = fill_rows([p for d in docs for p in d.pixels], spec.temporal_patch_size, spec.pixel_dtype)
     return {
         "input_ids": torch.from_numpy(ids).unsqueeze(0),
         "labels": torch.from_numpy(labels).unsqueeze(0),

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from mmdata.errors import InputError, MMDataError
 from mmdata.loader.batch import Document, RowSpec, collate_row
 from mmdata.loader.lengths import ShardIndex, cache_dir_for, read_index, text_tokens
-from mmdata.loader.pixels import image_rows, target_size
+from mmdata.loader.pixels import decode_frame, target_size
 from mmdata.loader.plan import PlanConfig, Planner, SetLengths, iter_positions, normalize_position
 
 log = logging.getLogger("mmdata.loader")
@@ -179,8 +179,7 @@ class RowBuilder:
                             vision_start_id=tokenizer.vision_start_id if config.template == "qwen2vl" else None,
                             image_pad_id=tokenizer.image_pad_id if config.template == "qwen2vl" else None,
                             merge_size=config.merge_size, pad_to_seq_len=config.pad_to_seq_len,
-                            pixel_dtype=config.pixel_dtype,
-                            row_width=3 * config.temporal_patch_size * config.patch_size ** 2)
+                            pixel_dtype=config.pixel_dtype, temporal_patch_size=config.temporal_patch_size)
         self._files: dict[tuple[int, int], object] = {}
 
     def _file(self, set_id: int, shard: int):
@@ -262,11 +261,10 @@ class RowBuilder:
         pixels, grids = [], []
         for k, ((h, w), data) in enumerate(zip(sizes, img_bytes)):
             try:
-                rows, grid = image_rows(data, h, w, cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size, cfg.pixel_dtype)
+                pixels.append(decode_frame(data, h, w, cfg.patch_size, cfg.merge_size))
             except Exception as e:  # PIL raises many types on corrupt data
                 raise BadSample("decode_error", f"image {k}: {type(e).__name__}: {e}") from None
-            pixels.append(rows)
-            grids.append(grid)
+            grids.append((1, h // cfg.patch_size, w // cfg.patch_size))
         return Document(str(ix.ids[i]), ids, labels, pixels, grids), cut
 
     def _truncate(self, ids: np.ndarray, labels: np.ndarray, tokens: list[int]):

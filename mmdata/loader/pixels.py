@@ -37,38 +37,50 @@ def decode_resized(data: bytes, height: int, width: int) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8)
 
 
+def _frame_patches(image: np.ndarray, patch_size: int, merge_size: int) -> np.ndarray:
+    """``[H, W, C]`` -> one frame's patches ``[P, C, p*p]`` in merge-window order (one copy)."""
+    h, w, c = image.shape
+    p, m = patch_size, merge_size
+    if h % (p * m) or w % (p * m):
+        raise ValueError(f"image size {w}x{h} is not a multiple of {p * m}")
+    x = image.reshape(h // (p * m), m, p, w // (p * m), m, p, c)
+    x = x.transpose(0, 3, 1, 4, 6, 2, 5)  # (gh, gw, m, m, C, p, p)
+    return x.reshape(-1, c, p * p)
+
+
+def _repeat_frames(frame: np.ndarray, temporal_patch_size: int) -> np.ndarray:
+    """``[P, C, p*p]`` -> ``[P, C*T*p*p]``: the still image repeated to T frames inside each channel."""
+    n, c, pp = frame.shape
+    out = np.empty((n, c, temporal_patch_size, pp), dtype=frame.dtype)
+    out[...] = frame[:, :, None, :]
+    return out.reshape(n, c * temporal_patch_size * pp)
+
+
 def patchify(image: np.ndarray, patch_size: int = 14, merge_size: int = 2, temporal_patch_size: int = 2) -> np.ndarray:
     """``[H, W, C]`` image -> ``[(H/p)*(W/p), C*T*p*p]`` rows in HF order (dtype kept).
 
     Equivalent to HF's tile-to-T-frames, reshape ``(1, T, C, H/p/m, m, p, W/p/m, m, p)`` and
     transpose ``(0, 3, 6, 4, 7, 2, 1, 5, 8)``; the frame repeat is done last, on the small axis.
     """
-    h, w, c = image.shape
-    p, m, t = patch_size, merge_size, temporal_patch_size
-    if h % (p * m) or w % (p * m):
-        raise ValueError(f"image size {w}x{h} is not a multiple of {p * m}")
-    x = image.reshape(h // (p * m), m, p, w // (p * m), m, p, c)
-    x = x.transpose(0, 3, 1, 4, 6, 2, 5)  # (gh, gw, m, m, C, p, p)
-    x = x.reshape(-1, c, 1, p, p)
-    x = np.broadcast_to(x, (x.shape[0], c, t, p, p))
-    return np.ascontiguousarray(x).reshape(-1, c * t * p * p)
+    return _repeat_frames(_frame_patches(image, patch_size, merge_size), temporal_patch_size)
 
 
-def _affine(cols: int, channels: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    per = cols // channels
-    mean = np.repeat(np.asarray(CLIP_MEAN, dtype=np.float64), per)
-    std = np.repeat(np.asarray(CLIP_STD, dtype=np.float64), per)
-    return mean, std
+_SCALE = (1.0 / (255.0 * np.asarray(CLIP_STD, dtype=np.float64))).astype(np.float32)
+_BIAS = (-np.asarray(CLIP_MEAN, dtype=np.float64) / np.asarray(CLIP_STD, dtype=np.float64)).astype(np.float32)
 
 
-def normalize_numpy(rows: np.ndarray) -> np.ndarray:
-    """uint8 patch rows -> float32 ``(x / 255 - mean[c]) / std[c]``, channel ``c = column // (cols / 3)``."""
-    mean, std = _affine(rows.shape[1])
-    out = rows.astype(np.float32)
-    out *= np.float32(1.0 / 255.0)
-    out -= mean.astype(np.float32)
-    out /= std.astype(np.float32)
+def _normalize_frame(frame: np.ndarray) -> np.ndarray:
+    """uint8 ``[P, C, p*p]`` -> float32 ``x / 255 / std - mean / std`` per channel (two passes)."""
+    out = frame.astype(np.float32)
+    out *= _SCALE[None, :, None]
+    out += _BIAS[None, :, None]
     return out
+
+
+def normalize_numpy(rows: np.ndarray, channels: int = 3) -> np.ndarray:
+    """uint8 patch rows ``[P, cols]`` -> float32 CLIP-normalised; channel ``c = column // (cols / 3)``."""
+    n, cols = rows.shape
+    return _normalize_frame(rows.reshape(n, channels, cols // channels)).reshape(n, cols)
 
 
 def normalize_pixels(t):
@@ -79,17 +91,41 @@ def normalize_pixels(t):
     """
     import torch
 
-    mean, std = _affine(t.shape[-1])
-    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=t.device)
-    std_t = torch.as_tensor(std, dtype=torch.float32, device=t.device)
-    return (t.to(torch.float32) * (1.0 / 255.0) - mean_t) / std_t
+    n, cols = t.shape
+    scale = torch.as_tensor(_SCALE, device=t.device).view(1, 3, 1)
+    bias = torch.as_tensor(_BIAS, device=t.device).view(1, 3, 1)
+    return (t.to(torch.float32).view(n, 3, cols // 3) * scale + bias).view(n, cols)
+
+
+def decode_frame(data: bytes, height: int, width: int, patch_size: int = 14, merge_size: int = 2) -> np.ndarray:
+    """Image bytes -> one uint8 frame of patches ``[P, C, p*p]`` at the exact size (see :func:`fill_rows`)."""
+    return _frame_patches(decode_resized(data, height, width), patch_size, merge_size)
+
+
+def fill_rows(frames: list[np.ndarray], temporal_patch_size: int, pixel_dtype: str) -> np.ndarray:
+    """uint8 frames ``[P_i, C, p*p]`` -> one ``pixel_values`` array ``[sum P_i, C*T*p*p]``, normalised
+    (float32) straight into the output: no per-image float temporaries, no concatenation copy."""
+    total = sum(f.shape[0] for f in frames)
+    c, pp = (frames[0].shape[1], frames[0].shape[2]) if frames else (3, 196)
+    dtype = np.float32 if pixel_dtype == "float32" else np.uint8
+    out = np.empty((total, c, temporal_patch_size, pp), dtype=dtype)
+    at = 0
+    for f in frames:
+        dst = out[at:at + f.shape[0], :, 0, :]
+        if dtype is np.float32:
+            np.multiply(f, _SCALE[None, :, None], out=dst, casting="unsafe")
+            dst += _BIAS[None, :, None]
+        else:
+            dst[...] = f
+        at += f.shape[0]
+    out[:, :, 1:, :] = out[:, :, :1, :]
+    return out.reshape(total, c * temporal_patch_size * pp)
 
 
 def image_rows(data: bytes, height: int, width: int, patch_size: int, merge_size: int, temporal_patch_size: int,
                pixel_dtype: str) -> tuple[np.ndarray, tuple[int, int, int]]:
     """One image's ``pixel_values`` rows and its ``(t, h, w)`` grid (14-px units)."""
-    img = decode_resized(data, height, width)
-    rows = patchify(img, patch_size, merge_size, temporal_patch_size)
+    frame = _frame_patches(decode_resized(data, height, width), patch_size, merge_size)
     if pixel_dtype == "float32":
-        rows = normalize_numpy(rows)
-    return rows, (1, height // patch_size, width // patch_size)
+        frame = _normalize_frame(frame)  # normalise one frame, then repeat: half the float work
+    return _repeat_frames(frame, temporal_patch_size), (1, height // patch_size, width // patch_size)
