@@ -6,7 +6,6 @@ numbers ``numpy.percentile`` gives on the full column) in memory that does not g
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -324,7 +323,3 @@ def histograms(paths: list[str | Path]) -> dict[str, IntHist]:
     if acc.has_text_tokens:
         out["text_tokens"] = acc.text_tokens
     return out
-
-
-def default_workers() -> int:
-    return max(1, min(32, os.cpu_count() or 1))
