@@ -273,3 +273,9 @@ def test_min_side_and_max_aspect_options(fx: dict[str, Any], tmp_path: Path) -> 
     assert {"s-0001", "s-0002", "s-0004"} <= written  # 20x20, 27x100 and 6000x28 (aspect 214) now pass
     assert by["s-0003"] == "bad_aspect_ratio"  # 6000x20: no longer too small, but aspect 300 > 250
     assert rep.by_reason["image_too_small"] == 0 and rep.by_reason["bad_aspect_ratio"] == 1
+
+
+def test_duplicate_details_name_the_first(runs: dict[str, Any]) -> None:
+    by_id = {r["id"]: r for r in runs["llava/llava.json"]["rejects"]}
+    assert by_id["copy-0001"]["detail"] == "same images and conversation as '000000033471'"
+    assert by_id["777"]["detail"] == "id '777' was already written"

@@ -114,7 +114,7 @@ class Decider:
         self.report = report
         self.input_name = input_name
         self.ids: set[str] = set()
-        self.samples: set[bytes] = set()
+        self.samples: dict[bytes, str] = {}  # sample key -> id of the record written with it
 
     def reject(self, index: int, rid: str, code: str, detail: str, record: bytes,
                extra: dict[str, Any] | None = None) -> None:
@@ -141,11 +141,11 @@ class Decider:
             self.reject(index, rid, "duplicate_id", f"id {rid!r} was already written", self.serialise(original), extra)
             return False
         if key in self.samples:
-            self.reject(index, rid, "duplicate_sample", "same images and conversation as an earlier record",
+            self.reject(index, rid, "duplicate_sample", f"same images and conversation as {self.samples[key]!r}",
                         self.serialise(original), extra)
             return False
         self.ids.add(rid)
-        self.samples.add(key)
+        self.samples[key] = rid
         self.out.write(out)
         return True
 
@@ -240,7 +240,7 @@ def _run(input_path: Path, images_root: Path, out_path: Path, rejects_path: Path
             for k, (code, detail, rid, images, key, payload) in enumerate(results):
                 if code is None and not images and not waiting and rid not in ids and key not in samples:
                     ids.add(rid)  # the common text-only case, decided inline
-                    samples.add(key)
+                    samples[key] = rid
                     append(payload)
                     continue
                 index = start + k
