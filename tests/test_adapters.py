@@ -236,3 +236,16 @@ def test_adapted_loader_keeps_resume_hooks():
     llava = AdaptedLoader(FakeLoader(rows[:1]), to_megatron_lm_llava, image_token_id=92, img_seq_len=1)
     with pytest.raises(ValueError, match="needs tiled images"):  # kwargs reach the adapter
         next(llava)
+
+
+@pytest.mark.parametrize("adapter", [to_mindspeed_mcore, to_mindspeed_fsdp2, to_megatron_bridge])
+def test_uint8_pixels_are_normalised_for_outside_stacks(adapter):
+    from mmdata.loader.pixels import normalize_pixels
+
+    b = two_doc_batch(tail=0)
+    b["pixel_values"] = torch.randint(0, 256, (4, 1176), dtype=torch.uint8)
+    out = adapter(b)
+    pv = out["visual_inputs"].pixel_values if "visual_inputs" in out else out["pixel_values"]
+    assert pv.dtype == torch.float32
+    assert torch.equal(pv, normalize_pixels(b["pixel_values"]))
+    assert not torch.equal(pv, b["pixel_values"].float())  # really normalised, not just cast

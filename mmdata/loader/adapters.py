@@ -47,11 +47,20 @@ def _tail(batch: dict, T: int) -> int:
 
 
 def _images(batch: dict) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(pixel_values, image_grid_thw), both None for a text-only row."""
+    """(pixel_values, image_grid_thw), both None for a text-only row.
+
+    uint8 rows (``pixel_dtype="uint8"``) are normalised to float32 here, on the tensor's device, since no
+    outside stack knows that convention: move the row to the device first to keep the bandwidth win.
+    """
     thw = batch.get("image_grid_thw")
     if thw is None or thw.numel() == 0:
         return None, None
-    return batch["pixel_values"], thw
+    pv = batch["pixel_values"]
+    if pv.dtype == torch.uint8:
+        from mmdata.loader.pixels import normalize_pixels
+
+        pv = normalize_pixels(pv)
+    return pv, thw
 
 
 def to_mindspeed_mcore(batch: dict) -> dict:
