@@ -380,3 +380,12 @@ def test_mrope_rejects_grid_disagreement():
         mrope_position_ids(ids, np.array([[1, 2, 2]]), 2, VS, PAD)
     with pytest.raises(ValueError, match="divisible by 2"):
         mrope_position_ids(ids, np.array([[1, 3, 4]]), 2, VS, PAD)
+
+
+def test_tokenizer_pickles_for_dataloader_workers(tok):
+    import pickle
+
+    t2 = pickle.loads(pickle.dumps(tok))
+    assert t2.sha256 == tok.sha256 and t2.image_pad_id == tok.image_pad_id
+    assert encode_conversation(CAR, t2, "qwen2vl", [3]).input_ids.tolist() == \
+        encode_conversation(CAR, tok, "qwen2vl", [3]).input_ids.tolist()
