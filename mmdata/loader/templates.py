@@ -56,6 +56,8 @@ class _Rendered:
 
 
 class _Builder:
+    """Accumulates a template's text into as few segments as the label and image boundaries allow."""
+
     def __init__(self) -> None:
         self.texts: list[str] = [""]
         self.labelled: list[bool] = [False]
