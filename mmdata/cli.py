@@ -49,7 +49,9 @@ _register()
 def main() -> None:
     """Entry point: run the app, turning user errors into one line on stderr and an exit code."""
     try:
-        app(standalone_mode=False)
+        # In non-standalone mode click returns the exit code of typer.Exit instead of exiting.
+        rv = app(standalone_mode=False)
+        sys.exit(rv if isinstance(rv, int) else 0)
     except MMDataError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)

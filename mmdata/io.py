@@ -41,6 +41,12 @@ def dumps(obj: Any, *, indent: bool = False, sort_keys: bool = False) -> bytes:
 loads = orjson.loads
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
     """Write to a temp file beside ``path`` and rename it into place only when the block succeeds.
@@ -55,6 +61,7 @@ def atomic_write(path: str | Path, mode: str = "wb", encoding: str | None = None
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
