@@ -131,7 +131,9 @@ def load_tokenizer(path: str | Path | None = None) -> TextTokenizer:
         tokenizer=tok,
         path=str(f),
         sha256=hashlib.sha256(data).hexdigest(),
-        vocab_size=tok.get_vocab_size(with_added_tokens=True),
+        # one past the largest id: the embedding rows a model needs, even when the ids have holes
+        vocab_size=max(tok.get_vocab_size(with_added_tokens=True),
+                       max(tok.get_vocab(with_added_tokens=True).values(), default=-1) + 1),
         pad_id=int(pad),
         endoftext_id=tid("<|endoftext|>"),
         im_start_id=tid("<|im_start|>"),
