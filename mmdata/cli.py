@@ -47,29 +47,15 @@ _register()
 
 
 def main() -> None:
-    """Entry point: run the app, turning user errors into one line on stderr and an exit code."""
+    """Entry point: click handles usage errors and exit codes; user errors become one line + exit 2."""
     try:
-        # In non-standalone mode click returns the exit code of typer.Exit instead of exiting.
-        rv = app(standalone_mode=False)
-        sys.exit(rv if isinstance(rv, int) else 0)
+        app()
     except MMDataError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except typer.Abort:
-        typer.echo("aborted", err=True)
-        sys.exit(130)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
 
 
 if __name__ == "__main__":
