@@ -82,6 +82,8 @@ def _check(rec: Any) -> tuple[list[str], list[dict]] | str:
         return "id is not a string or integer"
     conv = rec.get("conversations")
     if not isinstance(conv, list) or not conv:
+        if "messages" in rec:
+            return "a messages-shape record: shard reads the LLaVA shape (mmdata clean --out-format llava)"
         return "conversations missing, not a list or empty"
     for i, t in enumerate(conv):
         if not isinstance(t, dict) or not isinstance(t.get("from"), str) or not isinstance(t.get("value"), str):

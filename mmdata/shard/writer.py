@@ -380,8 +380,9 @@ def write_shards(
         os.fsync(journal.fileno())
         shard = None
 
+    ordered = _ordered(_chunks(_tasks(inputs, start), CHUNK), workers, init_args)
     try:
-        for chunk, results in _ordered(_chunks(_tasks(inputs, start), CHUNK), workers, init_args):
+        for chunk, results in ordered:
             for task, res in zip(chunk, results):
                 report.records += 1
                 if isinstance(res, Reject):
@@ -433,6 +434,7 @@ def write_shards(
             shard.discard()
         raise
     finally:
+        ordered.close()  # stops the worker pool now, not when the traceback is collected
         journal.close()
 
     # Images counted from the index so resumed shards are included.
