@@ -76,6 +76,26 @@ def row_stats(row: dict) -> RowStats:
     )
 
 
+def split_documents(row: dict, image_pad: int) -> list[dict]:
+    """The documents of a packed row as rows of their own (ids, labels, positions, their images):
+    the one-by-one baseline of the packing tests and benchmarks."""
+    cu = row["cu_seqlens"].tolist()
+    ids, grid, pix = row["input_ids"][0], row["image_grid_thw"].reshape(-1, 3), row["pixel_values"]
+    gi = pi = 0
+    out = []
+    for s, e in zip(cu[:-1], cu[1:]):
+        need, gj, npatch = int((ids[s:e] == image_pad).sum()) * 4, gi, 0
+        while npatch < need:
+            npatch += int(grid[gj].prod())
+            gj += 1
+        out.append({"input_ids": row["input_ids"][:, s:e], "labels": row["labels"][:, s:e],
+                    "position_ids": row["position_ids"][..., s:e], "cu_seqlens": torch.tensor([0, e - s], dtype=torch.int32),
+                    "max_seqlen": e - s, "pixel_values": pix[pi:pi + npatch], "image_grid_thw": grid[gi:gj],
+                    "num_real_tokens": e - s})
+        gi, pi = gj, pi + npatch
+    return out
+
+
 MODEL_KEYS = ("input_ids", "labels", "position_ids", "cu_seqlens", "cu_seqlens_padded", "max_seqlen",
               "pixel_values", "image_grid_thw")
 

@@ -16,7 +16,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -54,6 +54,7 @@ class TrainResult:
     step_s: float = 0.0
     real_tokens: int = 0
     tokens: int = 0
+    steps: list[tuple[float, float, int]] = field(default_factory=list)  # (step s, data wait s, real tokens)
 
 
 # ------------------------------------------------------------------------------------------- setup
@@ -353,6 +354,7 @@ def _train(args: TrainArgs, data_factory: DataFactory, rank: int, world: int, lo
         result.losses[iteration] = loss
         result.data_wait_s += t_data
         result.step_s += dt
+        result.steps.append((dt, t_data, int(counts[1])))
         result.real_tokens += int(counts[1])
         result.tokens += int(counts[2])
         win["t"] += dt

@@ -84,3 +84,26 @@ def test_bad_batch_sizes_are_one_line_and_exit_2(shards):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip() == ("error: --global-batch-size 3 is not divisible by --micro-batch-size 2 x "
                                 "data-parallel size 1")
+
+
+@pytest.mark.parametrize("impl", ["sdpa_doc", "sdpa_mask"])
+def test_real_packed_row_gives_each_conversation_its_own_losses(shards, tmp_path, impl):
+    from mmdata.loader import LoaderConfig, PackedLoader, load_tokenizer
+    from mmtrain.accel import Accel
+    from mmtrain.batch import split_documents
+    from mmtrain.model import build_model
+
+    tok = load_tokenizer(None)
+    ld = PackedLoader(shards, tokenizer=tok, config=LoaderConfig(seq_len=1024, cache_dir=str(tmp_path)), num_workers=0)
+    row = next(iter(ld))
+    ld.close()
+    docs = split_documents(row, tok.image_pad_id)
+    assert len(docs) >= 2 and any(d["image_grid_thw"].numel() for d in docs)
+    torch.manual_seed(0)
+    model = build_model("tiny", tok.vocab_size, tok.image_pad_id,
+                        accel=Accel("cpu", torch.device("cpu"), "gloo", impl)).eval()
+    cu = row["cu_seqlens"].tolist()
+    with torch.no_grad():
+        packed = model.token_losses(row)
+        for i, d in enumerate(docs):
+            torch.testing.assert_close(packed[cu[i]:cu[i + 1]], model.token_losses(d), rtol=1e-5, atol=1e-5)
