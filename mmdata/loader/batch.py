@@ -51,9 +51,10 @@ def _positions(doc: Document, spec: RowSpec) -> np.ndarray:
     return mrope_position_ids(doc.input_ids, grid, spec.merge_size, spec.vision_start_id, spec.image_pad_id)
 
 
-def collate_row(docs: list[Document], spec: RowSpec) -> dict:
+def collate_row(docs: list[Document], spec: RowSpec, shared_memory: bool = False) -> dict:
     """Concatenate ``docs`` into one B=1 row. An empty row becomes one pad token with no loss, so
-    every rank still yields a row for every step."""
+    every rank still yields a row for every step. ``shared_memory``: build the pixels in shared memory
+    (inside DataLoader workers)."""
     if not docs:
         docs = [Document("", np.asarray([spec.pad_id], np.int32), np.asarray([IGNORE], np.int32))]
     lens = np.fromiter((len(d.input_ids) for d in docs), dtype=np.int64, count=len(docs))
@@ -81,7 +82,13 @@ def collate_row(docs: list[Document], spec: RowSpec) -> dict:
     cu_padded = cu.copy()
     cu_padded[-1] = total  # tail padding folded into the last document
     grids = [g for d in docs for g in d.grids]
-    pixel_values = fill_rows([p for d in docs for p in d.pixels], spec.temporal_patch_size, spec.pixel_dtype)
+    frames = [p for d in docs for p in d.pixels]
+    n_patch = sum(f.shape[0] for f in frames)
+    width = (frames[0].shape[1] * frames[0].shape[2] if frames else 3 * 196) * spec.temporal_patch_size
+    pixel_values = torch.empty((n_patch, width), dtype=torch.float32 if spec.pixel_dtype == "float32" else torch.uint8)
+    if shared_memory and n_patch:
+        pixel_values.share_memory_()  # a DataLoader worker then hands it over without another copy
+    fill_rows(frames, spec.temporal_patch_size, spec.pixel_dtype, out=pixel_values.numpy())
     return {
         "input_ids": torch.from_numpy(ids).unsqueeze(0),
         "labels": torch.from_numpy(labels).unsqueeze(0),
@@ -92,7 +99,7 @@ def collate_row(docs: list[Document], spec: RowSpec) -> dict:
         "cu_seqlens_padded": torch.from_numpy(cu_padded),
         "max_seqlen": int(np.diff(cu_padded).max()),
         "seqlens": torch.from_numpy(lens),
-        "pixel_values": torch.from_numpy(pixel_values),
+        "pixel_values": pixel_values,
         "image_grid_thw": torch.tensor(grids, dtype=torch.int64).reshape(-1, 3),
         "sample_ids": [d.sample_id for d in docs],
         "num_loss_tokens": int(np.count_nonzero(labels != IGNORE)),

@@ -181,6 +181,7 @@ class RowBuilder:
                             merge_size=config.merge_size, pad_to_seq_len=config.pad_to_seq_len,
                             pixel_dtype=config.pixel_dtype, temporal_patch_size=config.temporal_patch_size)
         self._files: dict[tuple[int, int], object] = {}
+        self.shared_memory = get_worker_info() is not None
 
     def _file(self, set_id: int, shard: int):
         f = self._files.get((set_id, shard))
@@ -307,7 +308,7 @@ class RowBuilder:
                 dropped += 1
             else:
                 docs.append(doc)
-        batch = collate_row(docs, self.spec)
+        batch = collate_row(docs, self.spec, self.shared_memory)
         info = {"bad": bad, "docs": len(docs), "truncated": truncated, "dropped": dropped, "set": set_id,
                 "real_tokens": batch["num_real_tokens"], "loss_tokens": batch["num_loss_tokens"]}
         return batch, info
