@@ -229,3 +229,14 @@ def test_restore_decodes_nothing_before_the_position(shards, tok, monkeypatch):
     b.load_state_dict(st)
     row = next(b)
     assert len(calls) == len(row["sample_ids"])  # only the row after the position was read
+
+
+def test_missing_or_foreign_folder_is_a_clear_input_error(tmp_path, tok):
+    from mmdata.errors import InputError
+
+    with pytest.raises(InputError, match="shard folder not found") as e:
+        PackedLoader(tmp_path / "nope", tokenizer=tok)
+    assert str(tmp_path / "nope") in str(e.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no index.parquet"):
+        PackedLoader(tmp_path / "empty", tokenizer=tok)
