@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fixtures.generate import generate_llava_scale, jpeg_bytes, photo, write_llava_scale_text_only  # noqa: E402
 from mmdata.clean import clean_llava  # noqa: E402
-from mmdata.clean.fastread import iter_raw_batches  # noqa: E402
-from mmdata.clean.llava import resolve_workers, structure_batch  # noqa: E402
+from mmdata.clean.fastread import iter_raw_batches, iter_spans  # noqa: E402
+from mmdata.clean.llava import resolve_workers, structure_span  # noqa: E402
 from mmdata.records import normalize  # noqa: E402
 
 COCO_SIZES = [(640, 480), (480, 640), (640, 427), (500, 375), (640, 360), (427, 640), (612, 612), (640, 512)]
@@ -67,18 +67,20 @@ def bench_text(work: Path, n: int, workers: int) -> None:
         normalize(r, f"t-{i}")
     dt = time.process_time() - t
     _line("rules 1-4 alone (normalize, parsed records)", f"{len(sample) / dt:,.0f} rec/s", "1 core, CPU time")
-    batches = list(iter_raw_batches(paths["jsonl"], 1000))[:50]
-    m = sum(len(b) for b in batches)
+    spans = list(iter_spans(paths["jsonl"], 1000))[:50]
+    m = sum(s.n for s in spans)
     t = time.process_time()
-    for k, b in enumerate(batches):
-        structure_batch(b, k * 1000, "t", "auto", False)
+    first = 0
+    for s in spans:
+        structure_span(str(paths["jsonl"]), s, first, "t", "auto", False, False)
+        first += s.n
     dt = time.process_time() - t
-    _line("parse + rules 1-4 + serialise + sample key (worker task)", f"{m / dt:,.0f} rec/s", "1 core, CPU time")
+    _line("read + parse + rules 1-4 + serialise + key (worker task)", f"{m / dt:,.0f} rec/s", "1 core, CPU time")
     for name in ("jsonl", "json"):
         t = time.process_time()
-        k = sum(len(b) for b in iter_raw_batches(paths[name], 1000))
+        k = sum(s.n for s in iter_spans(paths[name], 1000))
         dt = time.process_time() - t
-        _line(f"split {name} into raw records (main process)", f"{k / dt:,.0f} rec/s", "1 core, CPU time")
+        _line(f"find record boundaries, {name} (main process)", f"{k / dt:,.0f} rec/s", "1 core, CPU time")
     empty = work / "no-images"
     empty.mkdir(exist_ok=True)
     for name in ("jsonl", "json"):

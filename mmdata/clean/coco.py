@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mmdata.clean.checks import ImageChecker
-from mmdata.clean.llava import Decider, check_common_args, resolve_workers, sample_key
+from mmdata.clean.llava import Decider, check_common_args, frame, resolve_workers, sample_key
 from mmdata.clean.prompts import DEFAULT_PROMPTS, prompt_for
 from mmdata.clean.report import CleanReport, Sink, default_paths, dump
 from mmdata.errors import InputError
@@ -140,7 +140,7 @@ def clean_coco(
 
         def write(i: int, rid: str, rec: dict[str, Any], values: list[str], L: Any, extra: dict[str, Any]) -> bool:
             key = sample_key([rec["image"]], ["human", "gpt"], values)
-            data = dump(to_messages(rec) if messages else rec)
+            data = frame(dump(to_messages(rec) if messages else rec), fmt == "json")
             return dec.decide(i, rid, [rec["image"]], key, data, L, extra)
 
         stems: set[str] = set()

@@ -9,12 +9,13 @@ exactly and reports errors with line and column.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 
-__all__ = ["NotFast", "iter_raw_batches"]
+__all__ = ["NotFast", "Span", "iter_raw_batches", "iter_spans", "read_pieces"]
 
 _CHUNK = 8 << 20
 _WS = b" \t\r\n"
@@ -24,40 +25,71 @@ class NotFast(Exception):
     """The fast splitter cannot vouch for this input; read it with the exact reader instead."""
 
 
-def _kind(f) -> tuple[str, bytes]:
-    """("array" | "lines", the bytes read so far with any BOM / leading white space removed)."""
+def _kind(f) -> tuple[str, int, bytes]:
+    """("array" | "lines", file offset of ``data``, the bytes read so far without BOM / leading white space)."""
     head = b""
     while True:
         chunk = f.read(1 << 16)
         if not chunk:
-            return "lines", b""
+            return "lines", len(head), b""
         head += chunk
-        s = head[3:] if head.startswith(b"\xef\xbb\xbf") else head
-        t = s.lstrip(_WS)
+        skip = 3 if head.startswith(b"\xef\xbb\xbf") else 0
+        t = head[skip:].lstrip(_WS)
         if t:
-            return ("array", t) if t[:1] == b"[" else ("lines", s)
+            return ("array" if t[:1] == b"[" else "lines"), len(head) - len(t), t
 
 
-def _batched_lines(f, data: bytes, batch: int) -> Iterator[list[bytes]]:
-    # Empty lines are dropped here; a line of only white space ("\r", " ") is passed on and makes the
-    # parser refuse it, so such files take the exact path (which skips it, as JSON Lines readers do).
-    out: list[bytes] = []
+class Span(NamedTuple):
+    """``n`` records in the file bytes [offset, offset + length): JSON Lines (``cuts`` None) or array
+    elements separated at ``cuts`` (int64 positions relative to ``offset``, as bytes)."""
+
+    offset: int
+    length: int
+    cuts: bytes | None
+    n: int
+
+
+def read_pieces(path: str, span: Span) -> list[bytes]:
+    """The raw bytes of each record of ``span`` (what the workers parse)."""
+    with open(path, "rb") as f:
+        data = os.pread(f.fileno(), span.length, span.offset)
+    if span.cuts is None:
+        return list(filter(None, data.split(b"\n")))
+    pieces, prev = [], 0
+    for c in np.frombuffer(span.cuts, dtype=np.int64).tolist():
+        pieces.append(data[prev:c])
+        prev = c + 1
+    pieces.append(data[prev:])
+    return pieces
+
+
+def _count_lines(block: bytes) -> int:
+    """Non-empty lines of a block that ends with a newline."""
+    if block.startswith(b"\n") or b"\n\n" in block:
+        return sum(1 for line in block.split(b"\n") if line)
+    return block.count(b"\n")
+
+
+def _line_spans(f, offset: int, data: bytes, block: int) -> Iterator[Span]:
     carry = data
     while True:
-        chunk = f.read(_CHUNK)
+        chunk = f.read(block)
+        buf = carry + chunk
         if chunk:
-            lines = (carry + chunk).split(b"\n")
-            carry = lines.pop()
+            cut = buf.rfind(b"\n") + 1
+            if not cut:
+                carry = buf
+                continue
         else:
-            lines, carry = carry.split(b"\n"), b""
-        out.extend(filter(None, lines))
-        while len(out) >= batch:
-            yield out[:batch]
-            del out[:batch]
+            cut = len(buf)
+        piece = buf[:cut]
+        n = _count_lines(piece if not piece or piece.endswith(b"\n") else piece + b"\n")
+        if n:
+            yield Span(offset, cut, None, n)
+        offset += cut
+        carry = buf[cut:]
         if not chunk:
-            break
-    if out:
-        yield out
+            return
 
 
 _OPEN, _CLOSE, _COMMA, _QUOTE, _BACKSLASH = 1, 2, 3, 4, 5
@@ -110,9 +142,9 @@ def _top_level_cuts(data: bytes) -> tuple[np.ndarray, int]:
     return struct[commas], -1
 
 
-def _batched_array(f, data: bytes, batch: int) -> Iterator[list[bytes]]:
-    carry = data[1:]  # after '['
-    out: list[bytes] = []
+def _array_spans(f, offset: int, data: bytes, batch: int) -> Iterator[Span]:
+    base = offset + 1  # file offset of carry[0], just after '['
+    carry = data[1:]
     first = True
     eof = False
     while True:
@@ -125,34 +157,43 @@ def _batched_array(f, data: bytes, batch: int) -> Iterator[list[bytes]]:
             continue  # one element longer than what we have: read more
         if end < 0 and eof:
             raise NotFast("unterminated array")
-        stop = end if end >= 0 else (int(cuts[-1]) if len(cuts) else 0)
-        prev = 0
-        for c in cuts.tolist():
-            out.append(carry[prev:c])
-            prev = c + 1
         if end >= 0:
-            last = carry[prev:end]
-            if last.strip(_WS):
-                out.append(last)
-            elif len(cuts) or not first:
-                raise NotFast("trailing comma")
             if carry[end + 1:].strip(_WS) or f.read(1 << 16).strip(_WS):
                 raise NotFast("data after the array")
-            if out:
-                yield out
+            if not carry[(int(cuts[-1]) + 1 if len(cuts) else 0):end].strip(_WS):
+                if len(cuts) or not first:
+                    raise NotFast("trailing comma")
+                return  # []
+            bounds = np.concatenate([cuts, [end]]).astype(np.int64)  # each element ends at a bound
+        else:
+            bounds = cuts.astype(np.int64)
+        starts = np.concatenate([[0], bounds[:-1] + 1]).astype(np.int64)
+        for i in range(0, len(bounds), batch):
+            j = min(i + batch, len(bounds))
+            s0 = int(starts[i])
+            yield Span(base + s0, int(bounds[j - 1]) - s0, (bounds[i:j - 1] - s0).tobytes(), j - i)
+        if end >= 0:
             return
-        first = first and not len(cuts)
-        carry = carry[stop + 1:] if len(cuts) else carry
-        while len(out) >= batch:
-            yield out[:batch]
-            del out[:batch]
+        first = False
+        stop = int(cuts[-1]) + 1
+        carry = carry[stop:]
+        base += stop
+
+
+def iter_spans(path: str | Path, batch: int = 1000) -> Iterator[Span]:
+    """Spans of about ``batch`` records (JSON Lines: about ``batch`` KB), in file order."""
+    with open(path, "rb") as f:
+        kind, offset, data = _kind(f)
+        if kind == "array":
+            yield from _array_spans(f, offset, data, batch)
+        else:
+            yield from _line_spans(f, offset, data, batch << 10)
 
 
 def iter_raw_batches(path: str | Path, batch: int = 1000) -> Iterator[list[bytes]]:
-    """Batches of raw record bytes, in file order (blank JSON Lines skipped, like the exact reader)."""
-    with open(path, "rb") as f:
-        kind, data = _kind(f)
-        if kind == "array":
-            yield from _batched_array(f, data, batch)
-        else:
-            yield from _batched_lines(f, data, batch)
+    """Batches of raw record bytes, in file order (empty JSON Lines skipped, like the exact reader)."""
+    for span in iter_spans(path, batch):
+        pieces = read_pieces(str(path), span)
+        if len(pieces) != span.n:
+            raise NotFast("record count mismatch")
+        yield pieces

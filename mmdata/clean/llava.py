@@ -15,19 +15,20 @@ import os
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import orjson
 
 from mmdata.clean.checks import ImageChecker
-from mmdata.clean.fastread import NotFast, iter_raw_batches
+from mmdata.clean.fastread import NotFast, Span, iter_spans, read_pieces
 from mmdata.clean.report import CleanReport, Sink, default_paths, dump, out_format_of
 from mmdata.errors import InputError
 from mmdata.images import DEFAULT_MAX_PIXELS
 from mmdata.io import iter_json_records
 from mmdata.records import normalize, to_messages
 
-__all__ = ["clean_llava", "Decider", "resolve_workers", "check_common_args", "sample_key"]
+__all__ = ["Batch", "Decider", "check_common_args", "clean_llava", "frame", "resolve_workers", "sample_key",
+           "structure_objects", "structure_span"]
 
 _WINDOW = 20_000  # records allowed to wait for image verdicts before the reader blocks
 _BATCH = 1000  # records per structure task
@@ -73,32 +74,75 @@ def sample_key(images: list[str], roles: list[str], values: list[str]) -> bytes:
     return hashlib.blake2b(orjson.dumps((images, roles, values)), digest_size=16).digest()
 
 
-# One record after rules 1-4: (code, detail, id, images, sample key, payload). payload is the
-# serialised output record when code is None, else the serialised original record.
-Result = tuple
+_NOKEY = bytes(16)
 
 
-def structure_one(raw: Any, index: int, stem: str, shape: str, messages: bool) -> Result:
-    """Rules 1-4 for one parsed record, with everything the ordered decision needs, serialised."""
-    res = normalize(raw, f"{stem}-{index}", shape)
-    if res.code is not None:
-        return (res.code, res.detail, res.id, None, None, dump(raw))
-    rec = to_messages(res.record) if messages else res.record
-    return (None, "", res.id, res.images, sample_key(res.images, res.roles, res.values), dump(rec))
+class Batch(NamedTuple):
+    """Rules 1-4 over consecutive records, in columns (cheap to send between processes).
+
+    ``ids[k]`` the output id; ``keys[16k:16k+16]`` the sample key; ``images[k]`` the image paths
+    (``images`` None when no record of the batch has any); ``out[ends[k-1]:ends[k]]`` the framed output
+    record (empty for a reject); ``rejects`` maps k -> (code, detail, serialised original record).
+    """
+
+    ids: list[str]
+    keys: bytes
+    images: list[list[str]] | None
+    out: bytes
+    ends: list[int]
+    rejects: dict[int, tuple[str, str, bytes]]
 
 
-def structure_batch(raws: list[bytes], start: int, stem: str, shape: str, messages: bool) -> list[Result] | int:
-    """`structure_one` over raw JSON bytes; returns the batch position of the first record orjson
-    refuses instead (the caller then re-reads the file with the exact reader)."""
+def frame(data: bytes, json_array: bool) -> bytes:
+    """A serialised record as it goes into OUT: ``,\\n`` before it in a JSON array (the Sink drops
+    the first one), a newline after it in JSON Lines."""
+    return b",\n" + data if json_array else data + b"\n"
+
+
+def structure_objects(objs: list[Any], first: int, stem: str, shape: str, messages: bool, json_array: bool) -> Batch:
+    """Rules 1-4 for parsed records ``first``, ``first + 1``, ...: everything the ordered decision needs."""
+    ids: list[str] = []
+    keys: list[bytes] = []
+    images: list[list[str]] = []
+    parts: list[bytes] = []
+    ends: list[int] = []
+    rejects: dict[int, tuple[str, str, bytes]] = {}
+    size = 0
+    any_images = False
+    for k, raw in enumerate(objs):
+        res = normalize(raw, f"{stem}-{first + k}", shape)
+        ids.append(res.id)
+        if res.code is not None:
+            rejects[k] = (res.code, res.detail, dump(raw))
+            keys.append(_NOKEY)
+            images.append(res.images)
+        else:
+            data = frame(dump(to_messages(res.record) if messages else res.record), json_array)
+            parts.append(data)
+            size += len(data)
+            keys.append(sample_key(res.images, res.roles, res.values))
+            images.append(res.images)
+            any_images = any_images or bool(res.images)
+        ends.append(size)
+    return Batch(ids, b"".join(keys), images if any_images else None, b"".join(parts), ends, rejects)
+
+
+def structure_span(path: str, span: Span, first: int, stem: str, shape: str, messages: bool,
+                   json_array: bool) -> Batch | int:
+    """Read and parse the records of ``span`` (a worker task) and apply `structure_objects`. Returns
+    the span position of the first record orjson refuses instead (the caller then re-reads the file
+    with the exact reader): invalid JSON, NaN, huge integers, a white-space-only line."""
+    pieces = read_pieces(path, span)
+    if len(pieces) != span.n:
+        return 0
     loads = orjson.loads
-    out = []
-    for k, raw in enumerate(raws):
+    objs = []
+    for k, raw in enumerate(pieces):
         try:
-            obj = loads(raw)
+            objs.append(loads(raw))
         except orjson.JSONDecodeError:
-            return k  # also a white-space-only line: the exact reader skips it and numbers the rest
-        out.append(structure_one(obj, start + k, stem, shape, messages))
-    return out
+            return k
+    return structure_objects(objs, first, stem, shape, messages, json_array)
 
 
 class Decider:
@@ -126,6 +170,12 @@ class Decider:
         self.report.rejected += 1
         self.report.by_reason[code] += 1
 
+    def duplicate(self, rid: str, key: bytes) -> tuple[str, str]:
+        """(code, detail) for a record whose id or sample key was already written."""
+        if rid in self.ids:
+            return "duplicate_id", f"id {rid!r} was already written"
+        return "duplicate_sample", f"same images and conversation as {self.samples[key]!r}"
+
     def decide(self, index: int, rid: str, images: list[str], key: bytes, out: bytes,
                original: Any, extra: dict[str, Any] | None = None) -> bool:
         """Write ``out`` or reject ``original`` (the input record, serialised by ``self.serialise`` only
@@ -137,16 +187,12 @@ class Decider:
                 if v[0] is not None:  # type: ignore[index]
                     self.reject(index, rid, v[0], v[1], self.serialise(original), extra)  # type: ignore[index]
                     return False
-        if rid in self.ids:
-            self.reject(index, rid, "duplicate_id", f"id {rid!r} was already written", self.serialise(original), extra)
-            return False
-        if key in self.samples:
-            self.reject(index, rid, "duplicate_sample", f"same images and conversation as {self.samples[key]!r}",
-                        self.serialise(original), extra)
+        if rid in self.ids or key in self.samples:
+            self.reject(index, rid, *self.duplicate(rid, key), self.serialise(original), extra)
             return False
         self.ids.add(rid)
         self.samples[key] = rid
-        self.out.write(out)
+        self.out.write_block(out, 1)
         return True
 
 
@@ -154,8 +200,24 @@ class _Fallback(Exception):
     """The fast path met input it cannot vouch for."""
 
 
-def _reserialise(raw: bytes) -> bytes:
-    return dump(orjson.loads(raw))
+class _Originals:
+    """The original input record of a later-rejected record, found again on demand: parsed objects
+    (exact path) are kept per batch; raw bytes (fast path) are re-read from the file per span."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+        self._spans: dict[int, list[bytes]] = {}
+
+    def serialise(self, ref: Any) -> bytes:
+        if type(ref) is tuple:  # (span, k): fast path
+            span, k = ref
+            pieces = self._spans.get(span.offset)
+            if pieces is None:
+                if len(self._spans) > 64:
+                    self._spans.clear()
+                pieces = self._spans[span.offset] = read_pieces(self.path, span)
+            return dump(orjson.loads(pieces[k]))
+        return dump(ref)
 
 
 def _exact_batches(path: Path) -> Iterator[list[Any]]:
@@ -221,67 +283,94 @@ def _run(input_path: Path, images_root: Path, out_path: Path, rejects_path: Path
                                   "out_format": out_format, "input_format": shape})
     stem = input_path.stem
     messages = out_format == "messages"
+    json_array = fmt == "json"
+    originals = _Originals(input_path)
     with ImageChecker(str(images_root), workers=nworkers, min_side=min_side, max_aspect=max_aspect,
                       max_pixels=max_pixels, pool=pool) as checker, \
             Sink(rejects_path, "jsonl") as rejects, Sink(out_path, fmt) as out:
-        dec = Decider(checker, out, rejects, report, input_path.name, dump if exact else _reserialise)
-        decide = dec.decide
+        dec = Decider(checker, out, rejects, report, input_path.name, originals.serialise)
         cache = checker.cache
         request = checker.request
-        waiting: deque = deque()  # (index, rid, images, key, out_bytes, original) in input order
-        tasks: deque = deque()  # (start, raws, future or results)
-        n = 0
+        ids, samples, write_block = dec.ids, dec.samples, out.write_block
+        waiting: deque = deque()  # (index, rid, images, key, framed out, original ref) in input order
+        tasks: deque = deque()  # (first index, span or objects, future or Batch)
 
-        ids, samples, append = dec.ids, dec.samples, out.append
-
-        def consume(start: int, raws: list[Any], results: list[Result] | int) -> None:
-            if type(results) is int:
-                raise _Fallback(f"record {start + results} is not plain JSON")
-            for k, (code, detail, rid, images, key, payload) in enumerate(results):
-                if code is None and not images and not waiting and rid not in ids and key not in samples:
-                    ids.add(rid)  # the common text-only case, decided inline
-                    samples[key] = rid
-                    append(payload)
-                    continue
-                index = start + k
-                if code is not None:
+        def consume(first: int, src: Any, b: Batch | int) -> None:
+            if type(b) is int:
+                raise _Fallback(f"record {first + b} is not plain JSON")
+            bids, bkeys, bimages, bout, bends, brej = b
+            if bimages is None and not waiting:
+                # No image to wait for: decide here, writing runs of passes as single blocks (a reject
+                # has no bytes in ``bout``; only a duplicate ends a run).
+                run_at, run_n = 0, 0
+                for k, rid in enumerate(bids):
+                    if k in brej:
+                        code, detail, orig = brej[k]
+                        dec.reject(first + k, rid, code, detail, orig)
+                        continue
+                    key = bkeys[16 * k:16 * k + 16]
+                    if rid not in ids and key not in samples:
+                        ids.add(rid)
+                        samples[key] = rid
+                        run_n += 1
+                        continue
+                    start = bends[k - 1] if k else 0
+                    if run_n:
+                        write_block(bout[run_at:start], run_n)
+                    dec.reject(first + k, rid, *dec.duplicate(rid, key), originals.serialise(src[k] if exact else (src, k)))
+                    run_at, run_n = bends[k], 0
+                if run_n:
+                    write_block(bout[run_at:], run_n)
+                return
+            for k, rid in enumerate(bids):
+                index = first + k
+                if k in brej:
+                    code, detail, orig = brej[k]
                     if waiting:
-                        waiting.append((index, rid, None, code, detail, payload))
+                        waiting.append((index, rid, None, code, detail, orig))
                     else:
-                        dec.reject(index, rid, code, detail, payload)
+                        dec.reject(index, rid, code, detail, orig)
                     continue
-                if images:
-                    for p in images:
+                imgs = bimages[k] if bimages is not None else ()
+                key = bkeys[16 * k:16 * k + 16]
+                payload = bout[bends[k - 1] if k else 0:bends[k]]
+                ref = src[k] if exact else (src, k)
+                if imgs:
+                    for p in imgs:
                         request(p)
-                    if waiting or any(cache[p] is None for p in images):
-                        waiting.append((index, rid, images, key, payload, raws[k]))
+                    if waiting or any(cache[p] is None for p in imgs):
+                        waiting.append((index, rid, imgs, key, payload, ref))
                         continue
                 elif waiting:
-                    waiting.append((index, rid, images, key, payload, raws[k]))
+                    waiting.append((index, rid, imgs, key, payload, ref))
                     continue
-                decide(index, rid, images, key, payload, raws[k])
+                dec.decide(index, rid, imgs, key, payload, ref)
             if waiting:
                 _settle(waiting, cache, dec, checker, until=_WINDOW // 2 if len(waiting) >= _WINDOW else None)
-            out.flush()
 
-        source = _exact_batches(input_path) if exact else iter_raw_batches(input_path, _BATCH)
-        for raws in source:
-            start = n
-            n += len(raws)
-            if exact:
-                tasks.append((start, raws, [structure_one(o, start + k, stem, shape, messages) for k, o in enumerate(raws)]))
-            elif pool is None:
-                tasks.append((start, raws, structure_batch(raws, start, stem, shape, messages)))
-            else:
-                tasks.append((start, raws, pool.submit(structure_batch, raws, start, stem, shape, messages)))
-            while tasks and (len(tasks) > 2 * nworkers or not isinstance(tasks[0][2], Future)):
-                s, r, fut = tasks.popleft()
-                consume(s, r, fut.result() if isinstance(fut, Future) else fut)
-            if progress is not None:
-                progress(n, checker.checked)
-        while tasks:
-            s, r, fut = tasks.popleft()
-            consume(s, r, fut.result() if isinstance(fut, Future) else fut)
+        n = 0
+        path = str(input_path)
+        if exact:
+            for objs in _exact_batches(input_path):
+                consume(n, objs, structure_objects(objs, n, stem, shape, messages, json_array))
+                n += len(objs)
+                if progress is not None:
+                    progress(n, checker.checked)
+        else:
+            for span in iter_spans(input_path, _BATCH):
+                if pool is None:
+                    tasks.append((n, span, structure_span(path, span, n, stem, shape, messages, json_array)))
+                else:
+                    tasks.append((n, span, pool.submit(structure_span, path, span, n, stem, shape, messages, json_array)))
+                n += span.n
+                while tasks and (len(tasks) > 2 * nworkers or not isinstance(tasks[0][2], Future)):
+                    f, src, fut = tasks.popleft()
+                    consume(f, src, fut.result() if isinstance(fut, Future) else fut)
+                if progress is not None:
+                    progress(n, checker.checked)
+            while tasks:
+                f, src, fut = tasks.popleft()
+                consume(f, src, fut.result() if isinstance(fut, Future) else fut)
         checker.drain()
         _settle(waiting, cache, dec, checker, until=0)
         report.input = n

@@ -52,26 +52,20 @@ def default_paths(out: Path, rejects: Path | None, report: Path | None) -> tuple
 
 
 class Sink:
-    """Stream pre-serialised records to a JSON array (one record a line) or JSON Lines, atomically.
+    """Stream framed records (see ``mmdata.clean.llava.frame``) to a JSON array (one record a line)
+    or JSON Lines, atomically, in ~1 MB writes. Same bytes as ``mmdata.io.RecordWriter``.
 
-    Same framing as ``mmdata.io.RecordWriter``; takes bytes so the caller serialises once, and
-    writes them 1024 at a time (a write per record costs more than the record). ``append`` is the
-    hot-loop entry: records are counted and framed when flushed.
+    ``write_block(data, n)`` takes ``n`` records already framed: JSON array records each start with
+    ``,\\n`` (dropped before the first), JSON Lines records each end with a newline.
     """
-
-    _BATCH = 1024
 
     def __init__(self, path: Path, fmt: str):
         self.path, self.fmt = path, fmt
         self._cm = atomic_write(path)
         self._f: IO[bytes] | None = None
-        self._parts: list[bytes] = []
-        self.append = self._parts.append
-        self._done = 0
-
-    @property
-    def count(self) -> int:
-        return self._done + len(self._parts)
+        self._parts: list[Any] = []
+        self._size = 0
+        self.count = 0
 
     def __enter__(self) -> "Sink":
         self._f = self._cm.__enter__()
@@ -79,31 +73,33 @@ class Sink:
             self._f.write(b"[")
         return self
 
-    def write(self, data: bytes) -> None:
+    def write_block(self, data: Any, n: int) -> None:
+        if not n:
+            return
+        if self.fmt == "json" and not self.count:
+            self._parts.append(b"\n")
+            data = data[2:]
         self._parts.append(data)
-        if len(self._parts) >= self._BATCH:
+        self.count += n
+        self._size += len(data)
+        if self._size >= 1 << 20:
             self.flush()
 
+    def write(self, data: bytes) -> None:
+        """One unframed record."""
+        self.write_block(b",\n" + data if self.fmt == "json" else data + b"\n", 1)
+
     def flush(self) -> None:
-        parts = self._parts
-        if not parts:
-            return
-        f = self._f
-        if self.fmt == "json":
-            f.write(b",\n" if self._done else b"\n")  # type: ignore[union-attr]
-            f.write(b",\n".join(parts))  # type: ignore[union-attr]
-        else:
-            parts.append(b"")
-            f.write(b"\n".join(parts))  # type: ignore[union-attr]
-            parts.pop()
-        self._done += len(parts)
-        parts.clear()
+        if self._parts:
+            self._f.write(b"".join(self._parts))  # type: ignore[union-attr]
+            self._parts.clear()
+            self._size = 0
 
     def __exit__(self, et, ev, tb) -> bool:
         if et is None:
             self.flush()
             if self.fmt == "json":
-                self._f.write(b"\n]\n" if self._done else b"]\n")  # type: ignore[union-attr]
+                self._f.write(b"\n]\n" if self.count else b"]\n")  # type: ignore[union-attr]
         return bool(self._cm.__exit__(et, ev, tb))
 
 
