@@ -43,11 +43,13 @@ def test_array_split_matches_exact_reader(tmp_path: Path, monkeypatch, chunk: in
     assert _pieces(p) == _exact(p) == TRICKY * 3
 
 
-@pytest.mark.parametrize("chunk", [1, 5, 1 << 20])
-def test_lines_split_matches_exact_reader(tmp_path: Path, monkeypatch, chunk: int) -> None:
-    monkeypatch.setattr(fastread, "_CHUNK", chunk)
+@pytest.mark.parametrize("block", [1, 5, 64, 1 << 20])
+def test_lines_split_matches_exact_reader(tmp_path: Path, monkeypatch, block: int) -> None:
+    monkeypatch.setattr(fastread, "_LINE_BLOCK", block)
     p = tmp_path / "a.jsonl"
     p.write_text("\n\n".join(json.dumps(r) for r in TRICKY) + "\r\n\n")
+    assert _pieces(p) == _exact(p) == TRICKY
+    p.write_text("\n".join(json.dumps(r) for r in TRICKY))  # no newline at the end
     assert _pieces(p) == _exact(p) == TRICKY
 
 

@@ -279,3 +279,19 @@ def test_duplicate_details_name_the_first(runs: dict[str, Any]) -> None:
     by_id = {r["id"]: r for r in runs["llava/llava.json"]["rejects"]}
     assert by_id["copy-0001"]["detail"] == "same images and conversation as '000000033471'"
     assert by_id["777"]["detail"] == "id '777' was already written"
+
+
+@pytest.mark.parametrize("rel", ["llava/llava.json", "llava/llava.jsonl"])
+def test_many_small_spans_same_bytes(rel: str, fx: dict[str, Any], runs: dict[str, Any], tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records cut into spans of a few records each, across 2 workers: the same OUT and rejects."""
+    from mmdata.clean import fastread, llava
+
+    monkeypatch.setattr(fastread, "_LINE_BLOCK", 300)
+    monkeypatch.setattr(llava, "_BATCH", 3)
+    root = Path(fx["paths"]["root"])
+    out = tmp_path / runs[rel]["out"].name
+    clean_llava(root / rel, root / "images", out, workers=2)
+    assert out.read_bytes() == runs[rel]["out"].read_bytes()
+    rej = out.with_suffix("").as_posix() + ".rejects.jsonl"
+    assert Path(rej).read_bytes() == Path(runs[rel]["report"].rejects).read_bytes()
