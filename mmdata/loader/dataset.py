@@ -9,6 +9,7 @@ the DataLoader hands them back in order, so the output does not depend on ``num_
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -325,6 +326,8 @@ class RowDataset(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         j, w = (info.id, info.num_workers) if info is not None else (0, 1)
+        if info is not None:  # our own process: many tiny encodes, no thread pool per worker
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
         builder = RowBuilder(self.sets, self.tokenizer, self.config)
         try:
             for e, r in iter_positions(self.planner, self.epoch, self.row + self.rank + j * self.world_size,
@@ -415,16 +418,14 @@ class PackedLoader:
         self.planner = Planner([s.plan_input() for s in self.sets], self.config.plan_config(), weights,
                                cache_dir=cache_dir_for(self.sets[0].index.root, self.config.cache_dir))
         self._iter = None
-        unplannable = [(s, int(i)) for s in self.sets for i in np.flatnonzero(s.text_tokens < 0)]
-        for s, i in unplannable[:20]:
-            log.warning("bad sample %s:%s (%s): unreadable or unrenderable json, left out of the plan",
-                        s.index.root, s.index.keys[i], s.index.shards[int(s.index.shard_idx[i])])
-        self.unplannable = len(unplannable)
+        where = [f"{s.index.root / s.index.shards[int(s.index.shard_idx[i])]} key {s.index.keys[i]}"
+                 for s in self.sets for i in np.flatnonzero(s.text_tokens < 0)]
+        for w in where[:20]:
+            log.warning("bad sample left out of the plan: %s: unreadable or unrenderable json", w)
+        self.unplannable = len(where)
         if self.unplannable > self.config.bad_sample_budget:
-            raise MMDataError(f"{self.unplannable} samples have unreadable or unrenderable json "
-                              f"(first: {unplannable[0][0].index.root}/{unplannable[0][0].index.shards[int(unplannable[0][0].index.shard_idx[unplannable[0][1]])]} "
-                              f"key {unplannable[0][0].index.keys[unplannable[0][1]]}), over bad_sample_budget "
-                              f"{self.config.bad_sample_budget}")
+            raise MMDataError(f"{self.unplannable} samples have unreadable or unrenderable json (first: {where[0]}), "
+                              f"over bad_sample_budget {self.config.bad_sample_budget}")
         self._progress = _Progress(rank, world_size, self.config.bad_sample_budget, self.unplannable)
 
     # ---- plan facts ---------------------------------------------------------------------------
