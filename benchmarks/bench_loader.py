@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmdata.loader.pack import best_fit_decreasing, greedy_knapsack  # noqa: E402
+from mmdata.loader.pack import greedy_knapsack  # noqa: E402
 from mmdata.loader.plan import PlanConfig, Planner, SetLengths  # noqa: E402
 from mmdata.rules import get_rule  # noqa: E402
 
@@ -143,8 +143,7 @@ def baseline_wds(shards: Path, tok, limit: int) -> tuple[int, int, float]:
     """webdataset + PIL: decode each sample, resize to the qwen2vl size, patchify, tokenize."""
     import webdataset as wds
 
-    from mmdata.loader.pixels import decode_frame, fill_rows, target_size  # noqa: F401 (same pixel code as ours)
-    from mmdata.loader.pixels import _frame_patches
+    from mmdata.loader.pixels import _frame_patches, fill_rows, target_size
 
     urls = sorted(str(p) for p in shards.glob("shard-*.tar"))
     ds = wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode("pil")

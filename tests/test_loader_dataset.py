@@ -3,7 +3,6 @@ bad samples and their budget."""
 
 import logging
 
-import numpy as np
 import pytest
 import torch
 

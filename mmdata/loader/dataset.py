@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import orjson
-import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmdata.errors import InputError, MMDataError
