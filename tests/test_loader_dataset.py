@@ -86,21 +86,24 @@ def test_workers_do_not_change_the_output(shards, tok):
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-@pytest.mark.parametrize("k", [3, 13])  # mid-epoch, and past the first epoch's end
-def test_exact_resume(shards, tok, workers, k):
+@pytest.mark.parametrize("where", ["mid-epoch", "next epoch"])
+def test_exact_resume(shards, tok, workers, where):
     full = loader(shards, tok, workers=workers)
     n_epoch = full.rows_per_epoch
+    k = 3 if where == "mid-epoch" else n_epoch + 2
     total = n_epoch + 5
     ref = all_rows(full, total)
     first = loader(shards, tok, workers=workers)
     got = all_rows(first, k)
     state = first.state_dict()
     assert state["consumed_rows"] == k
+    assert (state["epoch"], state["row"]) == ((0, 3) if k == 3 else (1, 2))
     resumed = loader(shards, tok, workers=workers)
     resumed.load_state_dict(state)
     got += all_rows(resumed, total - k)
     assert len(got) == total
     assert all(same_batch(x, y) for x, y in zip(ref, got))
+    assert not all(same_batch(x, y) for x, y in zip(ref[:n_epoch], ref[n_epoch:2 * n_epoch]))  # epochs differ
 
 
 def test_state_is_arithmetic_and_checked(shards, tok):
