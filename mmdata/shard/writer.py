@@ -277,6 +277,15 @@ def _check_options(inputs: list[Path], images_root: Path, spec: ResizeSpec, samp
         raise InputError(images_root, "--images: no such directory")
 
 
+def _make_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(out_dir, "--out: exists and is not a directory")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(out_dir, f"--out: cannot create: {e.strerror or e}") from None
+
+
 def write_shards(
     inputs: list[str | Path] | str | Path,
     images_root: str | Path,
@@ -333,7 +342,7 @@ def write_shards(
         options["text_tokens"] = {"template": template, "tokenizer_sha256": tok_sha}
     header = {"options": options, "input_bytes": [p.stat().st_size for p in inputs]}
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _make_out_dir(out_dir)
     report = ShardReport(out_dir=out_dir, text_tokens=tok_sha is not None)
     cols = IndexColumns(with_text_tokens=tok_sha is not None)
     rejects: list[dict] = []
