@@ -193,10 +193,11 @@ def baseline_raw(records_json: Path, images: Path, tok, limit: int) -> tuple[int
     return n, tokens, time.perf_counter() - t0
 
 
-def run_loader(shards: Path, tok, workers: int, seq_len: int, limit_rows: int | None = None, cache: Path | None = None):
+def run_loader(shards: Path, tok, workers: int, seq_len: int, limit_rows: int | None = None, cache: Path | None = None,
+               pixel_dtype: str = "float32"):
     from mmdata.loader import LoaderConfig, PackedLoader
 
-    cfg = LoaderConfig(seq_len=seq_len, epochs=1, cache_dir=str(cache) if cache else None)
+    cfg = LoaderConfig(seq_len=seq_len, epochs=1, cache_dir=str(cache) if cache else None, pixel_dtype=pixel_dtype)
     ld = PackedLoader(shards, tokenizer=tok, config=cfg, num_workers=workers)
     n = tokens = rows = 0
     t0 = time.perf_counter()
@@ -221,7 +222,9 @@ def bench_throughput(work: Path, records: int, rounds: int = 3) -> None:
     fns = {"webdataset+PIL": lambda: baseline_wds(shards, tok, records)[:3],
            "raw files": lambda: baseline_raw(rec_json, images, tok, records)[:3],
            "PackedLoader 4096": lambda: run_loader(shards, tok, 0, 4096, cache=work / "cache")[:3],
-           "PackedLoader 2048": lambda: run_loader(shards, tok, 0, 2048, cache=work / "cache")[:3]}
+           "PackedLoader 2048": lambda: run_loader(shards, tok, 0, 2048, cache=work / "cache")[:3],
+           "PackedLoader 4096 uint8": lambda: run_loader(shards, tok, 0, 4096, cache=work / "cache",
+                                                         pixel_dtype="uint8")[:3]}
     best: dict[str, tuple[int, int, float]] = {}
     for _ in range(rounds):
         for name, fn in fns.items():
