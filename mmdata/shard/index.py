@@ -39,27 +39,22 @@ class IndexColumns(dict):
         if with_text_tokens:
             self["text_tokens"] = []
 
-    def extend(self, other: dict[str, list[Any]]) -> None:
-        for k, v in self.items():
-            v.extend(other[k])
 
-    def __len__(self) -> int:  # type: ignore[override]
-        return len(self["key"])
 
-    def slice(self, start: int) -> dict[str, list[Any]]:
-        return {k: v[start:] for k, v in self.items()}
+def _schema(with_text_tokens: bool) -> pa.Schema:
+    return pa.schema(_SCHEMA + ([("text_tokens", pa.int32())] if with_text_tokens else []))
 
 
 def to_table(cols: dict[str, list[Any]]) -> pa.Table:
-    schema = list(_SCHEMA)
-    if "text_tokens" in cols:
-        schema.append(("text_tokens", pa.int32()))
-    return pa.table({n: pa.array(cols[n], type=t) for n, t in schema}, schema=pa.schema(schema))
+    """Rows (column lists) -> an arrow table with the index schema (compact: ~100 bytes a row)."""
+    schema = _schema("text_tokens" in cols)
+    return pa.table({f.name: pa.array(cols[f.name], type=f.type) for f in schema}, schema=schema)
 
 
-def write_index(path: str | Path, cols: dict[str, list[Any]]) -> None:
-    """Atomically write the index (fixed writer settings, so the same rows give the same bytes)."""
-    table = to_table(cols)
+def write_index(path: str | Path, tables: list[pa.Table], with_text_tokens: bool = False) -> None:
+    """Atomically write the index from per-shard tables (combined first, so chunking never changes the bytes)."""
+    schema = _schema(with_text_tokens)
+    table = pa.concat_tables(tables).combine_chunks() if tables else schema.empty_table()
     with atomic_write(path) as f:
         pq.write_table(table, f, compression="zstd", row_group_size=1 << 20, write_statistics=True)
 

@@ -25,7 +25,7 @@ from mmdata.errors import InputError
 from mmdata.io import atomic_write, iter_json_records
 from mmdata.rules import RULES
 from mmdata.shard import tarfmt
-from mmdata.shard.index import IndexColumns, write_index
+from mmdata.shard.index import IndexColumns, to_table, write_index
 from mmdata.shard.manifest import ShardInfo, build_manifest, write_manifest
 from mmdata.shard.resize import ResizeSpec
 from mmdata.shard.sample import Reject, Sample, SampleMaker, Task
@@ -344,7 +344,10 @@ def write_shards(
 
     _make_out_dir(out_dir)
     report = ShardReport(out_dir=out_dir, text_tokens=tok_sha is not None)
-    cols = IndexColumns(with_text_tokens=tok_sha is not None)
+    has_tt = tok_sha is not None
+    cols = IndexColumns(with_text_tokens=has_tt)  # rows of the open shard; closed shards -> arrow
+    tables: list = []
+    images = image_tokens = resumed_passthrough = 0
     rejects: list[dict] = []
     reasons: Counter = Counter()
     start = (0, 0)
@@ -354,8 +357,11 @@ def write_shards(
     _clean_out_dir(out_dir, keep=len(entries))
     for e in entries:
         report.shards.append(ShardInfo(**e["shard"]))
-        cols.extend(e["rows"])
+        tables.append(to_table(e["rows"]))
+        images += sum(e["rows"]["n_images"])
+        image_tokens += sum(e["rows"]["image_tokens"])
         rejects.extend(e["rejects"])
+        resumed_passthrough += e.get("passthrough", 0)
         start = tuple(e["next"])  # type: ignore[assignment]
     report.resumed_shards = len(entries)
     # Rewrite the journal as exactly the verified prefix (drops a torn or unverified tail).
@@ -363,30 +369,32 @@ def write_shards(
         jf.write(orjson.dumps({"header": header}) + b"\n")
         for e in entries:
             jf.write(orjson.dumps(e) + b"\n")
+    del entries  # the rows now live in ``tables``
     journal = open(journal_path, "ab")
     for r in rejects:
         reasons[r["reason"]] += 1
     report.records = (sum(s.samples for s in report.shards) + len(rejects))
 
-    n = len(cols)  # next sample number = next key
+    n = sum(t.num_rows for t in tables)  # next sample number = next key
     journaled_rejects = len(rejects)
     shard: _OpenShard | None = None
     last_pos = start
     init_args = (str(images_root), spec, tokenizer, template)
-    has_tt = tok_sha is not None
 
     def close_shard() -> None:
-        nonlocal shard, journaled_rejects
+        nonlocal shard, journaled_rejects, cols
         assert shard is not None
         info = shard.close()
         report.shards.append(info)
         new_rejects = [r for r in rejects[journaled_rejects:] if (r["_file"], r["index"]) < last_pos]
         journaled_rejects += len(new_rejects)
-        entry = {"shard": info.__dict__, "next": list(last_pos), "rows": cols.slice(shard.start_row),
+        entry = {"shard": info.__dict__, "next": list(last_pos), "rows": dict(cols),
                  "rejects": new_rejects, "passthrough": shard.passthrough}
         journal.write(orjson.dumps(entry) + b"\n")
         journal.flush()
         os.fsync(journal.fileno())
+        tables.append(to_table(cols))
+        cols = IndexColumns(with_text_tokens=has_tt)
         shard = None
 
     ordered = _ordered(_chunks(_tasks(inputs, start), CHUNK), workers, init_args)
@@ -428,7 +436,8 @@ def write_shards(
                 if has_tt:
                     cols["text_tokens"].append(res.text_tokens)
                 n += 1
-                report.images += len(res.images)
+                images += len(res.images)
+                image_tokens += sum(res.image_tokens)
                 report.passthrough += res.passthrough
                 shard.passthrough += res.passthrough
                 last_pos = (task.file_idx, task.index + 1)
@@ -449,14 +458,13 @@ def write_shards(
     # Images counted from the index so resumed shards are included.
     report.samples = n
     report.rejected = len(rejects)
-    report.images = sum(cols["n_images"])
-    report.image_tokens = sum(cols["image_tokens"])
+    report.images = images
+    report.image_tokens = image_tokens
     report.bytes = sum(s.bytes for s in report.shards)
     report.reasons = dict(sorted(reasons.items()))
-    passthrough = report.passthrough + sum(e.get("passthrough", 0) for e in entries)
-    report.passthrough = passthrough
+    report.passthrough += resumed_passthrough
 
-    write_index(out_dir / "index.parquet", cols)
+    write_index(out_dir / "index.parquet", tables, with_text_tokens=has_tt)
     with atomic_write(out_dir / "rejects.jsonl") as f:
         for r in rejects:
             r = {k: v for k, v in r.items() if k != "_file"}
