@@ -14,7 +14,27 @@ BLOCK = tarfile.BLOCKSIZE  # 512
 RECORD = tarfile.RECORDSIZE  # 10240: tarfile pads the archive to a multiple of this
 
 
+# The fixed parts of our ustar header (what tarfile.TarInfo.tobuf(USTAR_FORMAT) writes for mode
+# 0644, uid/gid 0, mtime 0, empty uname/gname, a regular file): only name, size and checksum vary.
+_MODE_IDS = b"0000644\x00" + b"0000000\x00" * 2  # mode, uid, gid
+_MTIME = b"00000000000\x00"
+_AFTER_CHKSUM = b"0" + b"\x00" * 100 + b"ustar\x0000" + b"\x00" * (64 + 16 + 155)  # devmajor/minor empty
+
+_PAD = b"\x00" * (BLOCK - 156 - len(_AFTER_CHKSUM))
+_FIXED_SUM = 8 * 32 + sum(_MODE_IDS) + sum(_MTIME) + sum(_AFTER_CHKSUM)  # checksum field = 8 spaces
+
+
 def _header(name: str, size: int) -> bytes:
+    """The 512-byte ustar header, built directly (tarfile's builder costs ~50x more per member)."""
+    raw = name.encode("utf-8")
+    if len(raw) > 100 or size >= 8**11:
+        return _tarfile_header(name, size)
+    size_field = b"%011o\x00" % size
+    chksum = _FIXED_SUM + sum(raw) + sum(size_field)
+    return b"".join((raw.ljust(100, b"\x00"), _MODE_IDS, size_field, _MTIME, b"%06o\x00 " % chksum, _AFTER_CHKSUM, _PAD))
+
+
+def _tarfile_header(name: str, size: int) -> bytes:
     ti = tarfile.TarInfo(name)
     ti.size = size
     ti.mtime = 0
