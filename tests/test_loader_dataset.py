@@ -242,3 +242,14 @@ def test_missing_or_foreign_folder_is_a_clear_input_error(tmp_path, tok):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no index.parquet"):
         PackedLoader(tmp_path / "empty", tokenizer=tok)
+
+
+def test_seek_by_consumed_rows_matches_state(shards, tok):
+    a = loader(shards, tok)
+    n = a.rows_per_epoch + 4
+    all_rows(a, n)
+    b = loader(shards, tok)
+    b.seek(n)
+    st_a, st_b = a.state_dict(), b.state_dict()
+    assert (st_b["epoch"], st_b["row"], st_b["consumed_rows"]) == (st_a["epoch"], st_a["row"], n) == (1, 4, n)
+    assert same_batch(next(a), next(b))

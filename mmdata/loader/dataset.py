@@ -491,6 +491,17 @@ class PackedLoader:
         pr.consumed = int(state.get("consumed_rows", 0))
         pr.counters = _Counters(**state.get("counters", {}))
 
+    def seek(self, consumed_rows: int) -> None:
+        """Continue after ``consumed_rows`` global rows from the very start (epoch 0, row 0): the
+        resume path for stacks that only keep a counter (MindSpeed-MM's ``consumed_train_samples``
+        counts packed rows). Plans each epoch it passes (cached), decodes nothing."""
+        if consumed_rows < 0:
+            raise ValueError("consumed_rows must be >= 0")
+        self.close()
+        pr = self._progress
+        pr.epoch, pr.row = normalize_position(self.planner, 0, int(consumed_rows))
+        pr.consumed = int(consumed_rows)
+
     save_state = state_dict
     restore_state = load_state_dict
 
