@@ -253,3 +253,21 @@ def test_seek_by_consumed_rows_matches_state(shards, tok):
     st_a, st_b = a.state_dict(), b.state_dict()
     assert (st_b["epoch"], st_b["row"], st_b["consumed_rows"]) == (st_a["epoch"], st_a["row"], n) == (1, 4, n)
     assert same_batch(next(a), next(b))
+
+
+def test_truncate_never_cuts_inside_an_image_block(tmp_path, tok):
+    rec = {"id": "late-image", "conversations": [
+        {"from": "human", "value": "<image>\nWhat is this?"},
+        {"from": "gpt", "value": " ".join(["answer"] * 120)},
+        {"from": "human", "value": "<image>\nAnd this one?"},
+        {"from": "gpt", "value": "Also a car."}], "_sizes": [(56, 56), (112, 112)]}
+    d = write_shards(tmp_path / "late", [rec], samples_per_shard=1)
+    full = encode_conversation({k: v for k, v in rec.items() if k != "_sizes"}, tok, "qwen2vl", [4, 16])
+    second_start = [i for i, t in enumerate(full.input_ids.tolist()) if t == tok.vision_start_id][1]
+    seq = second_start + 5  # the plain cut would land inside the second image's pads
+    (b,) = all_rows(loader(d, tok, epochs=1, seq_len=seq, overlong="truncate"))
+    assert b["input_ids"][0].tolist() == full.input_ids[:second_start].tolist()
+    assert b["labels"][0, 1:].tolist() == full.labels[1:second_start].tolist()
+    assert b["image_grid_thw"].tolist() == [[1, 4, 4]]  # the first image only
+    assert b["pixel_values"].shape == (16, 1176)
+    assert int((b["input_ids"] == tok.image_pad_id).sum()) == 4
