@@ -158,7 +158,8 @@ def bench_images(work: Path, n_records: int, n_images: int, workers: int) -> Non
 def _child(args: list[str]) -> None:
     inp, images, out, workers = args
     rep = clean_llava(inp, images, out, workers=int(workers))
-    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # VmHWM: this address space's peak RSS (ru_maxrss would include the parent's, from before exec)
+    me = next(int(x.split()[1]) for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     print(json.dumps({"main_kb": me, "worker_kb": kids, "input": rep.input, "written": rep.written}))
 
@@ -189,7 +190,8 @@ def _make_665k_with_images(work: Path, scale_jsonl: Path, n: int) -> dict[str, P
 
 
 def bench_memory(work: Path, n: int, scale: dict[str, Path], workers: int) -> None:
-    print(f"(c) peak memory, {n:,} records, --workers {workers} (RSS from getrusage)")
+    print(f"(c) peak memory, {n:,} records, --workers {workers} (peak RSS: VmHWM of the main process, "
+          f"getrusage for the largest worker)")
     text = work / f"text-{n}"
     if not (text / "text_only.json").exists():
         write_llava_scale_text_only(text, n)
