@@ -16,7 +16,28 @@ MMDATA = [sys.executable, "-m", "mmdata.cli"]
 
 
 def run(*args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*MMDATA, *map(str, args)], capture_output=True, text=True, timeout=120)
+    """`mmdata ARGS` in this process through the real entry point (fast); exit code and streams."""
+    import contextlib
+    import io
+
+    from mmdata import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    argv = sys.argv
+    sys.argv = ["mmdata", *map(str, args)]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            cli.main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv = argv
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def run_process(*args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run([*MMDATA, *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture()
@@ -61,7 +82,7 @@ def test_quiet_and_explicit_paths(tiny: Path) -> None:
 def test_invalid_json_exit_2_with_line_and_column(tiny: Path, content: str, where: str) -> None:
     bad = tiny / ("bad.jsonl" if content.startswith("{") else "bad.json")
     bad.write_text(content)
-    p = run("clean", "llava", bad, "--images", tiny / "img", "--out", tiny / "o.json")
+    p = (run_process if where == ":3:14:" else run)("clean", "llava", bad, "--images", tiny / "img", "--out", tiny / "o.json")
     assert p.returncode == 2
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in p.stderr
