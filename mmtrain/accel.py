@@ -103,6 +103,20 @@ def sdpa_block_mask(q, k, v, cu_seqlens, max_seqlen: int, causal: bool) -> torch
     return o.squeeze(0).transpose(0, 1)
 
 
+def _half(fn):
+    """Fused kernels take only fp16/bf16: run fp32 inputs in bf16 and return the caller's dtype."""
+    def wrapped(q, k, v, cu_seqlens, max_seqlen: int, causal: bool) -> torch.Tensor:
+        dt = q.dtype
+        if dt in (torch.float16, torch.bfloat16):
+            return fn(q, k, v, cu_seqlens, max_seqlen, causal)
+        b = torch.bfloat16
+        return fn(q.to(b), k.to(b), v.to(b), cu_seqlens, max_seqlen, causal).to(dt)
+
+    wrapped.__doc__ = fn.__doc__
+    return wrapped
+
+
+@_half
 def flash_attn_varlen(q, k, v, cu_seqlens, max_seqlen: int, causal: bool) -> torch.Tensor:
     """CUDA: flash-attn's varlen kernel (GQA native)."""
     from flash_attn import flash_attn_varlen_func
@@ -111,6 +125,7 @@ def flash_attn_varlen(q, k, v, cu_seqlens, max_seqlen: int, causal: bool) -> tor
     return flash_attn_varlen_func(q, k, v, cu, cu, max_seqlen, max_seqlen, causal=causal)
 
 
+@_half
 def torch_varlen(q, k, v, cu_seqlens, max_seqlen: int, causal: bool) -> torch.Tensor:
     """CUDA: torch.nn.attention.varlen.varlen_attn (torch >= 2.10)."""
     from torch.nn.attention.varlen import varlen_attn
@@ -123,6 +138,7 @@ def torch_varlen(q, k, v, cu_seqlens, max_seqlen: int, causal: bool) -> torch.Te
 _NPU_MASK: dict = {}
 
 
+@_half
 def npu_fusion(q, k, v, cu_seqlens, max_seqlen: int, causal: bool) -> torch.Tensor:
     """NPU: torch_npu.npu_fusion_attention, TND layout, cumulative segment ends, sparse_mode 3 (causal)."""
     import torch_npu

@@ -54,7 +54,8 @@ class TrainResult:
     step_s: float = 0.0
     real_tokens: int = 0
     tokens: int = 0
-    steps: list[tuple[float, float, int]] = field(default_factory=list)  # (step s, data wait s, real tokens)
+    # per iteration: (wall s, data-wait s, real tokens, CPU s of this process)
+    steps: list[tuple[float, float, int, float]] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------- setup
@@ -273,6 +274,10 @@ def _all_reduce(t: torch.Tensor, world: int) -> torch.Tensor:
 def _train(args: TrainArgs, data_factory: DataFactory, rank: int, world: int, local_rank: int, out) -> TrainResult:
     accel = get_accel(args.device, use_flash_attn=args.use_flash_attn, use_fused_rmsnorm=args.use_fused_rmsnorm,
                       use_fused_swiglu=args.use_fused_swiglu, attn_impl=args.attn_impl, local_rank=local_rank)
+    if accel.kind == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # Loader workers and other ranks need cores too; OpenMP spinning on a busy core is ~10x slower.
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local - args.num_workers))
     barrier = (lambda: dist.barrier()) if world > 1 else (lambda: None)
     log = Logger(args, rank, out)
     seed_everything(args.seed)  # same initial weights on every rank
@@ -313,7 +318,7 @@ def _train(args: TrainArgs, data_factory: DataFactory, rank: int, world: int, lo
     model.train()
     while iteration < args.max_steps:
         accel.synchronize()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         rows = [next(rows_it) for _ in range(n_micro * args.micro_batch_size)]
         t_data = time.perf_counter() - t0
         micro = [concat_rows(rows[i * args.micro_batch_size:(i + 1) * args.micro_batch_size]) for i in range(n_micro)]
@@ -354,7 +359,7 @@ def _train(args: TrainArgs, data_factory: DataFactory, rank: int, world: int, lo
         result.losses[iteration] = loss
         result.data_wait_s += t_data
         result.step_s += dt
-        result.steps.append((dt, t_data, int(counts[1])))
+        result.steps.append((dt, t_data, int(counts[1]), time.process_time() - c0))
         result.real_tokens += int(counts[1])
         result.tokens += int(counts[2])
         win["t"] += dt
