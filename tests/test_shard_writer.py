@@ -365,3 +365,29 @@ def test_killed_process_then_resume_gives_the_same_bytes(tmp_path):
     report = write_shards([src], img, out, samples_per_shard=1, workers=2, resume=True)
     assert report.resumed_shards >= 5
     assert tree_bytes(out) == tree_bytes(ref)
+
+
+_FAILING_WORKER = """
+import sys
+from mmdata.errors import InputError
+from mmdata.shard import writer
+
+def broken(tasks):
+    raise InputError(sys.argv[1], "bad thing", 3, 4)
+
+writer._run_chunk = broken  # inherited by the forked pool workers
+try:
+    writer.write_shards([sys.argv[1]], sys.argv[2], sys.argv[3], workers=2)
+except InputError as e:
+    print("caught", e)
+"""
+
+
+def test_a_worker_error_reaches_the_caller_instead_of_hanging(made, tmp_path):
+    src, img, _, _ = made
+    p = subprocess.run([sys.executable, "-c", _FAILING_WORKER, str(src), str(img), str(tmp_path / "o")],
+                       cwd=REPO, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == f"caught {src}:3:4: bad thing"
+    assert not list((tmp_path / "o").glob(".*.tmp"))

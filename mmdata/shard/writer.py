@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import orjson
 
-from mmdata.errors import InputError
+from mmdata.errors import InputError, MMDataError
 from mmdata.io import atomic_write, iter_json_records
 from mmdata.rules import RULES
 from mmdata.shard import tarfmt
@@ -80,6 +80,28 @@ def _init_worker(images_root: str, spec: ResizeSpec, tokenizer: str | None, temp
         _TOK = load_tokenizer(tokenizer)
 
 
+def _run_chunk_safe(tasks: list[Task]) -> tuple:
+    """_run_chunk for a pool worker: errors come back as plain tuples (always picklable, so a
+    failing worker can never leave the parent waiting on a result that cannot be unpickled)."""
+    try:
+        return ("ok", _run_chunk(tasks))
+    except MMDataError as e:
+        return ("input_error", getattr(e, "path", None), getattr(e, "message", str(e)),
+                getattr(e, "line", None), getattr(e, "col", None))
+    except Exception:
+        import traceback
+
+        return ("error", traceback.format_exc())
+
+
+def _unwrap(result: tuple) -> list[Sample | Reject]:
+    if result[0] == "ok":
+        return result[1]
+    if result[0] == "input_error":
+        raise InputError(*result[1:])
+    raise RuntimeError(f"a shard worker failed:\n{result[1]}")
+
+
 def _run_chunk(tasks: list[Task]) -> list[Sample | Reject]:
     assert _MAKER is not None
     out = [_MAKER.make(t) for t in tasks]
@@ -135,13 +157,13 @@ def _ordered(chunks: Iterator[list[Task]], workers: int, init_args: tuple) -> It
     try:
         pending: deque = deque()
         for ch in chunks:
-            pending.append((ch, pool.apply_async(_run_chunk, (ch,))))
+            pending.append((ch, pool.apply_async(_run_chunk_safe, (ch,))))
             if len(pending) >= 4 * workers:
                 c, r = pending.popleft()
-                yield c, r.get()
+                yield c, _unwrap(r.get())
         while pending:
             c, r = pending.popleft()
-            yield c, r.get()
+            yield c, _unwrap(r.get())
         pool.close()
         pool.join()
     finally:
@@ -322,10 +344,12 @@ def write_shards(
     tok_sha = None
     if tokenizer is not None:
         try:
+            from mmdata.loader.templates import TEMPLATES, text_token_counts  # noqa: F401
             from mmdata.loader.tokenizer import load_tokenizer
-            from mmdata.loader.templates import text_token_counts  # noqa: F401
         except ImportError as e:
             raise InputError(None, f"--tokenizer needs the loader's tokenizer and templates: {e}") from None
+        if template not in TEMPLATES:
+            raise InputError(None, f"--template: unknown chat template {template!r} (choose from {', '.join(TEMPLATES)})")
         tok_sha = load_tokenizer(tokenizer).sha256
         tokenizer = str(tokenizer)
 
