@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmdata.inspect.plan import _own_best_fit, loader_packer, plan_records
+from mmdata.inspect.plan import pack_rows, plan_records
 
 
 def _conv(human: str, gpt: str) -> list[dict]:
@@ -110,14 +110,14 @@ def test_workers_give_the_same_plan(data: Path) -> None:
     assert one == two
 
 
-def test_own_packer_matches_the_loaders_row_count() -> None:
-    fn = loader_packer()
-    if fn is None:
-        pytest.skip("mmdata/loader/pack.py is not available")
+def test_forecast_uses_the_loaders_own_packer() -> None:
+    from mmdata.loader.pack import DEFAULT_PACKER, PACKERS
+
     rng = np.random.default_rng(1)
-    for _ in range(20):
-        lens = rng.integers(1, 2048, size=int(rng.integers(1, 300)))
-        assert _own_best_fit(lens, 2048) == len(fn(lens, None, 2048))
+    lens = rng.integers(1, 2048, size=5000)
+    rows, method = pack_rows(lens, 2048, window=1000)
+    assert rows == sum(len(PACKERS[DEFAULT_PACKER](lens[a:a + 1000], None, 2048)) for a in range(0, 5000, 1000))
+    assert DEFAULT_PACKER in method
 
 
 def test_tokenizer_counts_are_the_loaders(data: Path) -> None:

@@ -9,12 +9,10 @@ best-fit decreasing over windows of ``pack_window`` samples, as the loader plans
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -54,57 +52,16 @@ def _probe_many(paths: list[str]) -> list[tuple[int, int] | str]:
     return [probe_header(p) for p in paths]
 
 
-def _own_best_fit(lengths: np.ndarray, capacity: int) -> int:
-    """Rows used by best-fit decreasing (no image cap): inspect's own estimate when the loader's
-    packer cannot be loaded without torch."""
-    from bisect import bisect_left, insort
-
-    free: list[int] = []  # sorted free space of open rows
-    rows = 0
-    for length in sorted((int(x) for x in lengths), reverse=True):
-        k = bisect_left(free, length)
-        if k < len(free):
-            left = free.pop(k) - length
-        else:
-            rows += 1
-            left = capacity - length
-        if left > 0:
-            insort(free, left)
-    return rows
-
-
-def loader_packer() -> Callable[..., list[list[int]]] | None:
-    """``mmdata.loader.pack.best_fit_decreasing`` loaded from its file, so the torch-importing loader
-    package is not imported; None when that file is missing or would pull torch."""
-    path = Path(__file__).resolve().parents[1] / "loader" / "pack.py"
-    if not path.is_file():
-        return None
-    had_torch = "torch" in sys.modules
-    try:
-        spec = importlib.util.spec_from_file_location("_mmdata_inspect_loader_pack", path)
-        assert spec and spec.loader
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        fn = mod.best_fit_decreasing
-    except Exception:
-        return None
-    if not had_torch and "torch" in sys.modules:
-        return None
-    return fn
-
-
 def pack_rows(lengths: np.ndarray, seq_len: int, window: int | None = DEFAULT_WINDOW) -> tuple[int, str]:
-    """Packed rows needed for ``lengths`` (all <= seq_len), packing each window of samples on its own."""
-    fn = loader_packer()
-    method = ("best-fit decreasing (mmdata.loader.pack)" if fn is not None
-              else "best-fit decreasing (inspect's own estimate: mmdata.loader.pack unavailable)")
+    """Packed rows needed for ``lengths`` (all <= seq_len), packing each window of samples on its own
+    with the loader's own default packer (``mmdata.loader.pack`` is torch-free)."""
+    from mmdata.loader.pack import DEFAULT_PACKER, PACKERS
+
+    pack = PACKERS[DEFAULT_PACKER]
     n = len(lengths)
     step = window or max(n, 1)
-    rows = 0
-    for a in range(0, n, step):
-        part = lengths[a: a + step]
-        rows += len(fn(part, None, seq_len)) if fn is not None else _own_best_fit(part, seq_len)
-    return rows, method
+    rows = sum(len(pack(lengths[a: a + step], None, seq_len)) for a in range(0, n, step))
+    return rows, f"{DEFAULT_PACKER} packer of mmdata.loader.pack, windows of {step} samples"
 
 
 class _TextCounter:

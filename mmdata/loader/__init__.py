@@ -2,10 +2,27 @@
 
 ``PackedLoader`` (docs/loader.md) follows a seeded epoch plan made from ``index.parquet`` alone;
 ``load_tokenizer`` and the chat templates are the text side (docs/loader-text.md).
+
+Exports are imported on first use, so torch-free parts (``mmdata.loader.pack``, ``.tokenizer``,
+``.templates``) can be used by torch-free stages (inspect) without importing torch.
 """
 
-from mmdata.loader.dataset import LoaderConfig, PackedLoader
-from mmdata.loader.pixels import normalize_pixels
-from mmdata.loader.tokenizer import load_tokenizer
+from __future__ import annotations
 
-__all__ = ["LoaderConfig", "PackedLoader", "load_tokenizer", "normalize_pixels"]
+from importlib import import_module
+from typing import Any
+
+_WHERE = {
+    "LoaderConfig": "mmdata.loader.dataset",
+    "PackedLoader": "mmdata.loader.dataset",
+    "normalize_pixels": "mmdata.loader.pixels",
+    "load_tokenizer": "mmdata.loader.tokenizer",
+}
+
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'mmdata.loader' has no attribute {name!r}")

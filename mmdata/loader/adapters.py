@@ -176,7 +176,7 @@ def to_megatron_lm_llava(batch: dict, image_token_id: int | None = None, img_seq
     (the loader's LLaVA mode), plus ``image_token_id`` and ``img_seq_len``. Text-only rows get the
     ``[[0]]`` dummies Megatron-LM expects.
     """
-    T = _row(batch)
+    _row(batch)  # checks B == 1
     ids = batch["input_ids"]
     labels = torch.cat([batch["labels"], batch["labels"].new_full((1, 1), IGNORE)], dim=1)
     cup = batch["cu_seqlens_padded"].to(torch.int64)

@@ -60,7 +60,6 @@ def collate_row(docs: list[Document], spec: RowSpec, shared_memory: bool = False
     lens = np.fromiter((len(d.input_ids) for d in docs), dtype=np.int64, count=len(docs))
     real = int(lens.sum())
     total = spec.seq_len if spec.pad_to_seq_len and real < spec.seq_len else real
-    pad = total - real
 
     ids = np.full(total, spec.pad_id, dtype=np.int64)
     labels = np.full(total, IGNORE, dtype=np.int64)

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmdata.errors import InputError, MMDataError
 from mmdata.loader.batch import Document, RowSpec, collate_row
+from mmdata.loader.pack import DEFAULT_PACKER
 from mmdata.loader.lengths import ShardIndex, cache_dir_for, read_index, text_tokens
 from mmdata.loader.pixels import decode_frame, target_size
 from mmdata.loader.plan import PlanConfig, Planner, SetLengths, iter_positions, normalize_position
@@ -46,7 +47,7 @@ class LoaderConfig:
     bad_sample_budget: int = 100
     pad_to_seq_len: bool = False
     window_samples: int = 8192  # samples packed together (a window of whole shards)
-    packer: str = "fill"  # or "bfd" (best-fit decreasing)
+    packer: str = DEFAULT_PACKER  # "fill" or "bfd" (best-fit decreasing)
     epochs: int | None = None  # None: endless
     prefetch_factor: int = 2
     cache_dir: str | None = None

@@ -315,3 +315,4 @@ def packing_efficiency(lengths: np.ndarray, rows: list[list[int]], capacity: int
 
 
 PACKERS = {"fill": pack_fill, "bfd": best_fit_decreasing}
+DEFAULT_PACKER = "fill"  # what the loader plans with unless told otherwise

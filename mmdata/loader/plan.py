@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmdata.loader.pack import PACKERS
+from mmdata.loader.pack import DEFAULT_PACKER, PACKERS
 
 OVERLONG_POLICIES = ("drop", "truncate")
 
@@ -52,7 +52,7 @@ class PlanConfig:
     shuffle: bool = True
     overlong: str = "drop"
     window_samples: int = 8192
-    packer: str = "fill"
+    packer: str = DEFAULT_PACKER
 
     def __post_init__(self) -> None:
         if self.overlong not in OVERLONG_POLICIES:
