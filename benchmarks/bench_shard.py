@@ -30,11 +30,10 @@ from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmdata.images import exif_orientation  # noqa: E402
-from mmdata.io import loads  # noqa: E402
-from mmdata.rules import get_rule  # noqa: E402
-from mmdata.shard import resize as R  # noqa: E402
-from mmdata.shard import write_shards  # noqa: E402
+from mmdata.images import exif_orientation
+from mmdata.rules import get_rule
+from mmdata.shard import resize as R
+from mmdata.shard import write_shards
 
 SPEC = R.ResizeSpec(max_res=448, max_image_tokens=1280, quality=90)
 RULE = get_rule(SPEC.rule)

@@ -7,7 +7,15 @@ import tarfile
 
 import pytest
 
-from mmdata.shard.tarfmt import BLOCK, RECORD, _header, _tarfile_header, end_of_archive, member, sample_bytes
+from mmdata.shard.tarfmt import (
+    BLOCK,
+    RECORD,
+    _header,
+    _tarfile_header,
+    end_of_archive,
+    member,
+    sample_bytes,
+)
 
 
 @pytest.mark.parametrize("name", ["000000000.json", "000000013.0.jpg", "123456789.12.jpg", "é.json", "x" * 100])
