@@ -64,18 +64,18 @@ def read_pieces(path: str, span: Span) -> list[bytes]:
     return pieces
 
 
-def _count_lines(block: bytes) -> int:
-    """Non-empty lines of a block that ends with a newline."""
-    if block.startswith(b"\n") or b"\n\n" in block:
-        return sum(1 for line in block.split(b"\n") if line)
-    return block.count(b"\n")
+def _count_lines(buf: bytes, end: int) -> int:
+    """Non-empty lines in ``buf[:end]`` (which ends with a newline, or is the end of the file)."""
+    nl = np.flatnonzero(np.frombuffer(buf, dtype=np.uint8, count=end) == 10)
+    empty = int(np.count_nonzero(np.diff(nl) == 1)) + (1 if len(nl) and nl[0] == 0 else 0)
+    return len(nl) - empty + (1 if end and buf[end - 1] != 10 else 0)
 
 
 def _line_spans(f, offset: int, data: bytes, block: int) -> Iterator[Span]:
     carry = data
     while True:
         chunk = f.read(block)
-        buf = carry + chunk
+        buf = carry + chunk if carry else chunk
         if chunk:
             cut = buf.rfind(b"\n") + 1
             if not cut:
@@ -83,8 +83,7 @@ def _line_spans(f, offset: int, data: bytes, block: int) -> Iterator[Span]:
                 continue
         else:
             cut = len(buf)
-        piece = buf[:cut]
-        n = _count_lines(piece if not piece or piece.endswith(b"\n") else piece + b"\n")
+        n = _count_lines(buf, cut)
         if n:
             yield Span(offset, cut, None, n)
         offset += cut
