@@ -21,6 +21,10 @@ class InputError(MMDataError):
         self.col = col
         super().__init__(self.format())
 
+    def __reduce__(self):
+        # Rebuild from the fields, not the message, so the error survives a worker process boundary.
+        return (type(self), (self.path, self.message, self.line, self.col))
+
     def format(self) -> str:
         where = self.path or ""
         if self.path and self.line is not None:

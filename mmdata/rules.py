@@ -31,6 +31,7 @@ DEFAULT_MAX_IMAGE_TOKENS = 1280
 QWEN2VL_FACTOR = 28  # patch 14 x spatial merge 2
 QWEN2VL_MIN_PIXELS = 56 * 56
 MIN_SIDE = 28
+QWEN2VL_MAX_RATIO = 200  # Qwen2-VL's processor refuses images whose long/short side ratio exceeds this
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ class Qwen2VLRule:
         # Shrink a little more until the processor's own count fits (rounding to 28 can add a row).
         for _ in range(64):
             w, h = _scaled(width, height, scale)
-            if min(w, h) < MIN_SIDE:
+            if min(w, h) < MIN_SIDE or max(w, h) / min(w, h) > QWEN2VL_MAX_RATIO:
                 return None
             if max(w, h) <= max_res and w * h <= max_pixels:
                 t = self.tokens(w, h, max_tokens)

@@ -92,7 +92,6 @@ def test_unknown_rule_lists_the_known_ones():
         get_rule("gpt4v")
 
 
-@pytest.mark.xfail(strict=True, reason="rules.py: Qwen2VLRule.fit does not refuse aspect > 200 yet (reported to the lead)")
 def test_qwen2vl_refuses_what_the_processor_refuses():
     # qwen_vl_utils / transformers smart_resize raise ValueError when long/short > 200 (MAX_RATIO),
     # so a 5628x28 image (aspect 201) must not be stored, even at a max-res that lets it through.
