@@ -284,11 +284,14 @@ def test_duplicate_details_name_the_first(runs: dict[str, Any]) -> None:
 @pytest.mark.parametrize("rel", ["llava/llava.json", "llava/llava.jsonl"])
 def test_many_small_spans_same_bytes(rel: str, fx: dict[str, Any], runs: dict[str, Any], tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """Records cut into spans of a few records each, across 2 workers: the same OUT and rejects."""
-    from mmdata.clean import fastread, llava
+    """Records cut into spans of a few records each, across 2 workers, with a window of 4 waiting
+    records and image chunks of 2: the same OUT and rejects."""
+    from mmdata.clean import checks, fastread, llava
 
     monkeypatch.setattr(fastread, "_LINE_BLOCK", 300)
     monkeypatch.setattr(llava, "_BATCH", 3)
+    monkeypatch.setattr(llava, "_WINDOW", 4)
+    monkeypatch.setattr(checks, "_CHUNK", 2)
     root = Path(fx["paths"]["root"])
     out = tmp_path / runs[rel]["out"].name
     clean_llava(root / rel, root / "images", out, workers=2)
