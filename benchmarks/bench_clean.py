@@ -14,7 +14,6 @@ Data come from fixtures.generate (photo-like JPEGs in COCO sizes; LLaVA-Instruct
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import resource
@@ -28,11 +27,16 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fixtures.generate import generate_llava_scale, jpeg_bytes, photo, write_llava_scale_text_only  # noqa: E402
-from mmdata.clean import clean_llava  # noqa: E402
-from mmdata.clean.fastread import iter_raw_batches, iter_spans  # noqa: E402
-from mmdata.clean.llava import resolve_workers, structure_span  # noqa: E402
-from mmdata.records import normalize  # noqa: E402
+from fixtures.generate import (
+    generate_llava_scale,
+    jpeg_bytes,
+    photo,
+    write_llava_scale_text_only,
+)
+from mmdata.clean import clean_llava
+from mmdata.clean.fastread import iter_raw_batches, iter_spans
+from mmdata.clean.llava import resolve_workers, structure_span
+from mmdata.records import normalize
 
 COCO_SIZES = [(640, 480), (480, 640), (640, 427), (500, 375), (640, 360), (427, 640), (612, 612), (640, 512)]
 

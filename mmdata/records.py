@@ -334,9 +334,9 @@ def _fast_llava(raw: dict[str, Any], default_id: str) -> Normalized | None:
         rec["image"] = images[0] if len(images) == 1 else list(images)
     rec["conversations"] = [{"from": r, "value": v} for r, v in zip(roles, values)]
     if len(raw) > 3 or "id" not in raw or "image" not in raw:
-        for k in raw:
+        for k, v in raw.items():
             if k not in _LLAVA_KEYS:
-                rec[k] = raw[k]
+                rec[k] = v
     return _new((None, "", rid, rec, list(images), roles, values))
 
 

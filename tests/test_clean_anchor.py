@@ -76,7 +76,7 @@ def test_v1_content_list_equals_mllm_demo(tmp_path: Path) -> None:
         mine = [r["image"]] if isinstance(r["image"], str) else r["image"]
         assert mine == ["data/" + p for p in imgs]
     # v1 repeats its samples: every reject is a duplicate of a written record, nothing else
-    assert set(r["reason"] for r in _rejects(rep)) <= {"duplicate_sample"}
+    assert {r["reason"] for r in _rejects(rep)} <= {"duplicate_sample"}
 
 
 def test_v1_paths_relative_to_another_root_are_missing(tmp_path: Path) -> None:

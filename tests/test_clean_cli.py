@@ -37,7 +37,7 @@ def run(*args: str | Path) -> subprocess.CompletedProcess:
 
 
 def run_process(*args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*MMDATA, *map(str, args)], capture_output=True, text=True, timeout=300)
+    return subprocess.run([*MMDATA, *map(str, args)], capture_output=True, text=True, timeout=300, check=False)
 
 
 @pytest.fixture()

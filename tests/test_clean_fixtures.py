@@ -104,7 +104,7 @@ def test_llava_record_outcome(llava_case: tuple[str, str, str], fx: dict[str, An
         want = fx["expected"]["outputs"][rel].get(idx)
         if want is not None:
             assert rec == want
-            assert list(rec)[:2] == ["id", "image"] if "image" in rec else list(rec)[0] == "id"
+            assert list(rec)[:2] == ["id", "image"] if "image" in rec else next(iter(rec)) == "id"
     else:
         assert i in rejects, f"record {i} written, expected {outcome}"
         line = rejects[i]

@@ -85,10 +85,9 @@ def test_read_json_errors(tmp_path: Path) -> None:
 def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
     p = tmp_path / "o.json"
     p.write_text("old")
-    with pytest.raises(RuntimeError):
-        with mio.atomic_write(p) as f:
-            f.write(b"new half")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), mio.atomic_write(p) as f:
+        f.write(b"new half")
+        raise RuntimeError("boom")
     assert p.read_text() == "old"
     assert [x.name for x in tmp_path.iterdir()] == ["o.json"]
 

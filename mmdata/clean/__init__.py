@@ -8,4 +8,4 @@ from mmdata.clean.llava import clean_llava
 from mmdata.clean.prompts import DEFAULT_PROMPTS, load_prompts
 from mmdata.clean.report import CleanReport
 
-__all__ = ["CleanReport", "DEFAULT_PROMPTS", "clean_coco", "clean_llava", "load_prompts"]
+__all__ = ["DEFAULT_PROMPTS", "CleanReport", "clean_coco", "clean_llava", "load_prompts"]

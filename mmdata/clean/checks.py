@@ -8,8 +8,8 @@ draft), image_too_small and bad_aspect_ratio (after EXIF orientation, applied wh
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from typing import Callable
 
 from PIL import Image
 
@@ -96,7 +96,7 @@ class ImageChecker:
             self._pool.shutdown(wait=True, cancel_futures=True)
         self._pool = None
 
-    def __enter__(self) -> "ImageChecker":
+    def __enter__(self) -> ImageChecker:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -7,11 +7,18 @@ lowest annotation id, all valid captions kept under ``captions``, width/height f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mmdata.clean.checks import ImageChecker
-from mmdata.clean.llava import Decider, check_common_args, frame, resolve_workers, sample_key
+from mmdata.clean.llava import (
+    Decider,
+    check_common_args,
+    frame,
+    resolve_workers,
+    sample_key,
+)
 from mmdata.clean.prompts import DEFAULT_PROMPTS, prompt_for
 from mmdata.clean.report import CleanReport, Sink, default_paths, dump
 from mmdata.errors import InputError

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import typer
 
@@ -25,8 +25,14 @@ _MIN_SIDE = typer.Option(28, "--min-side", help="Reject images whose shorter sid
 _MAX_ASPECT = typer.Option(200.0, "--max-aspect", help="Reject images with long/short side above this.")
 _MAX_PIXELS = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels",
                            help="Images with more pixels are decompression bombs (unreadable_image).")
-_WORKERS = typer.Option(None, "--workers", help="Image-checking processes (default: all cores).")
+_WORKERS = typer.Option(None, "--workers", help="Worker processes for parsing, checks and image decoding (default: all cores).")
 _OUT_FORMAT = typer.Option("llava", "--out-format", help="llava (CONTRACT s.1) or messages (LLaMA-Factory / MindSpeed-MM).")
+_INPUT = typer.Argument(..., help="LLaVA / ShareGPT / messages records: a JSON array or JSON Lines.")
+_CAPTIONS = typer.Argument(..., help="A COCO captions file (images + annotations).")
+_PER_CAPTION = typer.Option(False, "--per-caption", help="One record per caption, id {stem}_{annotation id}.")
+_PROMPTS = typer.Option(None, "--prompts", help="Prompt list, one per line (default: LLaVA's brief-description prompts).")
+_INPUT_FORMAT = typer.Option("auto", "--input-format",
+                             help="auto (per record: conversations / messages / instruction+output), llava or messages.")
 _QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars and no summary.")
 
 
@@ -74,18 +80,17 @@ def _summary(console, report: CleanReport, seconds: float) -> None:
 
 @clean_app.command("llava")
 def llava_cmd(
-    input: Path = typer.Argument(..., help="LLaVA / ShareGPT / messages records: a JSON array or JSON Lines."),
+    input: Path = _INPUT,
     images: Path = _IMAGES,
     out: Path = _OUT,
-    rejects: Optional[Path] = _REJECTS,
-    report: Optional[Path] = _REPORT,
+    rejects: Path | None = _REJECTS,
+    report: Path | None = _REPORT,
     min_side: int = _MIN_SIDE,
     max_aspect: float = _MAX_ASPECT,
     max_pixels: int = _MAX_PIXELS,
-    workers: Optional[int] = _WORKERS,
+    workers: int | None = _WORKERS,
     out_format: str = _OUT_FORMAT,
-    input_format: str = typer.Option("auto", "--input-format",
-                                     help="auto (per record: conversations / messages / instruction+output), llava or messages."),
+    input_format: str = _INPUT_FORMAT,
     quiet: bool = _QUIET,
 ) -> None:
     """Clean LLaVA / ShareGPT records, or the messages shape of LLaMA-Factory and MindSpeed-MM."""
@@ -98,17 +103,17 @@ def llava_cmd(
 
 @clean_app.command("coco")
 def coco_cmd(
-    captions: Path = typer.Argument(..., help="A COCO captions file (images + annotations)."),
+    captions: Path = _CAPTIONS,
     images: Path = _IMAGES,
     out: Path = _OUT,
-    rejects: Optional[Path] = _REJECTS,
-    report: Optional[Path] = _REPORT,
+    rejects: Path | None = _REJECTS,
+    report: Path | None = _REPORT,
     min_side: int = _MIN_SIDE,
     max_aspect: float = _MAX_ASPECT,
     max_pixels: int = _MAX_PIXELS,
-    per_caption: bool = typer.Option(False, "--per-caption", help="One record per caption, id {stem}_{annotation id}."),
-    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt list, one per line (default: LLaVA's brief-description prompts)."),
-    workers: Optional[int] = _WORKERS,
+    per_caption: bool = _PER_CAPTION,
+    prompts: Path | None = _PROMPTS,
+    workers: int | None = _WORKERS,
     out_format: str = _OUT_FORMAT,
     quiet: bool = _QUIET,
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -18,7 +19,7 @@ __all__ = ["CleanReport", "Sink", "default_paths", "dump", "out_format_of"]
 
 def _finite(obj: Any) -> Any:
     """NaN / infinity as null, as orjson writes them (the stdlib would write invalid JSON)."""
-    if isinstance(obj, float) and obj != obj or obj in (float("inf"), float("-inf")):
+    if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
         return {k: _finite(v) for k, v in obj.items()}
@@ -67,7 +68,7 @@ class Sink:
         self._size = 0
         self.count = 0
 
-    def __enter__(self) -> "Sink":
+    def __enter__(self) -> Sink:
         self._f = self._cm.__enter__()
         if self.fmt == "json":
             self._f.write(b"[")
