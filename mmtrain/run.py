@@ -277,7 +277,7 @@ def _train(args: TrainArgs, data_factory: DataFactory, rank: int, world: int, lo
     if accel.kind == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # Loader workers and other ranks need cores too; OpenMP spinning on a busy core is ~10x slower.
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local - args.num_workers))
+        torch.set_num_threads(min(torch.get_num_threads(), max(1, (os.cpu_count() or 1) // local - args.num_workers)))
     barrier = (lambda: dist.barrier()) if world > 1 else (lambda: None)
     log = Logger(args, rank, out)
     seed_everything(args.seed)  # same initial weights on every rank
