@@ -27,11 +27,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from mmtrain.batch import concat_rows, split_documents  # noqa: E402
-from mmtrain.model import IGNORE_INDEX  # noqa: E402
-from mmtrain.run import Data, TrainArgs, train  # noqa: E402
+from mmtrain.batch import concat_rows, split_documents
+from mmtrain.model import IGNORE_INDEX
+from mmtrain.run import Data, TrainArgs, train
 
 
 def make_shards(workdir: Path, n_records: int) -> Path:

@@ -9,4 +9,4 @@ import os
 
 os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
 
-__all__ = ["accel", "model", "run", "checkpoint"]
+__all__ = ["accel", "checkpoint", "model", "run"]

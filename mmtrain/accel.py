@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
 DEVICES = ("auto", "npu", "cuda", "cpu")
 BACKENDS = {"npu": "hccl", "cuda": "nccl", "cpu": "gloo"}
@@ -33,7 +33,7 @@ _PEAK_BF16 = (
 def try_import_torch_npu():
     """Import torch_npu and return it when an NPU is usable; None otherwise (never raises)."""
     try:
-        import torch_npu  # noqa: F401
+        import torch_npu
     except (ImportError, OSError, RuntimeError):
         return None
     try:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import List, Optional
 
 os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
 
-import typer  # noqa: E402
+import typer
 
-from mmdata.errors import MMDataError  # noqa: E402
+from mmdata.errors import MMDataError
 
 app = typer.Typer(name="mmtrain", help="Train a Qwen2-VL-shaped model on mmdata's packed shards (NPU / CUDA / CPU).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -24,8 +23,8 @@ def _root() -> None:
 
 @app.command("run")
 def run_cmd(
-    shards: List[str] = typer.Option(..., "--shards", help="Shard folder(s) written by `mmdata shard` (repeat for several)."),
-    tokenizer: Optional[str] = typer.Option(None, help="Local HF tokenizer.json or folder; default: the shipped one."),
+    shards: list[str] = typer.Option(..., "--shards", help="Shard folder(s) written by `mmdata shard` (repeat for several)."),
+    tokenizer: str | None = typer.Option(None, help="Local HF tokenizer.json or folder; default: the shipped one."),
     model: str = typer.Option("tiny", help="tiny | 100m | 0.5b | 1b | 2b."),
     seq_len: int = typer.Option(2048, help="Tokens per packed row (one sample)."),
     micro_batch_size: int = typer.Option(1, help="Packed rows per micro-batch (concatenated into one THD row)."),
@@ -39,24 +38,24 @@ def run_cmd(
     adam_beta2: float = typer.Option(0.999),
     clip_grad: float = typer.Option(1.0, help="Gradient-norm clip (0 = off)."),
     bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast."),
-    recompute_granularity: Optional[str] = typer.Option(None, help="full (activation recompute)."),
-    recompute_method: Optional[str] = typer.Option(None, help="block | uniform."),
+    recompute_granularity: str | None = typer.Option(None, help="full (activation recompute)."),
+    recompute_method: str | None = typer.Option(None, help="block | uniform."),
     recompute_num_layers: int = typer.Option(0, help="Layers recomputed (block) or per group (uniform)."),
     use_flash_attn: bool = typer.Option(False, "--use-flash-attn", help="Fused varlen attention (NPU fusion / flash-attn)."),
     use_fused_rmsnorm: bool = typer.Option(False, "--use-fused-rmsnorm"),
     use_fused_swiglu: bool = typer.Option(False, "--use-fused-swiglu"),
-    attn_impl: Optional[str] = typer.Option(None, help="Force an attention path: npu_fusion | flash_attn | torch_varlen | sdpa_doc | sdpa_mask."),
+    attn_impl: str | None = typer.Option(None, help="Force an attention path: npu_fusion | flash_attn | torch_varlen | sdpa_doc | sdpa_mask."),
     template: str = typer.Option("qwen2vl", help="Chat template of the loader."),
     num_workers: int = typer.Option(2, help="Loader worker processes per rank."),
     log_interval: int = typer.Option(10),
-    save: Optional[str] = typer.Option(None, help="Checkpoint folder."),
-    save_interval: Optional[int] = typer.Option(None, help="Save every N iterations (and always at the end)."),
-    load: Optional[str] = typer.Option(None, help="Resume from the latest checkpoint in this folder."),
-    exit_interval: Optional[int] = typer.Option(None, help="Save (with --save) and exit when the iteration is a multiple of N."),
+    save: str | None = typer.Option(None, help="Checkpoint folder."),
+    save_interval: int | None = typer.Option(None, help="Save every N iterations (and always at the end)."),
+    load: str | None = typer.Option(None, help="Resume from the latest checkpoint in this folder."),
+    exit_interval: int | None = typer.Option(None, help="Save (with --save) and exit when the iteration is a multiple of N."),
     device: str = typer.Option("auto", help="auto | npu | cuda | cpu."),
     seed: int = typer.Option(0),
-    tensorboard_dir: Optional[str] = typer.Option(None, help="Write TensorBoard scalars here."),
-    metrics: Optional[str] = typer.Option(None, help="Append one JSON object per log line to this file."),
+    tensorboard_dir: str | None = typer.Option(None, help="Write TensorBoard scalars here."),
+    metrics: str | None = typer.Option(None, help="Append one JSON object per log line to this file."),
     fsdp: bool = typer.Option(False, "--fsdp", help="FSDP2 instead of DDP under torchrun."),
 ) -> None:
     """Stream the shards through the sequence-packed loader into a vision-language model and train it."""

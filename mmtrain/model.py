@@ -8,12 +8,11 @@ embeddings in order. `model(batch) -> (loss_sum, n_loss_tokens)`; the recipe div
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from mmtrain.accel import Accel, get_accel

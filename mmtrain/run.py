@@ -16,9 +16,10 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -230,7 +231,10 @@ def grad_sync(wrapped: torch.nn.Module, enabled: bool):
 def full_states(wrapped: torch.nn.Module, model: VLModel, opt: torch.optim.Optimizer, fsdp: bool) -> tuple[dict, dict]:
     """Model and optimizer state as plain full tensors on the host (collective under FSDP2)."""
     if fsdp and dist.is_initialized():
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_state_dict,
+        )
 
         return get_state_dict(wrapped, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return model.state_dict(), opt.state_dict()
@@ -238,7 +242,10 @@ def full_states(wrapped: torch.nn.Module, model: VLModel, opt: torch.optim.Optim
 
 def load_states(wrapped: torch.nn.Module, model: VLModel, opt: torch.optim.Optimizer, fsdp: bool, msd: dict, osd: dict) -> None:
     if fsdp and dist.is_initialized():
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_state_dict,
+        )
 
         set_state_dict(wrapped, opt, model_state_dict=msd, optim_state_dict=osd,
                        options=StateDictOptions(full_state_dict=True))
