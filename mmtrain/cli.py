@@ -65,9 +65,15 @@ def run_cmd(
     args.shards = list(shards)
     validate(args, int(os.environ.get("WORLD_SIZE", "1")))  # before torch is imported: fast errors
     check_shards(args.shards)
+    import torch.distributed as dist
+
     from mmtrain.run import train
 
-    train(args)
+    try:
+        train(args)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def main() -> None:

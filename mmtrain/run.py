@@ -263,13 +263,11 @@ def train(args: TrainArgs, data_factory: DataFactory | None = None, out=None) ->
         kind = detect_device(args.device)
     except ValueError as e:
         raise InputError(None, str(e)) from None
-    rank, world, local_rank, started = init_distributed(BACKENDS[kind])
-    try:
-        validate(args, world)
-        return _train(args, data_factory or loader_data, rank, world, local_rank, out)
-    finally:
-        if started and dist.is_initialized():
-            dist.destroy_process_group()
+    rank, world, local_rank, _ = init_distributed(BACKENDS[kind])
+    # The process group is left up for the caller (a second train() in the same process reuses it;
+    # re-creating it on the same port can hang). The CLI tears it down at exit.
+    validate(args, world)
+    return _train(args, data_factory or loader_data, rank, world, local_rank, out)
 
 
 def _all_reduce(t: torch.Tensor, world: int) -> torch.Tensor:
