@@ -54,8 +54,21 @@ def test_qwen2vl_token_budget_binds_before_max_res():
 
 def test_qwen2vl_rounding_shrinks_once_more():
     # 700x300, budget 64 tokens = 50176 px: scale 0.48881 gives 342x147 = 50274 px > 50176, so the
-    # rule shrinks 1%: 0.483922 -> 339x145 = 49155 px; the processor uses 336x140 -> 12*5 = 60 tokens.
-    assert get_rule("qwen2vl").fit(700, 300, 700, 64) == Fit(339, 145, 60)
+    # rule shrinks 0.5%: 0.486366 -> 340x146 = 49640 px; the processor uses 336x140 -> 12*5 = 60 tokens.
+    assert get_rule("qwen2vl").fit(700, 300, 700, 64) == Fit(340, 146, 60)
+
+
+def test_qwen2vl_processor_never_shrinks_a_stored_image_again():
+    # 1920x1080 at 1280 tokens: 1336x751 fits max_pixels (1003520) but its sides round to 1344x756 =
+    # 1016064 px > max_pixels, so the processor would shrink it again (to 1316x728). The rule stores
+    # a size whose rounded sides fit: 1329x748 -> 1316x756 = 47*27 = 1269 tokens, nothing shrunk.
+    r = get_rule("qwen2vl")
+    assert r.fit(1920, 1080, 4000, 1280) == Fit(1329, 748, 1269)
+    for w, h in [(1920, 1080), (300, 200), (1000, 1000), (4000, 3000), (777, 555), (5000, 60)]:
+        for max_tokens in (64, 256, 1280):
+            f = r.fit(w, h, 10_000, max_tokens)
+            rounded = max(28, round(f.height / 28) * 28) * max(28, round(f.width / 28) * 28)
+            assert rounded <= max_tokens * 784, (w, h, max_tokens, f)
 
 
 def test_qwen2vl_tokens_match_the_processor_count():
