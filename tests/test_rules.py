@@ -67,6 +67,9 @@ def test_qwen2vl_processor_never_shrinks_a_stored_image_again():
     for w, h in [(1920, 1080), (300, 200), (1000, 1000), (4000, 3000), (777, 555), (5000, 60)]:
         for max_tokens in (64, 256, 1280):
             f = r.fit(w, h, 10_000, max_tokens)
+            if f is None:  # 5000x60 at 64 tokens would need a side under 28: over_token_budget
+                assert (w, h, max_tokens) == (5000, 60, 64)
+                continue
             rounded = max(28, round(f.height / 28) * 28) * max(28, round(f.width / 28) * 28)
             assert rounded <= max_tokens * 784, (w, h, max_tokens, f)
 
