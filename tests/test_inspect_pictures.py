@@ -75,3 +75,18 @@ def test_cli_samples_and_pictures(ds: Path, tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["inspect", str(ds), "--samples", "1"])
     assert "image 0: 448x336 stored (source 448x336), 192 tokens" in res.stdout
     assert "gpt: Answer number 0." in res.stdout
+
+
+@pytest.mark.parametrize("flag", ["--contact-sheet", "--plot"])
+def test_unwritable_output_is_one_line_exit_2_before_the_work(ds: Path, tmp_path: Path, flag: str) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "afile").write_text("x")
+    for out in ("/proc/nope/x.png", str(tmp_path / "afile" / "x.png"), str(tmp_path)):
+        res = subprocess.run([sys.executable, "-m", "mmdata.cli", "inspect", str(ds / "nope"), flag, out],
+                             capture_output=True, text=True, cwd=Path(__file__).parents[1])
+        # checked before the data set is even opened (ds/nope does not exist)
+        assert res.returncode == 2, res.stderr
+        assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert res.stderr.startswith(f"error: {out}: {flag}: "), res.stderr

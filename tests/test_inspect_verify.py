@@ -185,3 +185,38 @@ def test_wrong_types_in_a_sample_json_are_problems_not_crashes(tmp_path: Path) -
     codes = {p.code for p in verify_shards([tmp_path / "a.tar"], workers=1)}
     assert {"bad_record", "bad_image"} <= codes and "internal" not in codes
     assert inspect_shards([tmp_path / "a.tar"])["samples"] == 1
+
+
+def test_cut_inside_the_padding_says_so(ds: Path) -> None:
+    import tarfile
+
+    tar = ds / "shard-000001.tar"
+    with tarfile.open(tar) as t:
+        m = next(m for m in t.getmembers() if m.size % 512 and m.name.endswith(".jpg"))
+    tar.write_bytes(tar.read_bytes()[:m.offset_data + m.size + 3])  # the member whole, its padding cut
+    msgs = [p.message for p in verify_shards([ds], workers=1) if p.code == "truncated"]
+    assert len(msgs) == 1, msgs
+    pad = -m.size % 512
+    assert msgs[0].endswith(f"ends inside the padding after member {m.name!r} (3 of {pad} padding bytes): "
+                            "the tar is truncated"), msgs[0]
+    assert f"has {m.size} of {m.size} bytes" not in msgs[0]
+
+
+def test_missing_manifest_fails_verify_but_the_summary_warns(ds: Path) -> None:
+    (ds / "manifest.json").unlink()
+    codes = _codes(verify_shards([ds], workers=1))
+    assert ("-", None, "missing_manifest") in codes
+    res = _cli(str(ds), "--verify")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert f"-: {ds / 'manifest.json'} is missing: shard counts, bytes and sha256 cannot be checked" in res.stdout
+    assert "Traceback" not in res.stderr
+    res = _cli(str(ds), "--json")  # the summary still runs from the index, with a warning
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = json.loads(res.stdout)
+    assert (out["samples"], out["errors"]) == (7, [])
+    assert [w["code"] for w in out["warnings"]] == ["missing_manifest"]
+    assert "warning: " in res.stderr and "manifest.json is missing" in res.stderr
+    res = _cli(str(ds), "--verify", "--json")
+    out = json.loads(res.stdout)
+    assert res.returncode == 1 and out["warnings"] == []
+    assert [e["code"] for e in out["errors"]] == ["missing_manifest"]

@@ -157,12 +157,34 @@ def _shown_json(shown) -> list[dict[str, Any]]:
     return [{"shard": s.shard, "key": s.key, "record": s.record, "error": s.error} for s in shown]
 
 
+def check_output_path(path: Path, flag: str) -> None:
+    """Fail fast (before any work) when ``path`` cannot be written: InputError naming the flag and path."""
+    import tempfile
+
+    if path.is_dir():
+        raise InputError(path, f"{flag}: is a directory, give a file name such as {path / 'out.png'}")
+    probe = path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent  # the folders below it are made by the write
+    if not probe.is_dir():
+        raise InputError(path, f"{flag}: cannot write here ({probe} is not a directory)")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".mmdata-probe.", dir=probe)
+    except OSError as e:
+        raise InputError(path, f"{flag}: cannot write here ({probe}: {e.strerror or e})") from None
+    import os
+
+    os.close(fd)
+    os.unlink(tmp)
+
+
 def run(paths: list[Path], *, as_json: bool = False, verify: bool = False, samples: int = 0,
         contact_sheet_png: Path | None = None, plot_png: Path | None = None, images: Path | None = None,
         max_res: int = 448, max_image_tokens: int = 1280, rule: str = "qwen2vl", seq_len: int = 2048,
         tokenizer: str | None = None, template: str = "qwen2vl", workers: int | None = None) -> int:
     """Do what the flags ask; print tables (or one JSON object); return the exit code (1 when errors)."""
     from rich.console import Console
+    from rich.text import Text
 
     console = Console(soft_wrap=True)
     err = Console(stderr=True)
@@ -186,6 +208,9 @@ def run(paths: list[Path], *, as_json: bool = False, verify: bool = False, sampl
             _print_errors(console, result["errors"])
         return 1 if result["errors"] else 0
 
+    for flag, out in (("--contact-sheet", contact_sheet_png), ("--plot", plot_png)):
+        if out is not None:
+            check_output_path(out, flag)
     from mmdata.inspect.stats import histograms, inspect_shards
 
     result = inspect_shards(paths)
@@ -196,6 +221,8 @@ def run(paths: list[Path], *, as_json: bool = False, verify: bool = False, sampl
         errors += [p.to_dict() for p in problems if (p.shard, p.key, p.message) not in seen]
         result["verified"] = True
         result["errors"] = errors
+        found = {(e["shard"], e["key"], e["message"]) for e in errors}
+        result["warnings"] = [w for w in result["warnings"] if (w["shard"], w["key"], w["message"]) not in found]
     if samples:
         from mmdata.inspect.samples import pick_samples
 
@@ -221,6 +248,8 @@ def run(paths: list[Path], *, as_json: bool = False, verify: bool = False, sampl
         if verify and not errors:
             console.print(f"[green]verified: {result['shards']:,} shards, {result['samples']:,} samples, no problems[/green]")
         _print_errors(console, errors)
+    for w in result["warnings"]:
+        err.print(Text(f"warning: {w['message']}", style="yellow"), soft_wrap=True)
     return 1 if errors else 0
 
 

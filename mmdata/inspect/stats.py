@@ -179,12 +179,21 @@ def _scan_tar(path: Path, acc: Accumulator, problems: list[Problem], chunk: int 
         acc.add(pa.RecordBatch.from_pylist(rows))
 
 
+MISSING_MANIFEST = "missing_manifest"
+SUMMARY_WARNINGS = frozenset({MISSING_MANIFEST})  # problems for --verify, warnings for the summary
+
+
 def cheap_checks(s: ShardSet, acc_rows_per_shard: Counter[str], index_rows: int | None) -> list[Problem]:
     """Checks that cost a stat per shard: files present, sizes and counts as the manifest says."""
     out: list[Problem] = []
     ms = s.manifest_shards()
     for name in s.extra:
         out.append(Problem(name, None, "tar is in the folder but not in manifest.json", "not_in_manifest"))
+    if s.manifest is None and (s.selected is None or s.index is not None):
+        # a shard folder (or tars next to an index) without its manifest: nothing to check counts and
+        # sha256 against. An error for --verify; the summary reports it as a warning.
+        out.append(Problem("-", None, f"{s.root / 'manifest.json'} is missing: shard counts, bytes and sha256 "
+                           "cannot be checked", MISSING_MANIFEST))
     if s.manifest is not None and s.index is None:
         out.append(Problem("-", None, f"{s.root / 'index.parquet'} is missing: stats were read from the tars",
                            "missing_index"))
@@ -291,7 +300,8 @@ def inspect_shards(paths: list[str | Path], *, top_sizes: int = 8) -> dict[str, 
         "resolution": res,
         "sources": dict(sorted(acc.sources.items(), key=lambda kv: (-kv[1], kv[0]))),
         "options": options[0] if len(options) == 1 else options,
-        "errors": [p.to_dict() for p in problems],
+        "errors": [p.to_dict() for p in problems if p.code not in SUMMARY_WARNINGS],
+        "warnings": [p.to_dict() for p in problems if p.code in SUMMARY_WARNINGS],
     }
 
 

@@ -179,8 +179,11 @@ def iter_members(r: HashingReader, *, require_end: bool = True, base: int = 0) -
             long_name, pax = None, {}
             continue
         if len(data) < padded:
-            got = min(len(data), size)
-            raise TarFormatError(off, f"truncated: member {name!r} has {got} of {size} bytes", split_key(name)[0])
+            if len(data) >= size:  # the member is whole; the zero padding to the next 512-byte block is cut
+                raise TarFormatError(off, f"ends inside the padding after member {name!r} ({len(data) - size} of "
+                                          f"{padded - size} padding bytes): the tar is truncated", split_key(name)[0])
+            raise TarFormatError(off, f"truncated: member {name!r} has {len(data)} of {size} bytes",
+                                 split_key(name)[0])
         if start is None:
             start = off
         body = data[:size]
