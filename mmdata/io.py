@@ -16,11 +16,13 @@ from mmdata.errors import InputError
 
 __all__ = [
     "atomic_write",
+    "check_output_path",
     "dumps",
     "loads",
     "read_json",
     "iter_json_records",
     "RecordWriter",
+    "WriteError",
     "write_json",
 ]
 
@@ -41,6 +43,11 @@ def dumps(obj: Any, *, indent: bool = False, sort_keys: bool = False) -> bytes:
 loads = orjson.loads
 
 
+class WriteError(InputError, OSError):
+    """A file that cannot be written: one line and exit 2 like any InputError, and still an OSError
+    for callers that treat an unwritable cache as a miss."""
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -51,22 +58,63 @@ def _umask() -> int:
 def atomic_write(path: str | Path, mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
     """Write to a temp file beside ``path`` and rename it into place only when the block succeeds.
 
-    A crash leaves either the old file or none, never a half-written one.
+    A crash leaves either the old file or none, never a half-written one. A file-system error of the
+    write itself (no such folder, permission, a directory in the way, disk full) is an InputError
+    naming ``path``; errors raised by the block pass through unchanged.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise WriteError(path, f"cannot write: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, mode, encoding=encoding) as f:
             yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
-        os.replace(tmp, path)
+            try:
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError as e:
+                raise WriteError(path, f"cannot write: {e.strerror or e}") from None
+        try:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
+            os.replace(tmp, path)
+        except OSError as e:
+            raise WriteError(path, f"cannot write: {e.strerror or e}") from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def check_output_path(path: str | Path, inputs: tuple[str | Path, ...] = ()) -> Path:
+    """Fail early (InputError naming ``path``) when ``path`` cannot be written: it is a directory, it
+    is one of ``inputs``, a parent is a file, or the nearest existing parent refuses a new file
+    (probed with a temp file, so read-only mounts, /proc and permissions are all caught). Creates
+    nothing that stays."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(path, "is a directory, expected a file to write")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise InputError(path, "cannot write: permission denied")
+    real = os.path.realpath(path)
+    for p in inputs:
+        if os.path.realpath(p) == real:
+            raise InputError(path, "would overwrite the input")
+    parent = path.parent
+    while not parent.exists():
+        if parent.is_symlink():
+            raise InputError(path, f"cannot write: {parent} is a dangling link")
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(path, f"cannot write: {parent} is not a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+    except OSError as e:
+        raise InputError(path, f"cannot write in {parent}: {e.strerror or e}") from None
+    os.close(fd)
+    os.unlink(tmp)
+    return path
 
 
 def write_json(path: str | Path, obj: Any, *, indent: bool = True, sort_keys: bool = False) -> None:
@@ -208,17 +256,49 @@ def _iter_array(path: Path, f: IO[str]) -> Iterator[tuple[int, int, Any]]:
         expect_value = False
 
 
+def _line_error_col(raw: bytes, pos: int) -> int:
+    """The 1-based column on ``raw`` (one line) of orjson's error position ``pos`` (a character
+    index into the decoded line, not a byte offset: checked with non-ASCII text); an error at the
+    end of the line (truncated record) points just past its last character, not onto the next line."""
+    text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+    return min(pos, len(text)) + 1
+
+
+def _utf8_error(raw: bytes) -> tuple[int, str] | None:
+    """(1-based character column, what is wrong) of the first invalid UTF-8 byte of one line, else None."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return len(raw[: e.start].decode("utf-8")) + 1, f"not UTF-8 text: invalid byte 0x{raw[e.start]:02x} ({e.reason})"
+    return None
+
+
+def _utf8_error_at(path: Path) -> InputError:
+    """An InputError at the line and column of the first invalid UTF-8 byte of ``path``."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            bad = _utf8_error(raw)
+            if bad is not None:
+                return InputError(path, bad[1], lineno, bad[0])
+    return InputError(path, "not UTF-8 text")
+
+
 def _iter_lines(path: Path, f: IO[bytes]) -> Iterator[tuple[int, int, Any]]:
     index = 0
     for lineno, raw in enumerate(f, 1):
+        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]  # a UTF-8 BOM, as the JSON array reader (utf-8-sig) and the fast splitter allow
         if not raw.strip():
             continue
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError as e:
-            text = raw.decode("utf-8", errors="replace")
-            _, col = _line_col(text, min(e.pos, len(text)))
-            raise InputError(path, f"invalid JSON: {e.msg}", lineno, col) from None
+            bad = _utf8_error(raw)
+            if bad is not None:
+                raise InputError(path, bad[1], lineno, bad[0]) from None
+            raise InputError(path, f"invalid JSON: {e.msg}", lineno, _line_error_col(raw, e.pos)) from None
         yield index, lineno, obj
         index += 1
 
@@ -255,8 +335,8 @@ def iter_json_records(path: str | Path) -> Iterator[tuple[int, int, Any]]:
         with open(path, encoding="utf-8-sig", errors="strict", newline="") as f:
             try:
                 yield from _iter_array(path, f)
-            except UnicodeDecodeError as e:
-                raise InputError(path, f"not UTF-8 text: {e.reason}") from None
+            except UnicodeDecodeError:
+                raise _utf8_error_at(path) from None
     else:
         with open(path, "rb") as f:
             yield from _iter_lines(path, f)

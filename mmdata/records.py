@@ -133,7 +133,8 @@ def normalize(raw: Any, default_id: str, shape: str = "auto") -> Normalized:
 
     ``shape``: "auto" (per record: ``conversations`` -> llava, ``messages`` -> messages,
     ``instruction`` + ``output`` -> a one-turn conversation), "llava" or "messages" (forced).
-    ``default_id`` is used when the record has no ``id``.
+    ``default_id`` is used when the record has no ``id``, or an empty or white-space-only one; any
+    other string id is kept verbatim.
     """
     if type(raw) is dict and shape != "messages" and "conversations" in raw:
         fast = _fast_llava(raw, default_id)
@@ -148,6 +149,8 @@ def normalize(raw: Any, default_id: str, shape: str = "auto") -> Normalized:
             rid = str(rid)
         else:
             return _reject("malformed", f"id is {_type(rid)}, expected a string or an integer", default_id)
+    elif not rid.strip():
+        rid = default_id  # an empty or white-space id counts as missing
     kind = _shape(raw, shape)
 
     # ---- images and turns as (role, value) --------------------------------------------------
@@ -318,6 +321,8 @@ def _fast_llava(raw: dict[str, Any], default_id: str) -> Normalized | None:
         if type(rid) is not int:
             return None
         rid = str(rid)
+    elif not rid.strip():
+        rid = default_id  # an empty or white-space id counts as missing
     im = raw.get("image")
     if im is None:
         images: list[str] = []
@@ -389,7 +394,7 @@ def validate_record(rec: Any) -> list[tuple[str, str]]:
     if res.code is not None:
         return [(res.code, res.detail)]
     problems: list[tuple[str, str]] = []
-    if not isinstance(rec.get("id"), str) or not rec["id"]:
+    if not isinstance(rec.get("id"), str) or not rec["id"].strip():
         problems.append(("malformed", "id missing or not a non-empty string"))
     for k, t in enumerate(rec["conversations"]):
         if t["from"] not in ("human", "gpt", "system"):

@@ -126,3 +126,59 @@ def test_coco_cli(tiny: Path) -> None:
         {"id": "a_9", "image": "a.jpg", "conversations": [{"from": "human", "value": "<image>\nDescribe it."},
                                                           {"from": "gpt", "value": "Red."}],
          "annotation_id": 9, "width": 64, "height": 48}]
+
+
+@pytest.mark.parametrize("cmd", ["llava", "coco"])
+@pytest.mark.parametrize("flags, needle", [
+    (["--out", "/proc/mmdata-no/o.json"], "/proc/mmdata-no/o.json: cannot write in /proc"),
+    (["--out", "{d}/dir.json"], "dir.json: is a directory"),
+    (["--out", "{d}/o.json", "--rejects", "{d}/dir.json"], "dir.json: is a directory"),
+    (["--out", "{d}/o.json", "--report", "{d}/dir.json"], "dir.json: is a directory"),
+    (["--out", "{d}/o.json", "--report", "{d}/IN"], "--report would overwrite the input"),
+    (["--out", "{d}/o.json", "--rejects", "{d}/o.json"], "--rejects is the same file as"),
+    (["--out", "{d}/file/o.json"], "is not a directory"),
+])
+def test_output_paths_checked_before_any_work(tiny: Path, cmd: str, flags: list[str], needle: str) -> None:
+    (tiny / "dir.json").mkdir()
+    (tiny / "file").write_text("x")
+    coco = {"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"id": 9, "image_id": 1, "caption": "Red."}]}
+    (tiny / "coco.json").write_text(json.dumps(coco))
+    inp = tiny / ("in.json" if cmd == "llava" else "coco.json")
+    before = sorted(p.name for p in tiny.iterdir())
+    p = run("clean", cmd, inp, "--images", tiny / "img", *[f.format(d=tiny).replace("IN", inp.name) for f in flags], "-q")
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], p.stderr
+    assert sorted(p.name for p in tiny.iterdir()) == before  # nothing written, nothing half-done
+    assert list((tiny / "dir.json").iterdir()) == []
+
+
+def test_empty_input_exit_2_but_empty_array_is_valid(tiny: Path) -> None:
+    for content in ("", "  \n\n"):
+        (tiny / "e.json").write_text(content)
+        p = run("clean", "llava", tiny / "e.json", "--images", tiny / "img", "--out", tiny / "o.json", "-q")
+        assert p.returncode == 2, p.stderr
+        assert p.stderr.strip() == f"error: {tiny / 'e.json'}: empty file, expected a JSON array or JSON Lines"
+        assert not (tiny / "o.json").exists()
+    (tiny / "e.json").write_text("[]\n")
+    p = run("clean", "llava", tiny / "e.json", "--images", tiny / "img", "--out", tiny / "o.json", "-q")
+    assert p.returncode == 0, p.stderr
+    assert json.loads((tiny / "o.json").read_text()) == []
+    assert json.loads((tiny / "o.report.json").read_text())["input"] == 0
+
+
+def test_invalid_utf8_exit_2_line_and_column(tiny: Path) -> None:
+    (tiny / "u.jsonl").write_bytes(b'{"id": "a"}\n{"id": "\xc3\xa9\xff"}\n')
+    p = run("clean", "llava", tiny / "u.jsonl", "--images", tiny / "img", "--out", tiny / "o.json", "-q")
+    assert p.returncode == 2
+    assert p.stderr.strip().startswith(f"error: {tiny / 'u.jsonl'}:2:10: not UTF-8 text"), p.stderr
+
+
+def test_empty_id_gets_the_default_id(tiny: Path) -> None:
+    recs = json.loads((tiny / "in.json").read_text())
+    recs[0]["id"] = ""
+    recs[1] = {**recs[0], "id": "  ", "conversations": [{"from": "human", "value": "<image>\nAgain?"}, {"from": "gpt", "value": "Red."}]}
+    (tiny / "in.json").write_text(json.dumps(recs))
+    p = run("clean", "llava", tiny / "in.json", "--images", tiny / "img", "--out", tiny / "o.json", "-q")
+    assert p.returncode == 0, p.stderr
+    assert [r["id"] for r in json.loads((tiny / "o.json").read_text())] == ["in-0", "in-1"]

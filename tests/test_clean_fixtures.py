@@ -161,7 +161,7 @@ def test_coco_report_and_order(fx: dict[str, Any], runs: dict[str, Any]) -> None
     rep = json.loads(Path(run["report"].report).read_text())
     listing = collections.Counter(exp["images"].values())
     ann = collections.Counter(exp["annotations"].values())
-    assert rep["input"] == len(exp["images"])
+    assert rep["input"] == len(exp["images"]) + len(exp["annotations"]) == rep["listings"] + rep["annotations_rejected"]
     assert rep["written"] == listing["ok"] == len(run["records"])
     assert rep["rejected"] == len(exp["images"]) - listing["ok"] + len(exp["annotations"])
     assert rep["by_reason"]["orphan_annotation"] == ann["orphan_annotation"] == len(exp["orphans"])
@@ -298,3 +298,23 @@ def test_many_small_spans_same_bytes(rel: str, fx: dict[str, Any], runs: dict[st
     assert out.read_bytes() == runs[rel]["out"].read_bytes()
     rej = out.with_suffix("").as_posix() + ".rejects.jsonl"
     assert Path(rej).read_bytes() == Path(runs[rel]["report"].rejects).read_bytes()
+
+
+def _check_report_invariant(rep: dict[str, Any], out: Path, rejects: Path) -> None:
+    assert rep["written"] + rep["rejected"] == rep["input"]
+    assert rep["written"] == len(_read_records(out)) and rep["rejected"] == len(_read_rejects(rejects))
+    assert {code: rep[code] for code in REASONS} == rep["by_reason"]  # a count per reason, top level too
+    assert sum(rep["by_reason"].values()) == rep["rejected"]
+    assert list(rep)[:3] == ["input", "written", "rejected"]
+
+
+@pytest.mark.parametrize("rel", [*LLAVA_FILES, "coco/captions.json", "coco/captions.json --per-caption"])
+def test_report_adds_up(rel: str, fx: dict[str, Any], tmp_path: Path) -> None:
+    """written + rejected == input for every input, and each reason is counted at the top level."""
+    root = Path(fx["paths"]["root"])
+    out = tmp_path / "o.jsonl"
+    if rel.startswith("coco"):
+        rep = clean_coco(root / "coco/captions.json", root / "images", out, per_caption="per-caption" in rel, workers=1)
+    else:
+        rep = clean_llava(root / rel, root / "images", out, workers=1)
+    _check_report_invariant(json.loads(Path(rep.report).read_text()), out, Path(rep.rejects))

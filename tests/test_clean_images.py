@@ -72,3 +72,19 @@ def test_symlink_escape_and_directory(tmp_path: Path) -> None:
     (tmp_path / "root" / "d" / "real.jpg").write_bytes(_jpeg(64, 64))
     got = check_paths(str((tmp_path / "root").resolve()), ["esc.jpg", "in.jpg", "d"])
     assert [v[0] for v in got] == ["unsafe_path", None, "missing_image"]
+
+
+def test_one_file_under_several_names_decoded_once(tmp_path: Path) -> None:
+    (tmp_path / "img" / "sub").mkdir(parents=True)
+    (tmp_path / "img" / "a.jpg").write_bytes(_jpeg(64, 64))
+    (tmp_path / "img" / "sub" / "link.jpg").symlink_to("../a.jpg")
+    (tmp_path / "img" / "tiny.jpg").write_bytes(_jpeg(8, 8))
+    names = ["a.jpg", "./a.jpg", "sub/link.jpg", "tiny.jpg", "./tiny.jpg"]
+    recs = [_rec(i, p) for i, p in enumerate(names)]
+    (tmp_path / "in.json").write_text(json.dumps(recs))
+    rep = clean_llava(tmp_path / "in.json", tmp_path / "img", tmp_path / "o.json", workers=1)
+    assert rep.images_checked == 2  # a.jpg and tiny.jpg, each once whatever the name
+    rej = [json.loads(x) for x in (tmp_path / "o.rejects.jsonl").read_text().splitlines()]
+    assert [(r["reason"], r["detail"]) for r in rej] == [
+        ("image_too_small", "tiny.jpg: 8x8, shorter side 8 < 28"), ("image_too_small", "./tiny.jpg: 8x8, shorter side 8 < 28")]
+    assert rep.written == 3

@@ -101,3 +101,53 @@ def test_record_writer_round_trip(tmp_path: Path, name: str) -> None:
     with mio.RecordWriter(tmp_path / ("e" + name)):
         pass
     assert (tmp_path / ("e" + name)).read_bytes() == (b"[]\n" if name.endswith(".json") else b"")
+
+
+@pytest.mark.parametrize("text, line, col", [
+    ('{"id": \n', 1, 8),  # truncated: just past the last character, not column 1
+    ('{"a": 1}\n{"é": 1, x}\n', 2, 10),  # a character column, not a byte column
+    ('{"é": "ü", }\r\n', 1, 10),  # orjson points at the trailing comma
+])
+def test_jsonl_error_column(tmp_path: Path, text: str, line: int, col: int) -> None:
+    p = tmp_path / "bad.jsonl"
+    p.write_bytes(text.encode())
+    with pytest.raises(InputError) as e:
+        _records(p)
+    assert (e.value.line, e.value.col) == (line, col), str(e.value)
+
+
+@pytest.mark.parametrize("name, data, line, col", [
+    ("bad.jsonl", b'{"a": 1}\n{"a": "\xc3\xa9\xff"}\n', 2, 9),
+    ("bad.json", b'[\n {"a": 1},\n {"a": "\xc3\xa9\xff"}\n]\n', 3, 10),
+])
+def test_invalid_utf8_names_line_and_column(tmp_path: Path, name: str, data: bytes, line: int, col: int) -> None:
+    p = tmp_path / name
+    p.write_bytes(data)
+    with pytest.raises(InputError) as e:
+        _records(p)
+    assert (e.value.line, e.value.col) == (line, col) and "not UTF-8 text: invalid byte 0xff" in str(e.value)
+
+
+def test_atomic_write_os_errors_are_input_errors(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(InputError, match="cannot write") as e, mio.atomic_write(tmp_path / "f" / "o.json") as f:
+        f.write(b"never")
+    assert isinstance(e.value, OSError)  # callers that treat an unwritable cache as a miss still can
+    (tmp_path / "d").mkdir()
+    with pytest.raises(InputError, match="cannot write"), mio.atomic_write(tmp_path / "d") as f:
+        f.write(b"never")
+    assert list((tmp_path / "d").iterdir()) == []
+
+
+@pytest.mark.parametrize("target, needle", [
+    ("d", "is a directory"), ("f/o.json", "is not a directory"), ("in.json", "would overwrite the input"),
+    ("/proc/mmdata-no/o.json", "cannot write in /proc"),
+])
+def test_check_output_path(tmp_path: Path, target: str, needle: str) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "in.json").write_text("[]")
+    with pytest.raises(InputError, match=needle):
+        mio.check_output_path(tmp_path / target, (tmp_path / "in.json",))
+    assert mio.check_output_path(tmp_path / "new" / "deeper" / "o.json") == tmp_path / "new" / "deeper" / "o.json"
+    assert not (tmp_path / "new").exists() and sorted(x.name for x in tmp_path.iterdir()) == ["d", "f", "in.json"]

@@ -159,3 +159,20 @@ def test_validate_record() -> None:
     assert validate_record(good | {"image": "../a.jpg"})[0][0] == "unsafe_path"
     assert validate_record(good | {"image": ["a.jpg", "b.jpg"]})[0][0] == "image_token_mismatch"
     assert validate_record({"id": "1", "messages": []})[0][0] == "malformed"
+
+
+@pytest.mark.parametrize("rid", ["", " ", "\t\n "])
+def test_empty_or_blank_id_counts_as_missing(rid: str) -> None:
+    turns = [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Hello."}]
+    for raw in ({"id": rid, "conversations": turns},  # the fast path
+                {"id": rid, "conversations": [{"from": "user", "value": "Hi?"}, {"from": "gpt", "value": "Hello."}]},
+                {"id": rid, "messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]}):
+        res = normalize(raw, "in-7")
+        assert res.code is None and res.id == "in-7" and res.record["id"] == "in-7"
+    assert validate_record({"id": rid, "conversations": turns}) == [("malformed", "id missing or not a non-empty string")]
+
+
+def test_other_string_ids_kept_verbatim() -> None:
+    turns = [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Hello."}]
+    assert normalize({"id": " a b ", "conversations": turns}, "in-0").record["id"] == " a b "
+    assert normalize({"id": "0", "conversations": turns}, "in-0").record["id"] == "0"

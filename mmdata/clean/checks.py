@@ -16,7 +16,7 @@ from PIL import Image
 from mmdata.images import DEFAULT_MAX_PIXELS, ImageError, verify_image_bytes
 from mmdata.records import unsafe_path_reason
 
-__all__ = ["ImageChecker", "Verdict", "check_paths"]
+__all__ = ["ImageChecker", "Verdict", "check_paths", "check_real"]
 
 # (code or None, detail, width, height): width/height after EXIF orientation, 0 when not decoded.
 Verdict = tuple  # tuple[str | None, str, int, int]
@@ -35,7 +35,6 @@ def check_paths(root: str, paths: list[str], max_pixels: int = DEFAULT_MAX_PIXEL
 
     Returns one verdict per path; size limits are not applied here (see ImageChecker).
     """
-    _init_worker(max_pixels)
     prefix = root.rstrip(os.sep) + os.sep
     out: list[Verdict] = []
     for p in paths:
@@ -43,30 +42,43 @@ def check_paths(root: str, paths: list[str], max_pixels: int = DEFAULT_MAX_PIXEL
         if not real.startswith(prefix):
             out.append(("unsafe_path", f"{p}: resolves outside the images folder", 0, 0))
             continue
+        v = check_real([real], max_pixels)[0]
+        out.append((v[0], f"{p}: {v[1]}" if v[0] else "", v[2], v[3]))
+    return out
+
+
+def check_real(reals: list[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Verdict]:
+    """Check resolved absolute paths (already inside the root): open and fully decode each. The
+    detail does not name the path (the caller names it as the record wrote it)."""
+    _init_worker(max_pixels)
+    out: list[Verdict] = []
+    for real in reals:
         try:
             with open(real, "rb") as f:
                 data = f.read()
         except (FileNotFoundError, NotADirectoryError):
-            out.append(("missing_image", f"{p}: no such file", 0, 0))
+            out.append(("missing_image", "no such file", 0, 0))
             continue
         except IsADirectoryError:
-            out.append(("missing_image", f"{p}: is a directory", 0, 0))
+            out.append(("missing_image", "is a directory", 0, 0))
             continue
         except OSError as e:
-            out.append(("unreadable_image", f"{p}: cannot read: {e.strerror or e}", 0, 0))
+            out.append(("unreadable_image", f"cannot read: {e.strerror or e}", 0, 0))
             continue
         try:
             info = verify_image_bytes(data, max_pixels)
         except ImageError as e:
-            out.append((e.reason, f"{p}: {e.detail}", 0, 0))
+            out.append((e.reason, e.detail, 0, 0))
             continue
         out.append((None, "", info.width, info.height))
     return out
 
 
 class ImageChecker:
-    """Distinct-path verdict cache fed by a process pool (its own, the caller's, or inline when ``workers == 1``).
+    """Distinct-file verdict cache fed by a process pool (its own, the caller's, or inline when ``workers == 1``).
 
+    Files are keyed by their resolved real path, so ``a.jpg``, ``./a.jpg`` and a symlink to it are
+    decoded once; ``cache`` maps each path as written to its verdict (the detail names that path).
     ``request(path)`` schedules a path once; ``get(path)`` is its final verdict (None while pending);
     ``wait_some()`` blocks until at least one more chunk is done. Size rules are applied on arrival,
     so a verdict is final. Results never depend on the number of workers.
@@ -76,6 +88,9 @@ class ImageChecker:
                  max_pixels: int = DEFAULT_MAX_PIXELS, on_done: Callable[[int], None] | None = None,
                  pool: ProcessPoolExecutor | None = None):
         self.root = os.path.realpath(root)
+        self._prefix = self.root.rstrip(os.sep) + os.sep
+        self._by_real: dict[str, Verdict] = {}  # real path -> verdict (detail without the path)
+        self._names: dict[str, list[str]] = {}  # real path in flight -> the paths as written that wait on it
         self.workers = max(1, workers)
         self.min_side = min_side
         self.max_aspect = max_aspect
@@ -104,15 +119,29 @@ class ImageChecker:
 
     # -- scheduling ----------------------------------------------------------------------------
     def request(self, path: str) -> None:
-        """Schedule ``path`` for checking unless it is known or pending (a lexical failure is final at once)."""
+        """Schedule ``path`` for checking unless it is known or pending (a lexical failure, an escape
+        through a symlink, or a file already checked under another name is final at once)."""
         if path in self.cache:
             return
         why = unsafe_path_reason(path)
         if why is not None:
             self.cache[path] = ("unsafe_path", why, 0, 0)
             return
+        real = os.path.realpath(os.path.join(self.root, path))
+        if not real.startswith(self._prefix):
+            self.cache[path] = ("unsafe_path", f"{path}: resolves outside the images folder", 0, 0)
+            return
+        v = self._by_real.get(real)
+        if v is not None:
+            self.cache[path] = _named(v, path)
+            return
         self.cache[path] = None
-        self._pending.append(path)
+        names = self._names.get(real)
+        if names is not None:
+            names.append(path)
+            return
+        self._names[real] = [path]
+        self._pending.append(real)
         if len(self._pending) >= _CHUNK:
             self.flush()
 
@@ -122,11 +151,11 @@ class ImageChecker:
             return
         chunk, self._pending = self._pending, []
         if self._pool is None:
-            self._store(chunk, check_paths(self.root, chunk, self.max_pixels))
+            self._store(chunk, check_real(chunk, self.max_pixels))
             return
         while len(self._inflight) >= 3 * self.workers:  # back-pressure: keep the queue short
             self.wait_some()
-        fut = self._pool.submit(check_paths, self.root, chunk, self.max_pixels)
+        fut = self._pool.submit(check_real, chunk, self.max_pixels)
         self._inflight[fut] = chunk
 
     def wait_some(self) -> None:
@@ -151,18 +180,25 @@ class ImageChecker:
 
     def _store(self, chunk: list[str], verdicts: list[Verdict]) -> None:
         ms, ma = self.min_side, self.max_aspect
-        for p, v in zip(chunk, verdicts):
+        for real, v in zip(chunk, verdicts):
             if v[0] is None:
                 w, h = v[2], v[3]
                 short, long_ = (w, h) if w <= h else (h, w)
                 if short < ms:
-                    v = ("image_too_small", f"{p}: {w}x{h}, shorter side {short} < {ms}", w, h)
+                    v = ("image_too_small", f"{w}x{h}, shorter side {short} < {ms}", w, h)
                 elif long_ / short > ma:
-                    v = ("bad_aspect_ratio", f"{p}: {w}x{h}, aspect {long_ / short:.1f} > {ma:g}", w, h)
-            self.cache[p] = v
+                    v = ("bad_aspect_ratio", f"{w}x{h}, aspect {long_ / short:.1f} > {ma:g}", w, h)
+            self._by_real[real] = v
+            for p in self._names.pop(real):
+                self.cache[p] = _named(v, p)
         self.checked += len(chunk)
         if self.on_done is not None:
             self.on_done(self.checked)
 
     def get(self, path: str) -> Verdict | None:
         return self.cache.get(path)
+
+
+def _named(v: Verdict, path: str) -> Verdict:
+    """A file's verdict as seen through ``path`` (the detail names the path as the record wrote it)."""
+    return v if v[0] is None else (v[0], f"{path}: {v[1]}", v[2], v[3])

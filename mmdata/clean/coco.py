@@ -91,9 +91,10 @@ def clean_coco(
 ) -> CleanReport:
     """Clean a COCO captions file into OUT + rejects + report (see the module doc for the record)."""
     captions_path, images_root, out_path = Path(captions_path), Path(images_root), Path(out_path)
-    fmt = check_common_args(images_root, out_path, [captions_path], min_side, max_aspect, max_pixels, out_format)
     rejects_path, report_path = default_paths(out_path, Path(rejects_path) if rejects_path else None,
                                               Path(report_path) if report_path else None)
+    fmt = check_common_args(images_root, out_path, [captions_path], min_side, max_aspect, max_pixels, out_format,
+                            (rejects_path, report_path))
     prompts = tuple(prompts) if prompts else DEFAULT_PROMPTS
     data = read_json(captions_path)
     if type(data) is not dict:
@@ -150,9 +151,15 @@ def clean_coco(
             data = frame(dump(to_messages(rec) if messages else rec), fmt == "json")
             return dec.decide(i, rid, [rec["image"]], key, data, L, extra)
 
+        # Units (report ``input``): a listing rejected as a whole counts once; a listing that reaches
+        # the decision counts once per record it can produce (1, or one per valid caption with
+        # --per-caption); an annotation rejected on its own counts once. Each unit ends in OUT or
+        # the rejects file, so written + rejected == input.
+        units = len(ann_rejects)
         stems: set[str] = set()
         kind = {"kind": "image"}
         for i, rid, code, detail, L, fn, stem, caps in plan:
+            units += len(caps) if per_caption and code is None and checker.cache[fn][0] is None and stem not in stems else 1
             if code is not None:
                 dec.reject(i, rid, code, detail, dump(L), kind)
                 continue
@@ -181,10 +188,10 @@ def clean_coco(
                 stems.add(stem)
         for j, rid, code, detail, a in ann_rejects:
             dec.reject(j, rid, code, detail, dump(a), {"kind": "annotation"})
-        report.input = len(images)
+        report.input = units
         report.written = out.count
         report.images_checked = checker.checked
-        report.extra = {"annotations": len(anns), "annotations_rejected": len(ann_rejects),
+        report.extra = {"listings": len(images), "annotations": len(anns), "annotations_rejected": len(ann_rejects),
                         "captions_used": sum(len(c) for c in by_img.values())}
     report.write(report_path)
     return report

@@ -25,7 +25,7 @@ from mmdata.clean.fastread import NotFast, Span, iter_spans, read_pieces
 from mmdata.clean.report import CleanReport, Sink, default_paths, dump, out_format_of
 from mmdata.errors import InputError
 from mmdata.images import DEFAULT_MAX_PIXELS
-from mmdata.io import iter_json_records
+from mmdata.io import check_output_path, iter_json_records
 from mmdata.records import normalize, to_messages
 
 __all__ = ["Batch", "Decider", "check_common_args", "clean_llava", "frame", "resolve_workers", "sample_key",
@@ -47,8 +47,10 @@ def resolve_workers(workers: int | None) -> int:
 
 
 def check_common_args(images_root: Path, out_path: Path, inputs: list[Path], min_side: int, max_aspect: float,
-                      max_pixels: int, out_format: str) -> str:
-    """Validate options shared by coco and llava; returns the OUT file format (json/jsonl)."""
+                      max_pixels: int, out_format: str, others: tuple[Path, ...] = ()) -> str:
+    """Validate options shared by coco and llava before any work; returns the OUT file format
+    (json/jsonl). Every output (OUT and ``others``: the rejects and report paths) must be writable,
+    not a directory, not an input and not another output."""
     if not images_root.is_dir():
         raise InputError(images_root, "no such images folder" if not images_root.exists() else "not a folder")
     fmt = out_format_of(out_path)
@@ -57,8 +59,18 @@ def check_common_args(images_root: Path, out_path: Path, inputs: list[Path], min
             raise InputError(p, "no such file")
         if p.is_dir():
             raise InputError(p, "is a directory, expected a JSON or JSON Lines file")
-        if out_path.exists() and out_path.resolve() == p.resolve():
-            raise InputError(out_path, "--out would overwrite the input")
+    seen: dict[str, Path] = {}
+    for o in (out_path, *others):
+        try:
+            check_output_path(o, tuple(inputs))
+        except InputError as e:
+            if e.message == "would overwrite the input":
+                raise InputError(o, f"--{_flag(o, out_path, others)} would overwrite the input") from None
+            raise
+        real = os.path.realpath(o)
+        if real in seen:
+            raise InputError(o, f"--{_flag(o, out_path, others)} is the same file as {seen[real]}")
+        seen[real] = o
     if min_side < 1:
         raise InputError(None, f"--min-side must be >= 1 (got {min_side})")
     if not max_aspect >= 1:
@@ -68,6 +80,10 @@ def check_common_args(images_root: Path, out_path: Path, inputs: list[Path], min
     if out_format not in ("llava", "messages"):
         raise InputError(None, f"--out-format must be llava or messages (got {out_format!r})")
     return fmt
+
+
+def _flag(o: Path, out_path: Path, others: tuple[Path, ...]) -> str:
+    return "out" if o is out_path else ("rejects" if others and o is others[0] else "report")
 
 
 def sample_key(images: list[str], roles: list[str], values: list[str]) -> bytes:
@@ -257,9 +273,10 @@ def clean_llava(
     shape = input_format or "auto"
     if shape not in ("auto", "llava", "messages"):
         raise InputError(None, f"--input-format must be auto, llava or messages (got {shape!r})")
-    fmt = check_common_args(images_root, out_path, [input_path], min_side, max_aspect, max_pixels, out_format)
     rejects_path, report_path = default_paths(out_path, Path(rejects_path) if rejects_path else None,
                                               Path(report_path) if report_path else None)
+    fmt = check_common_args(images_root, out_path, [input_path], min_side, max_aspect, max_pixels, out_format,
+                            (rejects_path, report_path))
     nworkers = resolve_workers(workers)
     pool = ProcessPoolExecutor(nworkers) if nworkers > 1 else None
     try:

@@ -11,7 +11,7 @@ from typing import IO, Any
 import orjson
 
 from mmdata.errors import InputError
-from mmdata.io import atomic_write, write_json
+from mmdata.io import WriteError, atomic_write, write_json
 from mmdata.records import REASONS
 
 __all__ = ["CleanReport", "Sink", "default_paths", "dump", "out_format_of"]
@@ -92,7 +92,10 @@ class Sink:
 
     def flush(self) -> None:
         if self._parts:
-            self._f.write(b"".join(self._parts))  # type: ignore[union-attr]
+            try:
+                self._f.write(b"".join(self._parts))  # type: ignore[union-attr]
+            except OSError as e:  # disk full, quota: one line naming the file, not a traceback
+                raise WriteError(self.path, f"cannot write: {e.strerror or e}") from None
             self._parts.clear()
             self._size = 0
 
@@ -122,12 +125,17 @@ class CleanReport:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
+        """``input``, ``written``, ``rejected`` (``written + rejected == input``), a count per reason at
+        the top level (CONTRACT s.2), the same under ``by_reason``, then the rest."""
         d = asdict(self)
         for k in ("out", "rejects", "report"):  # names only: reruns elsewhere give the same bytes
             d[k] = Path(d[k]).name if d[k] else ""
         extra = d.pop("extra")
-        d.update(extra)
-        return d
+        head = {k: d.pop(k) for k in ("input", "written", "rejected")}
+        head.update({code: self.by_reason.get(code, 0) for code in REASONS})
+        head.update(d)
+        head.update(extra)
+        return head
 
     def write(self, path: Path) -> None:
         write_json(path, self.to_json())
