@@ -166,6 +166,25 @@ def baseline_wds(shards: Path, tok, limit: int) -> tuple[int, int, float]:
     return n, tokens, time.perf_counter() - t0
 
 
+def baseline_wds_decode_only(shards: Path, limit: int) -> tuple[int, int, float]:
+    """The issue's plain baseline: webdataset reads the same shards and decodes every image with PIL,
+    nothing else (no tokenizer, no resize, no patches): the floor any loader pays per sample."""
+    import webdataset as wds
+
+    urls = sorted(str(p) for p in shards.glob("shard-*.tar"))
+    ds = wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode("pil")
+    n = 0
+    t0 = time.perf_counter()
+    for s in ds:
+        for k in s:
+            if k.endswith("jpg"):
+                s[k].load()
+        n += 1
+        if n >= limit:
+            break
+    return n, 0, time.perf_counter() - t0
+
+
 def baseline_raw(records_json: Path, images: Path, tok, limit: int) -> tuple[int, int, float]:
     """Raw files: open the original JPEG, fit it to --max-res 448 and the qwen2vl size at train time."""
     import orjson
@@ -219,7 +238,8 @@ def bench_throughput(work: Path, records: int, rounds: int = 3) -> None:
     print(f"throughput on {records} LLaVA-like records, COCO-size 640x480 sources, shards made with --max-res 448 "
           f"(stored 448x336, 192 image tokens); same tokenizer, template and pixel code everywhere; runs alternate "
           f"A/B/C {rounds}x and the best pass of each counts (the box is shared); page cache warm")
-    fns = {"webdataset+PIL": lambda: baseline_wds(shards, tok, records)[:3],
+    fns = {"webdataset decode only": lambda: baseline_wds_decode_only(shards, records),
+           "webdataset+PIL": lambda: baseline_wds(shards, tok, records)[:3],
            "raw files": lambda: baseline_raw(rec_json, images, tok, records)[:3],
            "PackedLoader 4096": lambda: run_loader(shards, tok, 0, 4096, cache=work / "cache")[:3],
            "PackedLoader 2048": lambda: run_loader(shards, tok, 0, 2048, cache=work / "cache")[:3],
@@ -239,7 +259,8 @@ def bench_throughput(work: Path, records: int, rounds: int = 3) -> None:
               f"packing efficiency {st['packing_efficiency']:.4f}")
     rate = {k: v[0] / v[2] for k, v in best.items()}
     print(f"  ratio PackedLoader 4096 / webdataset+PIL = {rate['PackedLoader 4096'] / rate['webdataset+PIL']:.2f}x; "
-          f"/ raw files = {rate['PackedLoader 4096'] / rate['raw files']:.2f}x")
+          f"/ raw files = {rate['PackedLoader 4096'] / rate['raw files']:.2f}x; "
+          f"uint8 / webdataset decode only = {rate['PackedLoader 4096 uint8'] / rate['webdataset decode only']:.2f}x")
 
 
 # ---------------------------------------------------------------------------------------------
