@@ -77,7 +77,7 @@ def make_set(root: Path, n: int = 12) -> tuple[Path, Path]:
 EXPECTED_REJECTS = {
     "esc": "unsafe_path", "abs": "unsafe_path", "gone": "missing_image", "thin": "over_token_budget",
     "tiny": "image_too_small", "broken": "unreadable_image", "badturns": "malformed", None: "malformed",
-    "mismatch": "malformed",
+    "mismatch": "image_token_mismatch",
 }
 
 

@@ -1,5 +1,8 @@
 """One conversation record -> one shard sample (json + stored images), or a reject reason.
 
+Every record first goes through ``mmdata.records.normalize`` (clean's rules 1-4: LLaVA or messages
+shape in, the canonical CONTRACT s.1 record out), so a stored json always passes ``validate_record``.
+
 Runs inside the worker processes: everything here depends only on the record and the options,
 so the result (and hence the shard bytes) is the same whichever worker computes it.
 """
@@ -13,6 +16,7 @@ from typing import Any
 import orjson
 
 from mmdata.images import ImageError
+from mmdata.records import normalize, unsafe_path_reason, validate_record
 from mmdata.rules import Rule
 from mmdata.shard.resize import ResizeSpec, resize_image
 
@@ -47,7 +51,7 @@ class Sample:
     n_turns: int
     source: str
     text_tokens: int | None = None
-    record: dict | None = field(default=None, repr=False)  # kept only when text tokens are counted
+    record: dict | None = field(default=None, repr=False)  # the clean record; dropped before leaving the worker
 
 
 @dataclass
@@ -60,47 +64,18 @@ class Reject:
 
 
 def record_id(rec: Any, stem: str, index: int) -> str | None:
-    """The sample id: a string id as is, an integer as its string, none -> ``<stem>-<index>``."""
+    """The id a reject is filed under: a string id as is, an integer as its string, none or blank ->
+    ``<stem>-<index>``, unreadable -> None (stored samples take ``normalize``'s id, the same)."""
     if not isinstance(rec, dict):
         return None
     rid = rec.get("id")
-    if rid is None:
+    if rid is None or (isinstance(rid, str) and not rid.strip()):  # blank counts as missing, as in clean
         return f"{stem}-{index}"
     if isinstance(rid, bool):
         return None
     if isinstance(rid, (str, int)):
         return str(rid)
     return None
-
-
-def _check(rec: Any) -> tuple[list[str], list[dict]] | str:
-    """(image paths, turns) of a well-formed record, or a 'malformed' detail."""
-    if not isinstance(rec, dict):
-        return "record is not a JSON object"
-    rid = rec.get("id")
-    if rid is not None and (isinstance(rid, bool) or not isinstance(rid, (str, int))):
-        return "id is not a string or integer"
-    conv = rec.get("conversations")
-    if not isinstance(conv, list) or not conv:
-        if "messages" in rec:
-            return "a messages-shape record: shard reads the LLaVA shape (mmdata clean --out-format llava)"
-        return "conversations missing, not a list or empty"
-    for i, t in enumerate(conv):
-        if not isinstance(t, dict) or not isinstance(t.get("from"), str) or not isinstance(t.get("value"), str):
-            return f"turn {i} is not an object with string 'from' and 'value'"
-    img = rec.get("image")
-    if img is None:
-        paths: list[str] = []
-    elif isinstance(img, str):
-        paths = [img]
-    elif isinstance(img, list) and all(isinstance(p, str) for p in img):
-        paths = img
-    else:
-        return "image is not a string or a list of strings"
-    n_tok = sum(t["value"].count(IMAGE_TOKEN) for t in conv)
-    if n_tok != len(paths):
-        return f"{n_tok} <image> token(s) for {len(paths)} image(s)"
-    return paths, conv
 
 
 class SampleMaker:
@@ -113,7 +88,7 @@ class SampleMaker:
         self.rule = rule or spec.get_rule()
 
     def _resolve(self, p: str) -> str | None:
-        if not p or os.path.isabs(p) or ".." in p.replace("\\", "/").split("/"):
+        if unsafe_path_reason(p) is not None or os.path.isabs(p):
             return None
         real = os.path.realpath(os.path.join(self.root, p))
         return real if real.startswith(self.root_prefix) else None
@@ -121,12 +96,20 @@ class SampleMaker:
     def make(self, task: Task) -> Sample | Reject:
         rec = task.record
         sid = record_id(rec, task.stem, task.index)
-        checked = _check(rec)
-        if isinstance(checked, str):
-            return Reject("malformed", checked, sid)
-        paths, conv = checked
+        norm = normalize(rec, f"{task.stem}-{task.index}")
+        if norm.code is not None:
+            return Reject(norm.code, norm.detail, sid)
+        clean = norm.record
+        assert clean is not None
+        if clean == rec:
+            clean = rec  # already clean: keep its key order, so its json is stored byte-identically
+        problems = validate_record(clean)
+        if problems:  # what normalize accepts but CONTRACT s.1 does not (e.g. an empty id)
+            code, detail = problems[0]
+            return Reject(code, detail, sid)
+        sid = clean["id"]
         stored = []
-        for p in paths:
+        for p in norm.images:
             real = self._resolve(p)
             if real is None:
                 return Reject("unsafe_path", f"{p!r} is absolute, has '..' or leaves the image root", sid)
@@ -141,16 +124,12 @@ class SampleMaker:
                 stored.append(resize_image(data, self.spec, self.rule))
             except ImageError as e:
                 return Reject(e.reason, f"{p}: {e.detail}", sid)
-        out = dict(rec)
-        if out.get("id") != sid:
-            if "id" in out:
-                out["id"] = sid
-            else:
-                out = {"id": sid, **out}
+        out = dict(clean)
         tokens = [s.image_tokens for s in stored]
         out["images"] = [s.meta() for s in stored]
         out["image_tokens"] = sum(tokens)
-        source = rec.get("source")
+        conv = clean["conversations"]
+        source = clean.get("source")
         return Sample(
             json=orjson.dumps(out),
             images=[s.data for s in stored],
@@ -162,4 +141,5 @@ class SampleMaker:
             text_chars=sum(len(t["value"].replace(IMAGE_TOKEN, "")) for t in conv),
             n_turns=len(conv),
             source=source if isinstance(source, str) else task.stem,
+            record=clean,
         )

@@ -111,9 +111,12 @@ def _run_chunk(tasks: list[Task]) -> list[Sample | Reject]:
 
         idx = [i for i, r in enumerate(out) if isinstance(r, Sample)]
         if idx:
-            counts = text_token_counts([tasks[i].record for i in idx], _TOK, _TEMPLATE)
+            counts = text_token_counts([out[i].record for i in idx], _TOK, _TEMPLATE)  # type: ignore[union-attr]
             for i, c in zip(idx, counts.tolist()):
                 out[i].text_tokens = int(c)  # type: ignore[union-attr]
+    for r in out:
+        if isinstance(r, Sample):
+            r.record = None  # not needed by the writer: do not pickle it back
     return out
 
 
