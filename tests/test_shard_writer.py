@@ -222,11 +222,19 @@ def test_same_bytes_whatever_the_number_of_workers(made, tmp_path):
 def test_max_shard_bytes_splits_before_the_limit(made, tmp_path):
     src, img, _, _ = made
     out = tmp_path / "b"
-    report = write_shards([src], img, out, max_shard_bytes=200_000, workers=1)
+    report = write_shards([src], img, out, max_shard_bytes=100_000, workers=1)  # --max-shard-bytes 100KB
     assert len(report.shards) > 1
-    for s in report.shards[:-1]:
-        assert s.bytes <= 200_000 + 10240  # the final record padding may pass by less than a record
+    for s in report.shards:  # the finished file, end-of-archive blocks and record padding included
+        assert s.bytes == (out / s.name).stat().st_size <= 100_000
     assert sum(s.samples for s in report.shards) == 16
+
+
+def test_a_sample_bigger_than_max_shard_bytes_gets_a_shard_of_its_own(made, tmp_path):
+    src, img, _, _ = made
+    out = tmp_path / "one"
+    report = write_shards([src], img, out, max_shard_bytes=10240, workers=1)
+    assert [s.samples for s in report.shards] == [1] * 16
+    assert sum(s.bytes > 10240 for s in report.shards) == 14  # the image samples; the 2 text-only ones fit
 
 
 def test_several_inputs_number_keys_across_files(made, tmp_path):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tarfile
 
-__all__ = ["BLOCK", "RECORD", "member", "sample_bytes", "end_of_archive"]
+__all__ = ["BLOCK", "RECORD", "member", "sample_bytes", "end_of_archive", "archive_size"]
 
 BLOCK = tarfile.BLOCKSIZE  # 512
 RECORD = tarfile.RECORDSIZE  # 10240: tarfile pads the archive to a multiple of this
@@ -60,3 +60,9 @@ def end_of_archive(size: int) -> bytes:
     """Two zero blocks, then zeros up to a whole record, for an archive of ``size`` bytes so far."""
     end = size + 2 * BLOCK
     return b"\0" * (2 * BLOCK + (-end % RECORD))
+
+
+def archive_size(size: int) -> int:
+    """The final file size of an archive whose members take ``size`` bytes (end blocks and padding included)."""
+    end = size + 2 * BLOCK
+    return end + (-end % RECORD)

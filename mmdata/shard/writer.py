@@ -442,7 +442,9 @@ def write_shards(
                 else:
                     members = [(f"{key}.json", res.json)] + [(f"{key}.{i}.jpg", d) for i, d in enumerate(res.images)]
                 data = tarfmt.sample_bytes(members)
-                if shard is not None and shard.size + len(data) + 2 * tarfmt.BLOCK > max_shard_bytes:
+                # The limit holds for the finished file: end-of-archive blocks and record padding count.
+                # A sample too big for any shard still gets one of its own.
+                if shard is not None and tarfmt.archive_size(shard.size + len(data)) > max_shard_bytes:
                     close_shard()
                 if shard is None:
                     shard = _OpenShard(out_dir, len(report.shards), key, n)
