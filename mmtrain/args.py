@@ -37,6 +37,7 @@ class TrainArgs:
     use_fused_swiglu: bool = False
     attn_impl: str | None = None
     template: str = "qwen2vl"
+    overlong: str = "drop"
     num_workers: int = 2
     log_interval: int = 10
     save: str | None = None
@@ -54,6 +55,8 @@ def check_shards(shards: list[str]) -> None:
     """Every --shards folder exists and holds shards."""
     for s in shards:
         p = Path(s)
+        if p.is_file():
+            raise InputError(p, "--shards takes the shard folder (holding index.parquet), not a file in it")
         if not p.is_dir():
             raise InputError(p, "shards folder not found")
         if not (p / "manifest.json").is_file() and not any(p.glob("*.tar")):
@@ -90,5 +93,7 @@ def validate(args: TrainArgs, world_size: int) -> None:
             bad("--recompute-granularity full needs --recompute-num-layers N (N >= 1)")
     elif args.recompute_method or args.recompute_num_layers:
         bad("--recompute-method / --recompute-num-layers need --recompute-granularity full")
+    if args.overlong not in ("drop", "truncate"):
+        bad(f"--overlong must be drop or truncate, got {args.overlong!r}")
     if not args.shards:
         bad("--shards is required")

@@ -111,6 +111,22 @@ def latest_iteration(root: str | Path) -> int | None:
     return it
 
 
+def no_checkpoint_note(root: str | Path) -> str:
+    """What --load found when there is nothing to resume from (Megatron then starts from scratch)."""
+    root = Path(root)
+    if not root.exists():
+        return f"--load {root}: the folder does not exist, so there is no checkpoint: starting from scratch"
+    if not root.is_dir():
+        raise InputError(root, "--load needs a checkpoint folder, this is a file")
+    iters = sorted(p.name for p in root.glob("iter_*") if p.is_dir())
+    if iters:
+        raise InputError(root / TRACKER, f"missing, but the folder holds {', '.join(iters[-3:])}: write the "
+                                         "iteration to resume from into it (e.g. `echo N > "
+                                         f"{root / TRACKER}`)")
+    return (f"--load {root}: no checkpoint in this folder (no {TRACKER}, no iter_* folders): "
+            "starting from scratch")
+
+
 @dataclass
 class Checkpoint:
     iteration: int

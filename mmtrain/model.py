@@ -173,18 +173,16 @@ class VisionTower(nn.Module):
         self.merger_fc2 = nn.Linear(m, out_dim)
         half = cfg.dim // cfg.heads // 2
         self.register_buffer("inv_freq", 1.0 / cfg.theta ** (torch.arange(0, half, 2).float() / half), persistent=False)
-        self.register_buffer("pix_mean", torch.tensor(CLIP_MEAN), persistent=False)
-        self.register_buffer("pix_std", torch.tensor(CLIP_STD), persistent=False)
         self.recompute_layers: set[int] = set()
 
     def normalize(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """uint8 patches (channel = column // 392) -> CLIP-normalized floats; float input is used as is."""
+        """uint8 patches -> CLIP-normalised float32 on their device, with the loader's own arithmetic
+        (`mmdata.loader.normalize_pixels`: the same values as its float32 rows); float input is used as is."""
         if pixel_values.dtype != torch.uint8:
             return pixel_values
-        per = pixel_values.shape[1] // 3
-        mean = self.pix_mean.repeat_interleave(per)
-        std = self.pix_std.repeat_interleave(per)
-        return (pixel_values.float() / 255.0 - mean) / std
+        from mmdata.loader.pixels import normalize_pixels
+
+        return normalize_pixels(pixel_values)
 
     def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(self.normalize(pixel_values).to(self.patch_embed.weight.dtype))

@@ -41,6 +41,7 @@ class Data:
     loader: Any  # iterable of canonical rows with state_dict() / load_state_dict()
     vocab_size: int
     image_token_id: int
+    plan: dict[str, Any] | None = None  # what the epoch plan uses and leaves out (see plan_facts)
 
 
 DataFactory = Callable[[TrainArgs, int, int], Data]
@@ -66,16 +67,55 @@ def loader_data(args: TrainArgs, rank: int, world_size: int) -> Data:
     """The real stream: mmdata's PackedLoader over the shard folders, with its tokenizer."""
     check_shards(args.shards)
     from mmdata.loader import LoaderConfig, PackedLoader, load_tokenizer
+    from mmdata.loader.plan import NoSampleFits
 
     tok = load_tokenizer(args.tokenizer)
     image_id = tok.image_placeholder_id
     if image_id is None:
         raise InputError(tok.path, "the tokenizer has no <|image_pad|> (or <image>) token")
-    cfg = LoaderConfig(seq_len=args.seq_len, template=args.template, seed=args.seed)
+    cfg = LoaderConfig(seq_len=args.seq_len, template=args.template, seed=args.seed, overlong=args.overlong,
+                       pixel_dtype="uint8")
     shards = args.shards[0] if len(args.shards) == 1 else list(args.shards)
-    loader = PackedLoader(shards, tokenizer=tok, config=cfg, rank=rank, world_size=world_size,
-                          num_workers=args.num_workers)
-    return Data(loader=loader, vocab_size=tok.vocab_size, image_token_id=image_id)
+    try:
+        loader = PackedLoader(shards, tokenizer=tok, config=cfg, rank=rank, world_size=world_size,
+                              num_workers=args.num_workers)
+    except NoSampleFits as e:
+        raise InputError(None, no_fit_message(args, e)) from None
+    return Data(loader=loader, vocab_size=tok.vocab_size, image_token_id=image_id,
+                plan=plan_facts(loader, args))
+
+
+def plan_facts(loader: Any, args: TrainArgs) -> dict[str, Any]:
+    """Per epoch: samples in the data, samples the plan uses, and those it drops or truncates."""
+    st = loader.stats()
+    total = int(sum(len(s.lengths) for s in loader.sets))
+    unreadable = int(loader.unplannable)
+    dropped = int(st["planned_dropped"])
+    return {"samples": total, "used": total - dropped, "dropped_overlong": max(0, dropped - unreadable),
+            "dropped_unreadable": unreadable, "truncated": int(st["planned_truncated"]),
+            "overlong": args.overlong, "seq_len": args.seq_len}
+
+
+def plan_note(p: dict[str, Any]) -> list[str]:
+    """The one-time note on what --seq-len / --overlong leave out; loud when most of the data goes."""
+    lines = [f"data: {p['used']:,} of {p['samples']:,} samples used per epoch at --seq-len {p['seq_len']} "
+             f"(--overlong {p['overlong']}): {p['dropped_overlong']:,} dropped as longer than --seq-len, "
+             f"{p['truncated']:,} truncated, {p['dropped_unreadable']:,} unreadable"]
+    lost = p["dropped_overlong"] / max(1, p["samples"])
+    if lost > 0.5:
+        lines.append(f"WARNING: {lost:.0%} of the samples are longer than --seq-len {p['seq_len']} and are never "
+                     "trained on: raise --seq-len (`mmdata inspect DIR` shows the lengths) or use --overlong truncate")
+    return lines
+
+
+def no_fit_message(args: TrainArgs, e: Any) -> str:
+    """The loader's "nothing to plan" in the words of mmtrain's flags."""
+    where = ", ".join(args.shards)
+    if e.shortest is None:
+        what = "no readable samples" if e.samples else "no samples"
+        return f"{where}: {what} (index.parquet lists {e.samples}): nothing to train on"
+    return (f"no sample of {where} fits --seq-len {args.seq_len} (shortest sample: {e.shortest} tokens, "
+            f"{e.samples} samples); raise --seq-len")
 
 
 def synthetic_data(args: TrainArgs, rank: int, world_size: int) -> Data:
@@ -299,7 +339,7 @@ def _train(args: TrainArgs, data_factory: DataFactory, rank: int, world: int, lo
     if args.load:
         cp = ckpt.load_checkpoint(args.load, rank)
         if cp is None:
-            log.info(f"no checkpoint in {args.load}: starting from scratch")
+            log.info(ckpt.no_checkpoint_note(args.load))
         else:
             load_states(wrapped, model, opt, args.fsdp, cp.model, cp.optim)
             data.loader.load_state_dict(cp.loader)
@@ -309,6 +349,14 @@ def _train(args: TrainArgs, data_factory: DataFactory, rank: int, world: int, lo
             if cp.rng is not None:
                 ckpt.set_rng_state(cp.rng)
             log.info(f"loaded checkpoint {cp.path} (iteration {iteration}, consumed samples {cp.state['consumed_samples']})")
+            if iteration >= args.max_steps:
+                rel = "=" if iteration == args.max_steps else ">"
+                log.info(f"nothing to do: checkpoint is at iteration {iteration} {rel} --max-steps {args.max_steps}")
+                log.close()
+                if hasattr(data.loader, "close"):
+                    data.loader.close()
+                return TrainResult(iteration=iteration, consumed_samples=iteration * args.global_batch_size,
+                                   losses={})
 
     n_micro = args.global_batch_size // (args.micro_batch_size * world)
     peak = accel.peak_flops(args.bf16)
@@ -317,6 +365,9 @@ def _train(args: TrainArgs, data_factory: DataFactory, rank: int, world: int, lo
              f"embeddings) | device {accel.kind} ({accel.attn_impl} attention) | data-parallel {world} | "
              f"{n_micro} micro-batches of {args.micro_batch_size} x {args.seq_len} tokens per iteration")
 
+    if data.plan is not None:
+        for line in plan_note(data.plan):
+            log.info(line)
     rows_it = cycle(data.loader)
     result = TrainResult(iteration=iteration, consumed_samples=iteration * args.global_batch_size, losses={})
     win = {"t": 0.0, "wait": 0.0, "loss": 0.0, "n": 0, "tok": 0.0, "real": 0.0, "flops": 0.0, "skipped": 0, "nan": 0}
@@ -388,6 +439,8 @@ def _train(args: TrainArgs, data_factory: DataFactory, rank: int, world: int, lo
                 "tokens_per_second": win["real"] / win["t"], "packing_efficiency": win["real"] / max(1.0, win["tok"]),
                 "mfu": win["flops"] / (win["t"] * peak * world), "data_wait_share": win["wait"] / win["t"],
             }
+            if data.plan is not None:
+                rec.update({f"plan_{k}": v for k, v in data.plan.items()})
             line = format_log_line(
                 iteration=iteration, max_steps=args.max_steps, consumed=rec["consumed_samples"],
                 elapsed_ms=rec["elapsed_ms_per_iteration"], lr=lr, gbs=args.global_batch_size, loss=rec["lm_loss"],

@@ -22,7 +22,7 @@ from mmdata.loader.batch import Document, RowSpec, collate_row
 from mmdata.loader.pack import DEFAULT_PACKER
 from mmdata.loader.lengths import ShardIndex, cache_dir_for, read_index, text_tokens
 from mmdata.loader.pixels import decode_frame, target_size
-from mmdata.loader.plan import PlanConfig, Planner, SetLengths, iter_positions, normalize_position
+from mmdata.loader.plan import NoSampleFits, PlanConfig, Planner, SetLengths, iter_positions, normalize_position
 
 log = logging.getLogger("mmdata.loader")
 STATE_FORMAT = "mmdata.loader.state"
@@ -414,8 +414,15 @@ class PackedLoader:
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
         self.sets = [open_shard_set(p, self.tokenizer, self.config) for p in paths]
-        self.planner = Planner([s.plan_input() for s in self.sets], self.config.plan_config(), weights,
-                               cache_dir=cache_dir_for(self.sets[0].index.root, self.config.cache_dir))
+        try:
+            self.planner = Planner([s.plan_input() for s in self.sets], self.config.plan_config(), weights,
+                                   cache_dir=cache_dir_for(self.sets[0].index.root, self.config.cache_dir))
+        except NoSampleFits as e:  # name the folder(s) and say what to change
+            roots = ", ".join(str(s.index.root) for s in self.sets)
+            fix = "" if e.shortest is None else "; raise seq_len" + (
+                " or max_images_per_seq" if self.config.max_images_per_seq is not None else "")
+            raise NoSampleFits(f"{roots}: {e}{fix}", samples=e.samples, shortest=e.shortest,
+                               seq_len=e.seq_len) from None
         self._iter = None
         where = [f"{s.index.root / s.index.shards[int(s.index.shard_idx[i])]} key {s.index.keys[i]}"
                  for s in self.sets for i in np.flatnonzero(s.text_tokens < 0)]

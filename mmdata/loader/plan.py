@@ -16,9 +16,26 @@ from pathlib import Path
 
 import numpy as np
 
+from mmdata.errors import MMDataError
 from mmdata.loader.pack import DEFAULT_PACKER, PACKERS
 
 OVERLONG_POLICIES = ("drop", "truncate")
+
+
+class NoSampleFits(MMDataError, ValueError):
+    """No sample of the shard sets can be placed in a row (all too long, too many images, or none at
+    all). A user error (exit 2 in a CLI); ``shortest`` is the shortest sample in tokens (None: no sample)."""
+
+    def __init__(self, message: str, *, samples: int, shortest: int | None, seq_len: int):
+        super().__init__(message)
+        self.samples, self.shortest, self.seq_len = samples, shortest, seq_len
+
+    def __reduce__(self):
+        return (_rebuild_no_fit, (str(self), self.samples, self.shortest, self.seq_len))
+
+
+def _rebuild_no_fit(message: str, samples: int, shortest: int | None, seq_len: int) -> "NoSampleFits":
+    return NoSampleFits(message, samples=samples, shortest=shortest, seq_len=seq_len)
 
 
 @dataclass
@@ -115,7 +132,22 @@ class Planner:
             wsum = sum(self.weights)
             self.quotas = [int(round(total * w / wsum)) if len(k) else 0 for w, k in zip(self.weights, self._keep)]
         if sum(self.quotas) == 0:
-            raise ValueError("no sample fits seq_len / max_images_per_seq")
+            raise self._no_fit()
+
+    def _no_fit(self) -> NoSampleFits:
+        """Why nothing can be planned, with the figures a user needs to fix it."""
+        c = self.config
+        n = sum(len(x.lengths) for x in self.sets)
+        lens = np.concatenate([x.lengths[x.lengths > 0] for x in self.sets]) if n else np.zeros(0, np.int64)
+        if not len(lens):
+            msg = "no samples" if n == 0 else f"none of the {n} samples is readable (json unreadable or unrenderable)"
+            return NoSampleFits(msg, samples=n, shortest=None, seq_len=c.seq_len)
+        shortest = int(lens.min())
+        msg = f"no sample fits seq_len {c.seq_len} (shortest sample: {shortest} tokens; {n} samples)"
+        if c.max_images_per_seq is not None:
+            fewest = int(min(int(x.images.min(initial=0)) for x in self.sets if len(x.images)))
+            msg += f" with max_images_per_seq {c.max_images_per_seq} (fewest images in a sample: {fewest})"
+        return NoSampleFits(msg, samples=n, shortest=shortest, seq_len=c.seq_len)
 
     # ---- identity -------------------------------------------------------------------------
     @property
