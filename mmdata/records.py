@@ -332,7 +332,10 @@ def _fast_llava(raw: dict[str, Any], default_id: str) -> Normalized | None:
         images = im
     else:
         return None
-    if "\0".join(values[0::2]).count(IMAGE_TOKEN) != len(images) or IMAGE_TOKEN in "\0".join(values[1::2]):
+    if images:
+        if "\0".join(values[0::2]).count(IMAGE_TOKEN) != len(images) or IMAGE_TOKEN in "\0".join(values[1::2]):
+            return None
+    elif IMAGE_TOKEN in "\0".join(values):  # text-only: one scan
         return None
     rec: dict[str, Any] = {"id": rid}
     if images:

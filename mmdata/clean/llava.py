@@ -130,20 +130,26 @@ def structure_objects(objs: Iterable[Any], first: int, stem: str, shape: str, me
     rejects: dict[int, tuple[str, str, bytes]] = {}
     size = 0
     any_images = False
+    sha256, dumps = hashlib.sha256, orjson.dumps
+    sep = b",\n" if json_array else b""
+    nl = b"" if json_array else b"\n"
     for k, raw in enumerate(objs):
-        res = normalize(raw, f"{stem}-{first + k}", shape)
-        ids.append(res.id)
-        if res.code is not None:
-            rejects[k] = (res.code, res.detail, dump(raw))
+        code, detail, rid, rec, imgs, roles, values = normalize(raw, f"{stem}-{first + k}", shape)
+        ids.append(rid)
+        images.append(imgs)
+        if code is not None:
+            rejects[k] = (code, detail, dump(raw))
             keys.append(_NOKEY)
-            images.append(res.images)
         else:
-            data = frame(dump(to_messages(res.record) if messages else res.record), json_array)
+            try:
+                data = sep + dumps(to_messages(rec) if messages else rec) + nl
+            except TypeError:  # what orjson refuses (see `dump`)
+                data = frame(dump(to_messages(rec) if messages else rec), json_array)
             parts.append(data)
             size += len(data)
-            keys.append(sample_key(res.images, res.roles, res.values))
-            images.append(res.images)
-            any_images = any_images or bool(res.images)
+            keys.append(sha256(dumps((imgs, roles, values))).digest()[:16])  # = sample_key
+            if imgs:
+                any_images = True
         ends.append(size)
     return Batch(ids, b"".join(keys), images if any_images else None, b"".join(parts), ends, rejects)
 
@@ -319,8 +325,19 @@ def _run(input_path: Path, images_root: Path, out_path: Path, rejects_path: Path
                 raise _Fallback(f"record {first + b} is not plain JSON")
             bids, bkeys, bimages, bout, bends, brej = b
             if bimages is None and not waiting:
-                # No image to wait for: decide here, writing runs of passes as single blocks (a reject
-                # has no bytes in ``bout``; only a duplicate ends a run).
+                # No image to wait for: decide here. The usual batch (no reject, no repeat) is checked
+                # and recorded with set operations and written as one block; otherwise runs of passes
+                # are written as blocks (a reject has no bytes in ``bout``; only a duplicate ends a run).
+                m = len(bids)
+                if not brej:
+                    klist = [bkeys[i:i + 16] for i in range(0, 16 * m, 16)]
+                    if ids.isdisjoint(bids) and samples.keys().isdisjoint(klist) and len(set(bids)) == m \
+                            and len(set(klist)) == m:
+                        ids.update(bids)
+                        samples.update(zip(klist, bids))
+                        write_block(bout, m)
+                        return
+                bout = memoryview(bout)
                 run_at, run_n = 0, 0
                 for k, rid in enumerate(bids):
                     if k in brej:

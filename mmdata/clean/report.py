@@ -93,7 +93,10 @@ class Sink:
     def flush(self) -> None:
         if self._parts:
             try:
-                self._f.write(b"".join(self._parts))  # type: ignore[union-attr]
+                if len(self._parts) == 1:
+                    self._f.write(self._parts[0])  # type: ignore[union-attr]
+                else:
+                    self._f.writelines(self._parts)  # type: ignore[union-attr]
             except OSError as e:  # disk full, quota: one line naming the file, not a traceback
                 raise WriteError(self.path, f"cannot write: {e.strerror or e}") from None
             self._parts.clear()
