@@ -102,7 +102,7 @@ def made(tmp_path_factory):
 def test_outputs_and_counts(made):
     src, img, out, report = made
     names = sorted(p.name for p in out.iterdir())
-    assert names == [JOURNAL, "index.parquet", "manifest.json", "rejects.jsonl",
+    assert names == ["index.parquet", "manifest.json", "rejects.jsonl",  # no journal once finished
                      "shard-000000.tar", "shard-000001.tar", "shard-000002.tar", "shard-000003.tar"]
     assert not list(out.glob(".*.tmp"))
     # 12 photos + text-only + multi + no-id + last = 16 samples; 9 rejects; every record accounted for.
@@ -318,12 +318,14 @@ def test_resume_after_an_interrupt_gives_the_same_bytes(made, tmp_path):
 def test_resume_rewrites_a_damaged_shard_and_later_ones(made, tmp_path):
     src, img, out, _ = made
     out2 = tmp_path / "d"
-    write_shards([src], img, out2, samples_per_shard=4, workers=1)
+    Crash, crash = _crash_after(13)
+    with pytest.raises(Crash):
+        write_shards([src], img, out2, samples_per_shard=4, workers=1, progress=crash)
+    assert (out2 / "shard-000002.tar").exists() and (out2 / JOURNAL).exists()
     tar = out2 / "shard-000001.tar"
     data = bytearray(tar.read_bytes())
     data[700] ^= 0xFF
     tar.write_bytes(bytes(data))
-    (out2 / "shard-000003.tar").unlink()
     report = write_shards([src], img, out2, samples_per_shard=4, workers=1, resume=True)
     assert report.resumed_shards == 1
     assert tree_bytes(out2) == tree_bytes(out)
@@ -399,3 +401,72 @@ def test_a_worker_error_reaches_the_caller_instead_of_hanging(made, tmp_path):
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == f"caught {src}:3:4: bad thing"
     assert not list((tmp_path / "o").glob(".*.tmp"))
+
+
+def _crash_after(samples_done: int):
+    class Crash(Exception):
+        pass
+
+    def crash(records, samples, rejected):
+        if samples >= samples_done:
+            raise Crash
+
+    return Crash, crash
+
+
+def _same_length_edit(src: Path) -> None:
+    text = src.read_text()
+    assert "Photo 11." in text
+    src.write_text(text.replace("Photo 11.", "Photo 99."))  # same size, other content
+
+
+def test_resume_refuses_an_input_edited_in_place_with_the_same_size(tmp_path):
+    src, img = make_set(tmp_path / "data")
+    out = tmp_path / "r"
+    Crash, crash = _crash_after(5)
+    with pytest.raises(Crash):
+        write_shards([src], img, out, samples_per_shard=4, workers=1, progress=crash)
+    size = src.stat().st_size
+    _same_length_edit(src)
+    assert src.stat().st_size == size
+    with pytest.raises(InputError) as e:
+        write_shards([src], img, out, samples_per_shard=4, workers=1, resume=True)
+    assert str(e.value) == f"{src}: --resume: input changed since the run being resumed (sha256 differs); " \
+                           "run again without --resume"
+
+
+def test_resume_of_a_finished_folder_refuses_a_changed_input_on_the_command_line(tmp_path):
+    src, img = make_set(tmp_path / "data", n=4)
+    out = tmp_path / "f"
+    write_shards([src], img, out, samples_per_shard=4, workers=1)
+    _same_length_edit_small = src.read_text().replace("Photo 3.", "Photo 7.")
+    src.write_text(_same_length_edit_small)
+    p = subprocess.run([sys.executable, "-m", "mmdata.cli", "shard", str(src), "--images", str(img), "--out", str(out),
+                        "--samples-per-shard", "4", "--resume", "-q"], capture_output=True, text=True, timeout=120,
+                       cwd=REPO)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == [f"error: {src}: --resume: input changed since the run being resumed "
+                                             "(sha256 differs); run again without --resume"]
+
+
+def test_a_finished_run_leaves_no_journal_and_resume_is_a_no_op(made, tmp_path):
+    src, img, out, report = made
+    assert not (out / JOURNAL).exists()
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
+    again = write_shards([src], img, out, samples_per_shard=4, workers=1, resume=True)
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()} == before  # nothing rewritten
+    assert again.resumed_shards == len(report.shards)
+    assert (again.samples, again.rejected, again.images, again.image_tokens, again.passthrough, again.bytes,
+            again.reasons, again.shards) == (report.samples, report.rejected, report.images, report.image_tokens,
+                                             report.passthrough, report.bytes, report.reasons, report.shards)
+
+
+def test_resume_of_a_finished_folder_with_a_missing_shard_rewrites_it(made, tmp_path):
+    src, img, out, _ = made
+    out2 = tmp_path / "m"
+    write_shards([src], img, out2, samples_per_shard=4, workers=1)
+    (out2 / "shard-000002.tar").unlink()
+    write_shards([src], img, out2, samples_per_shard=4, workers=1, resume=True)
+    assert tree_bytes(out2) == tree_bytes(out)
+    with pytest.raises(InputError, match="differ"):
+        write_shards([src], img, out2, samples_per_shard=5, workers=1, resume=True)

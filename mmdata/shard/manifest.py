@@ -28,12 +28,18 @@ class ShardInfo:
 
 
 def build_manifest(options: dict[str, Any], shards: list[ShardInfo], samples: int, rejected: int,
-                   image_tokens: int, reasons: dict[str, int], passthrough: int, images: int) -> dict[str, Any]:
-    return {
+                   image_tokens: int, reasons: dict[str, int], passthrough: int, images: int,
+                   input_sha256: list[str] | None = None) -> dict[str, Any]:
+    """The manifest; ``input_sha256`` (per input file, in order) lets --resume recognise a finished run."""
+    out: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
         "created_by": f"mmdata {__version__}",
         "options": options,
+    }
+    if input_sha256 is not None:
+        out["input_sha256"] = input_sha256
+    return out | {
         "samples": samples,
         "rejected": rejected,
         "image_tokens": image_tokens,

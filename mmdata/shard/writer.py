@@ -5,6 +5,7 @@ in submission order, so keys, shard boundaries and bytes never depend on ``worke
 is written to ``.shard-NNNNNN.tar.tmp`` and renamed when complete; after each rename a line is
 appended to ``.shard-journal.jsonl`` (its sha256, index rows, rejects and the input position),
 so ``resume=True`` keeps the verified complete shards and continues from there with identical bytes.
+The journal is removed once the manifest is written; resuming a finished folder is then a no-op.
 """
 
 from __future__ import annotations
@@ -236,8 +237,22 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _read_journal(out_dir: Path, header: dict) -> list[dict]:
-    """Journal entries of complete, verified shards (a prefix); InputError if options differ."""
+def _check_same_run(out_dir: Path, inputs: list[Path], old: dict, options: dict, hashes: list[str]) -> None:
+    """InputError (exit 2, one line) unless ``old`` (a journal header or a manifest) records the same
+    options and the same input contents (sha256) as this run."""
+    if old.get("options") != options:
+        raise InputError(
+            out_dir, "--resume: options or inputs differ from the run being resumed (run again without --resume)"
+        )
+    old_hashes = old.get("input_sha256")
+    for i, p in enumerate(inputs):
+        if not isinstance(old_hashes, list) or i >= len(old_hashes) or old_hashes[i] != hashes[i]:
+            raise InputError(p, "--resume: input changed since the run being resumed (sha256 differs); "
+                                "run again without --resume")
+
+
+def _read_journal(out_dir: Path, inputs: list[Path], header: dict) -> list[dict]:
+    """Journal entries of complete, verified shards (a prefix); InputError if options or inputs differ."""
     path = out_dir / JOURNAL
     if not path.exists():
         return []
@@ -248,10 +263,7 @@ def _read_journal(out_dir: Path, header: dict) -> list[dict]:
         first = orjson.loads(lines[0])
     except orjson.JSONDecodeError:
         return []
-    if first.get("header") != header:
-        raise InputError(
-            out_dir, "--resume: options or inputs differ from the run being resumed (run again without --resume)"
-        )
+    _check_same_run(out_dir, inputs, first.get("header") or {}, header["options"], header["input_sha256"])
     for i, raw in enumerate(lines[1:]):
         try:
             e = orjson.loads(raw)
@@ -265,6 +277,36 @@ def _read_journal(out_dir: Path, header: dict) -> list[dict]:
             break
         entries.append(e)
     return entries
+
+
+def _finished_run(out_dir: Path, inputs: list[Path], options: dict, hashes: list[str]) -> ShardReport | None:
+    """The report of a complete run already in ``out_dir`` with these options and inputs, checked
+    cheaply (files present, shard sizes as in the manifest; no re-hashing), else None."""
+    try:
+        manifest = orjson.loads((out_dir / "manifest.json").read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    if not isinstance(manifest, dict) or "shards" not in manifest:
+        return None
+    _check_same_run(out_dir, inputs, manifest, options, hashes)
+    shards = [ShardInfo(**s) for s in manifest["shards"]]
+    names = {s.name for s in shards}
+    for s in shards:
+        p = out_dir / s.name
+        if not p.is_file() or p.stat().st_size != s.bytes:
+            return None
+    for p in out_dir.iterdir():
+        if (_SHARD_RE.match(p.name) and p.name not in names) or _TMP_RE.match(p.name):
+            return None
+    if not (out_dir / "index.parquet").is_file() or not (out_dir / "rejects.jsonl").is_file():
+        return None
+    return ShardReport(
+        out_dir=out_dir, records=manifest["samples"] + manifest["rejected"], samples=manifest["samples"],
+        rejected=manifest["rejected"], images=manifest["images"], passthrough=manifest["passthrough_images"],
+        image_tokens=manifest["image_tokens"], bytes=sum(s.bytes for s in shards), shards=shards,
+        reasons=dict(manifest["reject_reasons"]), resumed_shards=len(shards),
+        text_tokens="text_tokens" in options,
+    )
 
 
 def _clean_out_dir(out_dir: Path, keep: int) -> None:
@@ -368,9 +410,16 @@ def write_shards(
     }
     if tok_sha is not None:
         options["text_tokens"] = {"template": template, "tokenizer_sha256": tok_sha}
-    header = {"options": options, "input_bytes": [p.stat().st_size for p in inputs]}
+    hashes = [_sha256_file(p) for p in inputs]  # streamed; what --resume compares (a size can stay the same)
+    header = {"options": options, "input_bytes": [p.stat().st_size for p in inputs], "input_sha256": hashes}
 
     _make_out_dir(out_dir)
+    journal_path = out_dir / JOURNAL
+    if resume and not journal_path.exists():
+        done = _finished_run(out_dir, inputs, options, hashes)
+        if done is not None:  # a finished folder: nothing to do, nothing rewritten
+            done.seconds = time.perf_counter() - t0
+            return done
     report = ShardReport(out_dir=out_dir, text_tokens=tok_sha is not None)
     has_tt = tok_sha is not None
     cols = IndexColumns(with_text_tokens=has_tt)  # rows of the open shard; closed shards -> arrow
@@ -379,9 +428,8 @@ def write_shards(
     rejects: list[dict] = []
     reasons: Counter = Counter()
     start = (0, 0)
-    journal_path = out_dir / JOURNAL
 
-    entries = _read_journal(out_dir, header) if resume else []
+    entries = _read_journal(out_dir, inputs, header) if resume else []
     _clean_out_dir(out_dir, keep=len(entries))
     for e in entries:
         report.shards.append(ShardInfo(**e["shard"]))
@@ -500,7 +548,11 @@ def write_shards(
             r = {k: v for k, v in r.items() if k != "_file"}
             f.write(orjson.dumps(r) + b"\n")
     manifest = build_manifest(options, report.shards, report.samples, report.rejected, report.image_tokens,
-                              report.reasons, report.passthrough, report.images)
+                              report.reasons, report.passthrough, report.images, input_sha256=hashes)
     write_manifest(out_dir / "manifest.json", manifest)
+    # The manifest (options, input sha256, shards) now records the finished run; --resume on this
+    # folder checks it instead, so the journal is not needed any more.
+    journal_path.unlink()
+    _fsync_dir(out_dir)
     report.seconds = time.perf_counter() - t0
     return report
