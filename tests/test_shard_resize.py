@@ -197,3 +197,32 @@ def test_anchor_images():
     s = resize_image(grey, SPEC)
     assert (s.width, s.height, s.passthrough) == (265, 448, False)
     assert decode(s.data).mode == "RGB"
+
+
+@pytest.mark.parametrize("w,h,spec,detail", [
+    (2000, 40, SPEC, "2000x40: at max-res 448 the short side would be 9 px < 28; needs --max-res >= 1375"),
+    (40, 2000, SPEC, "40x2000: at max-res 448 the short side would be 9 px < 28; needs --max-res >= 1375"),
+    (9000, 40, SPEC, "9000x40: aspect 225 > 200, which Qwen2-VL's processor refuses"),
+    (3000, 30, ResizeSpec(max_res=4000, max_image_tokens=64),
+     "3000x30: at --max-image-tokens 64 the short side would be 22 px < 28; needs --max-image-tokens >= 99"),
+    (5000, 60, ResizeSpec(max_image_tokens=64),
+     "5000x60: at max-res 448 the short side would be 5 px < 28; needs --max-res >= 2292 and --max-image-tokens >= 82"),
+])
+def test_over_token_budget_names_the_binding_limit_and_the_fix(w, h, spec, detail):
+    with pytest.raises(ImageError) as e:
+        resize_image(encode(textured(w, h)), spec)
+    assert (e.value.reason, e.value.detail) == ("over_token_budget", detail)
+
+
+@pytest.mark.parametrize("w,h,res,tok", [(2000, 40, 1375, 1280), (3000, 30, 4000, 99), (5000, 60, 2292, 82)])
+def test_the_suggested_limits_are_the_least_that_work(w, h, res, tok):
+    rule = get_rule("qwen2vl")
+    assert rule.fit(w, h, res, tok) is not None
+    assert rule.fit(w, h, res - 1, 10**6) is None or res == 4000  # --max-res was not the binding limit there
+    assert rule.fit(w, h, res, tok - 1) is None or tok == 1280
+
+
+def test_fixed_cost_rule_over_budget_says_what_it_costs():
+    with pytest.raises(ImageError) as e:
+        resize_image(encode(textured(300, 200)), ResizeSpec(rule="qwen-vl", max_image_tokens=100))
+    assert e.value.detail == "300x200: qwen-vl spends 256 tokens on every image > --max-image-tokens 100"
