@@ -290,6 +290,7 @@ def test_many_small_spans_same_bytes(rel: str, fx: dict[str, Any], runs: dict[st
 
     monkeypatch.setattr(fastread, "_LINE_BLOCK", 300)
     monkeypatch.setattr(llava, "_BATCH", 3)
+    monkeypatch.setattr(llava, "_INLINE_BYTES", 0)  # parse in the workers, however small the input
     monkeypatch.setattr(llava, "_WINDOW", 4)
     monkeypatch.setattr(checks, "_CHUNK", 2)
     root = Path(fx["paths"]["root"])

@@ -100,10 +100,8 @@ class ImageChecker:
         self.checked = 0
         self._pending: list[str] = []
         self._inflight: dict[Future, list[str]] = {}
-        self._own = pool is None and self.workers > 1
+        self._own = pool is None and self.workers > 1  # a pool of our own, started at the first chunk
         self._pool = pool
-        if self._own:
-            self._pool = ProcessPoolExecutor(self.workers)
 
     def close(self) -> None:
         """Shut down the pool if this checker made it (a pool passed in belongs to the caller)."""
@@ -151,8 +149,10 @@ class ImageChecker:
             return
         chunk, self._pending = self._pending, []
         if self._pool is None:
-            self._store(chunk, check_real(chunk, self.max_pixels))
-            return
+            if not self._own:
+                self._store(chunk, check_real(chunk, self.max_pixels))
+                return
+            self._pool = ProcessPoolExecutor(self.workers)  # only now: a text-only run never forks
         while len(self._inflight) >= 3 * self.workers:  # back-pressure: keep the queue short
             self.wait_some()
         fut = self._pool.submit(check_real, chunk, self.max_pixels)

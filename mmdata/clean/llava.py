@@ -33,6 +33,7 @@ __all__ = ["Batch", "Decider", "check_common_args", "clean_llava", "frame", "res
 
 _WINDOW = 20_000  # records allowed to wait for image verdicts before the reader blocks
 _BATCH = 1000  # records per structure task
+_INLINE_BYTES = 4 << 20  # inputs up to this size are parsed and checked without worker processes
 
 Progress = Callable[[int, int], None]  # (records read, images checked)
 
@@ -284,7 +285,10 @@ def clean_llava(
     fmt = check_common_args(images_root, out_path, [input_path], min_side, max_aspect, max_pixels, out_format,
                             (rejects_path, report_path))
     nworkers = resolve_workers(workers)
-    pool = ProcessPoolExecutor(nworkers) if nworkers > 1 else None
+    # A small input is parsed in this process (starting workers and moving batches costs more than it
+    # saves); image checks still get a pool of their own, started only if an image is met.
+    small = input_path.stat().st_size <= _INLINE_BYTES
+    pool = ProcessPoolExecutor(nworkers) if nworkers > 1 and not small else None
     try:
         args = (input_path, images_root, out_path, rejects_path, report_path, fmt, min_side, max_aspect, max_pixels,
                 out_format, shape, pool, nworkers, progress)
