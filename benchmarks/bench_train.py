@@ -4,6 +4,7 @@ time spent waiting for data. Runs the real recipe (`mmtrain.run.train`) on real 
     .venv/bin/python benchmarks/bench_train.py packing --model tiny --seq-len 2048 --rows 6
     .venv/bin/python benchmarks/bench_train.py packing --model 100m --seq-len 1024 --rows 2
     .venv/bin/python benchmarks/bench_train.py wait --model tiny --seq-len 2048 --steps 20 --num-workers 2
+    .venv/bin/python benchmarks/bench_train.py wait ... --pixel-dtype float32   (the loader normalises)
 
 Data: `fixtures.generate_llava_scale` (LLaVA-Instruct-like conversations, 448x336 photos -> 192 image
 tokens each, 5% text-only) sharded by `mmdata.shard` at --max-res 448, cached in --workdir.
@@ -133,11 +134,16 @@ def cmd_wait(a: argparse.Namespace) -> None:
     shards = make_shards(Path(a.workdir), a.records)
     args = TrainArgs(shards=[str(shards)], model=a.model, seq_len=a.seq_len, global_batch_size=a.gbs,
                      max_steps=a.steps, log_interval=10**6, device="cpu", num_workers=a.num_workers, lr=1e-4)
-    res = train(args, out=io.StringIO())
+    from functools import partial
+
+    from mmtrain.run import loader_data
+
+    res = train(args, partial(loader_data, pixel_dtype=a.pixel_dtype), out=io.StringIO())
     first, rest = res.steps[0], res.steps[1:]
     t = sum(s[0] for s in rest)
     w = sum(s[1] for s in rest)
     print(f"model {a.model}, seq_len {a.seq_len}, global batch {a.gbs}, {a.num_workers} loader workers, "
+          f"{a.pixel_dtype} pixels, "
           f"torch threads {torch.get_num_threads()}")
     print(f"  iterations 2..{a.steps}: data wait {w:.2f} s of {t:.2f} s step time = {100 * w / t:.1f}%  "
           f"({sum(s[2] for s in rest) / t:.0f} real tokens/s)")
@@ -162,6 +168,8 @@ def main() -> None:
             s.add_argument("--steps", type=int, default=20)
             s.add_argument("--gbs", type=int, default=2)
             s.add_argument("--num-workers", type=int, default=2)
+            s.add_argument("--pixel-dtype", choices=("uint8", "float32"), default="uint8",
+                           help="what the loader sends (mmtrain: uint8, normalised on the device)")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
