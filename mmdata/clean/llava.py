@@ -132,8 +132,8 @@ def structure_objects(objs: Iterable[Any], first: int, stem: str, shape: str, me
     size = 0
     any_images = False
     sha256, dumps = hashlib.sha256, orjson.dumps
-    sep = b",\n" if json_array else b""
-    nl = b"" if json_array else b"\n"
+    sep = b",\n" if json_array else b"\n"  # framing (see `frame`) as its own part: no copy of the record
+    add = parts.append
     for k, raw in enumerate(objs):
         code, detail, rid, rec, imgs, roles, values = normalize(raw, f"{stem}-{first + k}", shape)
         ids.append(rid)
@@ -143,11 +143,16 @@ def structure_objects(objs: Iterable[Any], first: int, stem: str, shape: str, me
             keys.append(_NOKEY)
         else:
             try:
-                data = sep + dumps(to_messages(rec) if messages else rec) + nl
+                data = dumps(to_messages(rec) if messages else rec)
             except TypeError:  # what orjson refuses (see `dump`)
-                data = frame(dump(to_messages(rec) if messages else rec), json_array)
-            parts.append(data)
-            size += len(data)
+                data = dump(to_messages(rec) if messages else rec)
+            if json_array:
+                add(sep)
+                add(data)
+            else:
+                add(data)
+                add(sep)
+            size += len(data) + len(sep)
             keys.append(sha256(dumps((imgs, roles, values))).digest()[:16])  # = sample_key
             if imgs:
                 any_images = True
