@@ -169,3 +169,13 @@ def test_uint8_pixels_normalised_on_the_device_match_float32_rows(shards, tmp_pa
     data = loader_data(_args(shards, seq_len=256), 0, 1)  # what mmtrain streams: uint8
     assert next(iter(data.loader))["pixel_values"].dtype == torch.uint8
     data.loader.close()
+
+
+def test_a_tokenizer_path_that_is_not_a_tokenizer_is_an_input_error(shards, tmp_path):
+    bad = tmp_path / "tok.json"
+    bad.write_text('{"x": 1')
+    with pytest.raises(InputError, match=r"tok.json: not a Hugging Face tokenizer.json"):
+        train(_args(shards, tokenizer=str(bad)), out=io.StringIO())
+    (tmp_path / "tokdir").mkdir()
+    with pytest.raises(InputError, match=r"tokdir: no tokenizer.json in this directory"):
+        train(_args(shards, tokenizer=str(tmp_path / "tokdir")), out=io.StringIO())
