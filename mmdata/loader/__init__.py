@@ -17,6 +17,7 @@ _WHERE = {
     "PackedLoader": "mmdata.loader.dataset",
     "normalize_pixels": "mmdata.loader.pixels",
     "load_tokenizer": "mmdata.loader.tokenizer",
+    "NoSampleFits": "mmdata.loader.plan",
 }
 
 __all__ = list(_WHERE)
