@@ -470,3 +470,28 @@ def test_resume_of_a_finished_folder_with_a_missing_shard_rewrites_it(made, tmp_
     assert tree_bytes(out2) == tree_bytes(out)
     with pytest.raises(InputError, match="differ"):
         write_shards([src], img, out2, samples_per_shard=5, workers=1, resume=True)
+
+
+_KILL_WORKERS_SCRIPT = """
+import sys
+from mmdata.shard import write_shards
+write_shards([sys.argv[1]], sys.argv[2], sys.argv[3], samples_per_shard=1, workers=2)
+"""
+
+
+def test_workers_exit_quietly_when_the_main_process_is_killed(tmp_path):
+    src, img = make_set(tmp_path / "data", n=64)
+    out = tmp_path / "o"
+    proc = subprocess.Popen([sys.executable, "-c", _KILL_WORKERS_SCRIPT, str(src), str(img), str(out)], cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.exists() and any(out.glob("*shard-0*")):  # the first results are in: chunks are in flight
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    _, err = proc.communicate(timeout=60)  # EOF only once every worker has closed stderr too
+    if proc.returncode == 0:
+        pytest.skip("the run finished before it could be killed")
+    assert proc.returncode == -signal.SIGKILL
+    assert err == ""

@@ -14,6 +14,9 @@ import contextlib
 import hashlib
 import os
 import re
+import signal
+import sys
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
@@ -71,8 +74,36 @@ _TOK: Any = None
 _TEMPLATE: str | None = None
 
 
-def _init_worker(images_root: str, spec: ResizeSpec, tokenizer: str | None, template: str) -> None:
+def _die_with_parent(parent: int) -> None:
+    """End this worker quietly as soon as the parent process is gone (e.g. SIGKILLed): otherwise it
+    finishes its chunk and prints a BrokenPipeError traceback sending the result to nobody."""
+    if os.getppid() != parent:
+        os._exit(0)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0:  # PR_SET_PDEATHSIG: the kernel kills us
+                if os.getppid() != parent:  # the parent died before prctl took effect
+                    os._exit(0)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:  # elsewhere: poll
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="mmdata-parent-watch", daemon=True).start()
+
+
+def _init_worker(images_root: str, spec: ResizeSpec, tokenizer: str | None, template: str,
+                 parent: int | None = None) -> None:
     global _MAKER, _TOK, _TEMPLATE
+    if parent is not None:
+        _die_with_parent(parent)
     _MAKER = SampleMaker(images_root, spec)
     _TEMPLATE = template
     _TOK = None
@@ -158,7 +189,7 @@ def _ordered(chunks: Iterator[list[Task]], workers: int, init_args: tuple) -> It
 
     # fork: no re-import of the caller's __main__ (library use from a plain script); spawn elsewhere.
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    pool = ctx.Pool(workers, initializer=_init_worker, initargs=init_args)
+    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(*init_args, os.getpid()))
     try:
         pending: deque = deque()
         for ch in chunks:
