@@ -2,9 +2,26 @@
 
 ``write_shards(inputs, images_root, out_dir, ...)`` writes ``shard-NNNNNN.tar``, ``index.parquet``,
 ``manifest.json`` and ``rejects.jsonl`` (format: docs/DESIGN.md "Shard format", docs/shard.md).
+Exports are imported on first use, so ``mmdata --help`` does not load pyarrow and Pillow.
 """
 
-from mmdata.shard.resize import ResizeSpec, StoredImage, resize_image
-from mmdata.shard.writer import ShardReport, write_shards
+from __future__ import annotations
 
-__all__ = ["write_shards", "ShardReport", "ResizeSpec", "StoredImage", "resize_image"]
+from importlib import import_module
+from typing import Any
+
+_WHERE = {
+    "write_shards": "mmdata.shard.writer",
+    "ShardReport": "mmdata.shard.writer",
+    "ResizeSpec": "mmdata.shard.resize",
+    "StoredImage": "mmdata.shard.resize",
+    "resize_image": "mmdata.shard.resize",
+}
+
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'mmdata.shard' has no attribute {name!r}")
