@@ -24,12 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LENGTHS = [51, 56, 59, 61, 62, 63, 69, 75, 76, 77, 84, 85, 90, 93, 93, 97, 101, 102, 108, 111]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

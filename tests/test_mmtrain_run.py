@@ -19,13 +19,7 @@ from mmtrain import checkpoint as ckpt
 from mmtrain.run import TrainArgs, format_log_line, lr_at, synthetic_data, train
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # 2-core CI boxes run several suites at once; OpenMP spinning on a busy core is 10x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _args(**kw) -> TrainArgs:

@@ -7,19 +7,11 @@ through this package.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from mmdata._lazy import lazy_exports
 
 __all__ = ["DEFAULT_PROMPTS", "CleanReport", "clean_coco", "clean_llava", "load_prompts"]
 
-_WHERE = {"clean_coco": "coco", "clean_llava": "llava", "DEFAULT_PROMPTS": "prompts", "load_prompts": "prompts",
-          "CleanReport": "report"}
+_WHERE = {"clean_coco": "mmdata.clean.coco", "clean_llava": "mmdata.clean.llava", "DEFAULT_PROMPTS": "mmdata.clean.prompts",
+          "load_prompts": "mmdata.clean.prompts", "CleanReport": "mmdata.clean.report"}
 
-
-def __getattr__(name: str) -> Any:
-    mod = _WHERE.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'mmdata.clean' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"mmdata.clean.{mod}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _WHERE)

@@ -6,8 +6,7 @@ Library first: ``inspect_shards``, ``verify_shards``, ``plan_records``, ``contac
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from mmdata._lazy import lazy_exports
 
 _WHERE = {
     "inspect_shards": "mmdata.inspect.stats",
@@ -22,8 +21,4 @@ _WHERE = {
 
 __all__ = list(_WHERE)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(import_module(_WHERE[name]), name)
-    raise AttributeError(name)
+__getattr__ = lazy_exports(__name__, _WHERE)

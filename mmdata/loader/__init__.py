@@ -9,8 +9,7 @@ Exports are imported on first use, so torch-free parts (``mmdata.loader.pack``, 
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from mmdata._lazy import lazy_exports
 
 _WHERE = {
     "LoaderConfig": "mmdata.loader.dataset",
@@ -22,8 +21,4 @@ _WHERE = {
 
 __all__ = list(_WHERE)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'mmdata.loader' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _WHERE)
