@@ -177,3 +177,17 @@ def test_upstream_webdataset_groups_the_ids_with_the_sample(made):
     assert set(samples[1]) >= {"json", "ids.npy", "jpg"} and "0.jpg" in samples[2]
     dec = next(iter(wds.WebDataset(urls[:1], shardshuffle=False).decode()))
     assert dec["ids.npy"].dtype == np.int32 and dec["ids.npy"].shape[0] == 2
+
+
+def test_truncation_cuts_pre_tokenised_ids_like_encoded_ones(made, tmp_path):
+    root, tok = made
+
+    def rows(path, cache):
+        cfg = LoaderConfig(seq_len=96, epochs=1, cache_dir=str(cache), overlong="truncate")
+        ld = PackedLoader(path, tokenizer=tok, config=cfg, num_workers=0)
+        return all_rows(ld), ld.stats()
+
+    want, st_want = rows(root / "plain", tmp_path / "a")
+    got, st = rows(root / "pre", tmp_path / "b")
+    assert st["truncated"] == st_want["truncated"] > 0 and st["stale_ids"] == 0
+    assert len(got) == len(want) and all(same_batch(a, b) for a, b in zip(got, want))
