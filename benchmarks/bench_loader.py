@@ -2,6 +2,7 @@
 
   .venv/bin/python benchmarks/bench_loader.py packing      [--n 200000]
   .venv/bin/python benchmarks/bench_loader.py throughput   [--records 1200] [--workdir DIR]
+  .venv/bin/python benchmarks/bench_loader.py throughput --pretokenized [--records 600] [--rounds 2]
   .venv/bin/python benchmarks/bench_loader.py first-batch  [--shards 10000] [--workdir DIR]
   .venv/bin/python benchmarks/bench_loader.py restore      [--workdir DIR]
 
@@ -263,6 +264,39 @@ def bench_throughput(work: Path, records: int, rounds: int = 3) -> None:
           f"uint8 / webdataset decode only = {rate['PackedLoader 4096 uint8'] / rate['webdataset decode only']:.2f}x")
 
 
+def bench_pretokenized(work: Path, records: int, rounds: int = 3) -> None:
+    """PackedLoader uint8 4096 on the same records sharded without and with ``--tokenizer`` (ids.npy
+    members: no tokenizer call at load time), next to the webdataset decode-only floor."""
+    from mmdata.loader import load_tokenizer
+    from mmdata.shard.writer import write_shards
+
+    tok = load_tokenizer(None)
+    rec_json, images, shards = make_llava_shards(work, records)
+    pre = work / "shards-pretok"
+    if not (pre / "index.parquet").is_file():
+        write_shards(rec_json, images, pre, max_res=448, samples_per_shard=200, workers=2, tokenizer=str(tok.path),
+                     template="qwen2vl")
+    run_loader(shards, tok, 0, 4096, limit_rows=2, cache=work / "cache")  # count text tokens once (cached)
+    print(f"pre-tokenised shards: {records} LLaVA-like records (640x480 sources, stored 448x336); PackedLoader "
+          f"seq_len 4096, pixel_dtype uint8, 1 process; runs alternate {rounds}x, best pass counts; page cache warm")
+    fns = {"webdataset decode only": lambda: baseline_wds_decode_only(shards, records),
+           "PackedLoader uint8": lambda: run_loader(shards, tok, 0, 4096, cache=work / "cache", pixel_dtype="uint8")[:3],
+           "PackedLoader uint8 pretok": lambda: run_loader(pre, tok, 0, 4096, cache=work / "cache",
+                                                           pixel_dtype="uint8")[:3]}
+    best: dict[str, tuple[int, int, float]] = {}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            n, t, s = fn()
+            if name not in best or s < best[name][2]:
+                best[name] = (n, t, s)
+    for name, (n, t, s) in best.items():
+        print(f"  {name:<26} {n / s:8.1f} samples/s  {t / s:10.0f} tokens/s")
+    rate = {k: v[0] / v[2] for k, v in best.items()}
+    floor = rate["webdataset decode only"]
+    print(f"  ratio to webdataset decode only: tokenising at load {rate['PackedLoader uint8'] / floor:.2f}x, "
+          f"pre-tokenised {rate['PackedLoader uint8 pretok'] / floor:.2f}x")
+
+
 # ---------------------------------------------------------------------------------------------
 # First batch on a 10,000-shard set and state restore.
 def make_many_shards(out: Path, n_shards: int, per_shard: int, with_text_tokens: bool) -> Path:
@@ -393,6 +427,8 @@ def bench_restore(work: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["packing", "throughput", "first-batch", "restore", "all"])
+    ap.add_argument("--pretokenized", action="store_true",
+                    help="throughput: compare PackedLoader uint8 on shards made without and with --tokenizer")
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--records", type=int, default=1200)
     ap.add_argument("--rounds", type=int, default=3)
@@ -404,7 +440,10 @@ def main() -> None:
     if a.what in ("packing", "all"):
         bench_packing(a.n)
     if a.what in ("throughput", "all"):
-        bench_throughput(work, a.records, a.rounds)
+        if a.pretokenized:
+            bench_pretokenized(work, a.records, a.rounds)
+        else:
+            bench_throughput(work, a.records, a.rounds)
     if a.what in ("first-batch", "all"):
         bench_first_batch(work, a.shards)
     if a.what in ("restore", "all"):

@@ -90,7 +90,8 @@ class ShardResult:
 
 def _index_rows(index: str, name: str) -> dict[str, dict[str, Any]]:
     s = ShardSet(root=Path(index).parent, manifest=None, index=Path(index), tars=[], selected=[name])
-    cols = ("key", "offset", "nbytes", "id", "n_images", "image_tokens", "image_tokens_list", "widths", "heights")
+    cols = ("key", "offset", "nbytes", "id", "n_images", "image_tokens", "image_tokens_list", "widths", "heights",
+            "text_tokens")
     rows: dict[str, dict[str, Any]] = {}
     for b in index_batches(s, cols):
         for r in b.to_pylist():
@@ -111,6 +112,25 @@ def _image_members(s: RawSample) -> tuple[list[tuple[str, bytes]], list[str]]:
     if len(numbered) > 1 and any(i < 0 for i, _, _ in numbered):
         odd = [f"{s.key}.{e}" for i, e, _ in numbered if i < 0]
     return [(e, d) for _, e, d in numbered], odd
+
+
+def _ids_problems(data: bytes, image_tokens: int | None, text_tokens: int | None) -> list[tuple[str, str]]:
+    """Problems of a pre-tokenised ``ids.npy`` member: int32 [2, L] (input_ids, labels), first label
+    -100, and L minus the image tokens equal to the index's ``text_tokens``."""
+    import io
+
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        return [("bad_ids", f"not a .npy array: {e}")]
+    if arr.dtype != np.int32 or arr.ndim != 2 or arr.shape[0] != 2:
+        return [("bad_ids", f"expected int32 [2, L] (input_ids, labels), got {arr.dtype} {list(arr.shape)}")]
+    out = []
+    if arr.shape[1] == 0 or arr[1, 0] != -100:
+        out.append(("bad_ids", "the first label must be -100"))
+    if text_tokens is not None and image_tokens is not None and arr.shape[1] - image_tokens != text_tokens:
+        out.append(("index_mismatch", f"{arr.shape[1]} ids - {image_tokens} image tokens != index text_tokens {text_tokens}"))
+    return out
 
 
 def _check_sample(s: RawSample, shard: str, task: ShardTask, row: dict[str, Any] | None,
@@ -193,6 +213,14 @@ def _check_sample(s: RawSample, shard: str, task: ShardTask, row: dict[str, Any]
                 bad("token_mismatch", f"{name}: {t} tokens under {task.options['rule']}, json says {e.get('image_tokens')}")
             if t > max_tok:
                 bad("over_token_budget", f"{name}: {t} tokens, over --max-image-tokens {max_tok}")
+
+    ids = s.files.get("ids.npy")
+    if ids is not None:
+        img_tok = row.get("image_tokens") if row is not None else None
+        if img_tok is None and rec is not None and isinstance(rec.get("image_tokens"), int):
+            img_tok = rec["image_tokens"]
+        for code, msg in _ids_problems(ids, img_tok, row.get("text_tokens") if row is not None else None):
+            bad(code, f"{key}.ids.npy: {msg}")
 
     if row is not None:
         if row.get("offset") is not None and row["offset"] != s.offset:
@@ -360,7 +388,7 @@ def _set_checks(s: ShardSet) -> tuple[list[Problem], bool]:
     return [p for p in problems if p.code != "missing_shard"], contiguous  # the worker reports a missing file
 
 
-_ROW_COLS = ("key", "shard", "offset", "nbytes", "id", "n_images", "image_tokens", "widths", "heights")
+_ROW_COLS = ("key", "shard", "offset", "nbytes", "id", "n_images", "image_tokens", "widths", "heights", "text_tokens")
 
 
 def _tasks(s: ShardSet, contiguous: bool) -> Iterator[ShardTask]:

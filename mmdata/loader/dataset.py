@@ -8,9 +8,12 @@ the DataLoader hands them back in order, so the output does not depend on ``num_
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import re
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from mmdata.errors import InputError, MMDataError
 from mmdata.loader.batch import Document, RowSpec, collate_row
 from mmdata.loader.pack import DEFAULT_PACKER
-from mmdata.loader.lengths import ShardIndex, cache_dir_for, read_index, text_tokens
+from mmdata.loader.lengths import ShardIndex, _index_text_tokens_made_with, cache_dir_for, read_index, text_tokens
 from mmdata.loader.pixels import decode_frame, target_size
 from mmdata.loader.plan import NoSampleFits, PlanConfig, Planner, SetLengths, iter_positions, normalize_position
 
@@ -71,9 +74,11 @@ class ShardSet:
     index: ShardIndex
     text_tokens: np.ndarray  # int64 [N], -1 = unreadable / unrenderable json
     max_pixels: int
+    pretokenized: bool = False  # the shards' ``ids.npy`` members were made with this tokenizer and template
 
-    @property
+    @cached_property
     def lengths(self) -> np.ndarray:
+        """Planned tokens per sample (computed once: the row builder looks one up per sample)."""
         return np.where(self.text_tokens >= 0, self.text_tokens + self.index.image_tokens, 0)
 
     def plan_input(self) -> SetLengths:
@@ -92,7 +97,10 @@ def open_shard_set(root: str | Path, tokenizer, config: LoaderConfig) -> ShardSe
     factor = config.patch_size * config.merge_size
     max_tokens = int(opts.get("max_image_tokens") or 1280)
     max_pixels = max(max_tokens * factor * factor, int(index.image_tokens.max(initial=0)) * factor * factor)
-    return ShardSet(index, text_tokens(index, tokenizer, config.template, config.cache_dir), max_pixels)
+    made_with = _index_text_tokens_made_with(index.manifest)
+    pretokenized = made_with == (getattr(tokenizer, "sha256", None), config.template)
+    return ShardSet(index, text_tokens(index, tokenizer, config.template, config.cache_dir), max_pixels,
+                    pretokenized)
 
 
 class BadSample(Exception):
@@ -147,9 +155,10 @@ def parse_members(buf: bytes) -> list[tuple[str, bytes]]:
     return out
 
 
-def _split_sample(key: str, members: list[tuple[str, bytes]]) -> tuple[bytes, list[bytes]]:
-    """The json and the images in ``<image>`` order: ``key.jpg`` or ``key.0.jpg``, ``key.1.jpg``, ..."""
-    js = None
+def _split_sample(key: str, members: list[tuple[str, bytes]]) -> tuple[bytes, list[bytes], bytes | None]:
+    """The json, the images in ``<image>`` order (``key.jpg`` or ``key.0.jpg``, ``key.1.jpg``, ...) and
+    the pre-tokenised ``key.ids.npy`` (None when the shard has none)."""
+    js = ids = None
     imgs: list[tuple[int, bytes]] = []
     for name, data in members:
         base = name.rsplit("/", 1)[-1]
@@ -158,6 +167,8 @@ def _split_sample(key: str, members: list[tuple[str, bytes]]) -> tuple[bytes, li
             raise BadSample("unreadable_member", f"member {name!r} does not belong to key {key}")
         if rest == "json":
             js = data
+        elif rest == "ids.npy":
+            ids = data
         else:
             parts = rest.split(".")
             k = int(parts[0]) if len(parts) == 2 and parts[0].isdigit() else 0
@@ -165,7 +176,27 @@ def _split_sample(key: str, members: list[tuple[str, bytes]]) -> tuple[bytes, li
     if js is None:
         raise BadSample("unreadable_member", "no .json member")
     imgs.sort(key=lambda t: t[0])
-    return js, [d for _, d in imgs]
+    return js, [d for _, d in imgs], ids
+
+
+_IDS_HEADER = re.compile(rb"\{'descr': '<i4', 'fortran_order': False, 'shape': \(2, (\d+)\), \} *\n")
+
+
+def _load_ids(data: bytes) -> np.ndarray | None:
+    """The int32 [2, L] array of an ``ids.npy`` member, or None if it is not one. The writer's exact
+    npy v1 header is matched directly (``np.load`` parses it with ``ast``: 0.1 ms a sample)."""
+    if data[:8] == b"\x93NUMPY\x01\x00":
+        start = 10 + int.from_bytes(data[8:10], "little")
+        m = _IDS_HEADER.fullmatch(data, 10, start)
+        if m is not None and len(data) == start + 8 * int(m.group(1)):
+            return np.frombuffer(data, dtype="<i4", offset=start).reshape(2, -1)
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        return None
+    if arr.dtype != np.int32 or arr.ndim != 2 or arr.shape[0] != 2:
+        return None
+    return arr
 
 
 class RowBuilder:
@@ -182,6 +213,7 @@ class RowBuilder:
                             pixel_dtype=config.pixel_dtype, temporal_patch_size=config.temporal_patch_size)
         self._files: dict[tuple[int, int], object] = {}
         self.shared_memory = get_worker_info() is not None
+        self.stale_ids = 0  # pre-tokenised ids that did not match (the sample was encoded instead)
 
     def _file(self, set_id: int, shard: int):
         f = self._files.get((set_id, shard))
@@ -198,7 +230,7 @@ class RowBuilder:
             f.close()
         self._files.clear()
 
-    def read(self, set_id: int, i: int) -> tuple[dict, list[bytes]]:
+    def read(self, set_id: int, i: int) -> tuple[dict, list[bytes], bytes | None]:
         ix = self.sets[set_id].index
         try:
             f = self._file(set_id, int(ix.shard_idx[i]))
@@ -208,14 +240,14 @@ class RowBuilder:
             raise BadSample("unreadable_member", f"cannot read: {e.strerror or e}") from None
         if len(buf) < int(ix.nbytes[i]):
             raise BadSample("unreadable_member", "shard is shorter than the index says")
-        js, imgs = _split_sample(str(ix.keys[i]), parse_members(buf))
+        js, imgs, ids = _split_sample(str(ix.keys[i]), parse_members(buf))
         try:
             rec = orjson.loads(js)
         except orjson.JSONDecodeError as e:
             raise BadSample("broken_json", str(e)) from None
         if not isinstance(rec, dict):
             raise BadSample("broken_json", "the json is not an object")
-        return rec, imgs
+        return rec, imgs, ids
 
     def encode(self, set_id: int, i: int) -> tuple[Document | None, bool]:
         """The sample as a document (None if truncation left nothing to learn), and whether it was cut."""
@@ -224,7 +256,7 @@ class RowBuilder:
         s = self.sets[set_id]
         ix = s.index
         cfg = self.cfg
-        rec, img_bytes = self.read(set_id, i)
+        rec, img_bytes, ids_member = self.read(set_id, i)
         metas = rec.get("images", [])
         if not isinstance(metas, list) or len(metas) != len(img_bytes):
             raise BadSample("image_count_mismatch", f"{len(img_bytes)} image member(s), json lists "
@@ -244,11 +276,15 @@ class RowBuilder:
             tokens.append(t)
         if sum(tokens) != int(ix.image_tokens[i]):
             raise BadSample("image_token_mismatch", f"json images sum to {sum(tokens)} tokens, index says {int(ix.image_tokens[i])}")
-        try:
-            enc = encode_conversation(rec, self.tok, cfg.template, tokens)
-        except TemplateError as e:
-            raise BadSample(e.reason, e.detail) from None
-        ids, labels = enc.input_ids, enc.labels
+        pre = self._pretokenized(s, i, ids_member, tokens) if ids_member is not None and s.pretokenized else None
+        if pre is not None:
+            ids, labels = pre
+        else:
+            try:
+                enc = encode_conversation(rec, self.tok, cfg.template, tokens)
+            except TemplateError as e:
+                raise BadSample(e.reason, e.detail) from None
+            ids, labels = enc.input_ids, enc.labels
         cut = False
         if len(ids) > cfg.seq_len:
             if cfg.overlong != "truncate":
@@ -267,6 +303,17 @@ class RowBuilder:
                 raise BadSample("decode_error", f"image {k}: {type(e).__name__}: {e}") from None
             grids.append((1, h // cfg.patch_size, w // cfg.patch_size))
         return Document(str(ix.ids[i]), ids, labels, pixels, grids), cut
+
+    def _pretokenized(self, s: ShardSet, i: int, data: bytes, tokens: list[int]):
+        """(input_ids, labels) from the shard's ``ids.npy`` when they are consistent with the json and the
+        plan (pad count, first label, planned length); else None, counted in ``stale_ids``."""
+        arr = _load_ids(data)
+        pad = self.spec.image_pad_id if self.spec.image_pad_id is not None else self.tok.image_placeholder_id
+        if (arr is None or arr.shape[1] != int(s.lengths[i]) or arr.shape[1] == 0 or arr[1, 0] != -100
+                or (pad is None and sum(tokens)) or (pad is not None and int(np.count_nonzero(arr[0] == pad)) != sum(tokens))):
+            self.stale_ids += 1
+            return None
+        return arr[0], arr[1]
 
     def _truncate(self, ids: np.ndarray, labels: np.ndarray, tokens: list[int]):
         """Cut to seq_len; a cut inside an image block moves before the block (the image is dropped)."""
@@ -297,6 +344,7 @@ class RowBuilder:
         bad: list[tuple[str, str, str, str]] = []
         truncated = dropped = 0
         ix = self.sets[set_id].index
+        stale0 = self.stale_ids
         for i in samples.tolist():
             try:
                 doc, cut = self.encode(set_id, i)
@@ -310,7 +358,8 @@ class RowBuilder:
                 docs.append(doc)
         batch = collate_row(docs, self.spec, self.shared_memory)
         info = {"bad": bad, "docs": len(docs), "truncated": truncated, "dropped": dropped, "set": set_id,
-                "real_tokens": batch["num_real_tokens"], "loss_tokens": batch["num_loss_tokens"]}
+                "real_tokens": batch["num_real_tokens"], "loss_tokens": batch["num_loss_tokens"],
+                "stale_ids": self.stale_ids - stale0}
         return batch, info
 
 
@@ -352,6 +401,7 @@ class _Counters:
     truncated: int = 0
     real_tokens: int = 0
     loss_tokens: int = 0
+    stale_ids: int = 0  # samples whose pre-tokenised ids were inconsistent and were encoded instead
     bad_by_reason: dict = field(default_factory=dict)
 
 
@@ -380,6 +430,7 @@ class _Progress:
         c.dropped += meta["dropped"]
         c.real_tokens += meta["real_tokens"]
         c.loss_tokens += meta["loss_tokens"]
+        c.stale_ids += meta.get("stale_ids", 0)
         for shard, key, reason, detail in meta["bad"]:
             c.bad_samples += 1
             c.bad_by_reason[reason] = c.bad_by_reason.get(reason, 0) + 1

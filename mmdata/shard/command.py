@@ -37,8 +37,8 @@ def shard_cmd(
     quality: int = typer.Option(90, "--quality", help="JPEG quality of re-encoded images."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Image processes (default: all cores). Output is the same for any value."),
     resume: bool = typer.Option(False, "--resume", help="Keep the complete shards of a killed run and write the rest."),
-    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Local tokenizer.json or folder: fills the index's text_tokens."),
-    template: str = typer.Option("qwen2vl", "--template", help="Chat template for text_tokens (with --tokenizer)."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Local tokenizer.json or folder (the loader's): pre-tokenise each sample ({key}.ids.npy) and fill the index's text_tokens, so the loader does not tokenise at train time."),
+    template: str = typer.Option("qwen2vl", "--template", help="Chat template of the pre-tokenised ids and text_tokens (with --tokenizer)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary."),
 ) -> None:
     """Write webdataset shards capped to a visual-token budget, with an index and a manifest."""

@@ -51,6 +51,7 @@ class Sample:
     n_turns: int
     source: str
     text_tokens: int | None = None
+    ids: bytes | None = None  # ``{key}.ids.npy`` when sharding with a tokenizer (see writer.ids_member)
     record: dict | None = field(default=None, repr=False)  # the clean record; dropped before leaving the worker
 
 

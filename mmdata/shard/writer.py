@@ -139,17 +139,48 @@ def _run_chunk(tasks: list[Task]) -> list[Sample | Reject]:
     assert _MAKER is not None
     out = [_MAKER.make(t) for t in tasks]
     if _TOK is not None:
-        from mmdata.loader.templates import text_token_counts
-
-        idx = [i for i, r in enumerate(out) if isinstance(r, Sample)]
-        if idx:
-            counts = text_token_counts([out[i].record for i in idx], _TOK, _TEMPLATE)  # type: ignore[union-attr]
-            for i, c in zip(idx, counts.tolist()):
-                out[i].text_tokens = int(c)  # type: ignore[union-attr]
+        _pretokenize([r for r in out if isinstance(r, Sample)])
     for r in out:
         if isinstance(r, Sample):
             r.record = None  # not needed by the writer: do not pickle it back
     return out
+
+
+def ids_member(input_ids: Any, labels: Any) -> bytes:
+    """The ``{key}.ids.npy`` bytes: ``np.save`` of int32 little-endian [2, L] (row 0 input_ids, row 1
+    labels, -100 = no loss). The npy header depends only on dtype and shape, so the bytes are fixed."""
+    import io
+
+    import numpy as np
+
+    arr = np.ascontiguousarray(np.stack([np.asarray(input_ids), np.asarray(labels)]).astype("<i4", copy=False))
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _pretokenize(samples: list[Sample]) -> None:
+    """Fill ``text_tokens`` and ``ids`` (the template encoding the loader would make) of each sample.
+
+    A sample the template cannot encode keeps no ids (the loader then encodes it and counts it as it
+    always did); its ``text_tokens`` is still the rendered text's count, or -1 if it cannot render.
+    """
+    from mmdata.errors import InputError as _InputError
+    from mmdata.loader.templates import TemplateError, encode_conversation, text_token_counts
+
+    failed: list[Sample] = []
+    for s in samples:
+        try:
+            enc = encode_conversation(s.record, _TOK, _TEMPLATE, s.image_tokens)  # type: ignore[arg-type]
+        except (TemplateError, _InputError):
+            failed.append(s)
+            continue
+        s.text_tokens = len(enc.input_ids) - sum(s.image_tokens)
+        s.ids = ids_member(enc.input_ids, enc.labels)
+    if failed:
+        counts = text_token_counts([s.record for s in failed], _TOK, _TEMPLATE)  # type: ignore[misc]
+        for s, c in zip(failed, counts.tolist()):
+            s.text_tokens = int(c)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -516,10 +547,13 @@ def write_shards(
                                     "_file": task.file_idx})
                     continue
                 key = f"{n:09d}"
+                members = [(f"{key}.json", res.json)]
+                if res.ids is not None:  # pre-tokenised: right after the json, before the images
+                    members.append((f"{key}.ids.npy", res.ids))
                 if len(res.images) == 1:
-                    members = [(f"{key}.json", res.json), (f"{key}.jpg", res.images[0])]
+                    members.append((f"{key}.jpg", res.images[0]))
                 else:
-                    members = [(f"{key}.json", res.json)] + [(f"{key}.{i}.jpg", d) for i, d in enumerate(res.images)]
+                    members += [(f"{key}.{i}.jpg", d) for i, d in enumerate(res.images)]
                 data = tarfmt.sample_bytes(members)
                 # The limit holds for the finished file: end-of-archive blocks and record padding count.
                 # A sample too big for any shard still gets one of its own.
