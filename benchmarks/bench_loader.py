@@ -230,6 +230,17 @@ def run_loader(shards: Path, tok, workers: int, seq_len: int, limit_rows: int | 
     return n, tokens, time.perf_counter() - t0, ld.stats()
 
 
+def best_of(fns: dict, rounds: int) -> dict[str, tuple[int, int, float]]:
+    """Run every pipeline ``rounds`` times, alternating, and keep each one's fastest (n, tokens, seconds)."""
+    best: dict[str, tuple[int, int, float]] = {}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            n, t, s = fn()
+            if name not in best or s < best[name][2]:
+                best[name] = (n, t, s)
+    return best
+
+
 def bench_throughput(work: Path, records: int, rounds: int = 3) -> None:
     from mmdata.loader import load_tokenizer
 
@@ -246,12 +257,7 @@ def bench_throughput(work: Path, records: int, rounds: int = 3) -> None:
            "PackedLoader 2048": lambda: run_loader(shards, tok, 0, 2048, cache=work / "cache")[:3],
            "PackedLoader 4096 uint8": lambda: run_loader(shards, tok, 0, 4096, cache=work / "cache",
                                                          pixel_dtype="uint8")[:3]}
-    best: dict[str, tuple[int, int, float]] = {}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            n, t, s = fn()
-            if name not in best or s < best[name][2]:
-                best[name] = (n, t, s)
+    best = best_of(fns, rounds)
     for name, (n, t, s) in best.items():
         print(f"  {name:<22} 1 process  {n / s:8.1f} samples/s  {t / s:10.0f} tokens/s")
     for seq in (2048, 4096):
@@ -283,12 +289,7 @@ def bench_pretokenized(work: Path, records: int, rounds: int = 3) -> None:
            "PackedLoader uint8": lambda: run_loader(shards, tok, 0, 4096, cache=work / "cache", pixel_dtype="uint8")[:3],
            "PackedLoader uint8 pretok": lambda: run_loader(pre, tok, 0, 4096, cache=work / "cache",
                                                            pixel_dtype="uint8")[:3]}
-    best: dict[str, tuple[int, int, float]] = {}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            n, t, s = fn()
-            if name not in best or s < best[name][2]:
-                best[name] = (n, t, s)
+    best = best_of(fns, rounds)
     for name, (n, t, s) in best.items():
         print(f"  {name:<26} {n / s:8.1f} samples/s  {t / s:10.0f} tokens/s")
     rate = {k: v[0] / v[2] for k, v in best.items()}

@@ -110,17 +110,7 @@ def to_mindspeed_fsdp2(batch: dict) -> dict:
     ``cu_seqlens`` are the physical ends (tail padding folded into the last document), as its packer's
     ``[0, ..., total]``; the tail carries no loss, so per-sample losses are unchanged.
     """
-    _row(batch)
-    pv, thw = _images(batch)
-    return {
-        "input_ids": batch["input_ids"],
-        "labels": batch["labels"],
-        "attention_mask": batch["attention_mask"],
-        "position_ids": batch["position_ids"],
-        "pixel_values": pv,
-        "image_grid_thw": thw,
-        "cu_seqlens": batch["cu_seqlens_padded"].to(torch.int64).reshape(1, -1),
-    }
+    return {**to_mindspeed_mcore(batch), "cu_seqlens": batch["cu_seqlens_padded"].to(torch.int64).reshape(1, -1)}
 
 
 def _bridge_visual_inputs(pixel_values, image_grid_thw):
