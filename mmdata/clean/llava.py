@@ -26,6 +26,7 @@ from mmdata.clean.report import CleanReport, Sink, default_paths, dump, out_form
 from mmdata.errors import InputError
 from mmdata.images import DEFAULT_MAX_PIXELS
 from mmdata.io import check_output_path, iter_json_records
+from mmdata.procs import resolve_workers
 from mmdata.records import normalize, to_messages
 
 __all__ = ["Batch", "Decider", "check_common_args", "clean_llava", "frame", "resolve_workers", "sample_key",
@@ -36,15 +37,6 @@ _BATCH = 1000  # records per structure task
 _INLINE_BYTES = 4 << 20  # inputs up to this size are parsed and checked without worker processes
 
 Progress = Callable[[int, int], None]  # (records read, images checked)
-
-
-def resolve_workers(workers: int | None) -> int:
-    """``None`` / 0 -> all cores."""
-    if not workers:
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if workers < 0:
-        raise InputError(None, f"--workers must be >= 1 (got {workers})")
-    return workers
 
 
 def check_common_args(images_root: Path, out_path: Path, inputs: list[Path], min_side: int, max_aspect: float,

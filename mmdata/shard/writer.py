@@ -14,9 +14,6 @@ import contextlib
 import hashlib
 import os
 import re
-import signal
-import sys
-import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
@@ -28,6 +25,7 @@ import orjson
 
 from mmdata.errors import InputError, MMDataError
 from mmdata.io import atomic_write, iter_json_records
+from mmdata.procs import die_with_parent
 from mmdata.rules import RULES
 from mmdata.shard import tarfmt
 from mmdata.shard.index import IndexColumns, to_table, write_index
@@ -74,36 +72,11 @@ _TOK: Any = None
 _TEMPLATE: str | None = None
 
 
-def _die_with_parent(parent: int) -> None:
-    """End this worker quietly as soon as the parent process is gone (e.g. SIGKILLed): otherwise it
-    finishes its chunk and prints a BrokenPipeError traceback sending the result to nobody."""
-    if os.getppid() != parent:
-        os._exit(0)
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0:  # PR_SET_PDEATHSIG: the kernel kills us
-                if os.getppid() != parent:  # the parent died before prctl took effect
-                    os._exit(0)
-                return
-        except (OSError, AttributeError):
-            pass
-
-    def watch() -> None:  # elsewhere: poll
-        while os.getppid() == parent:
-            time.sleep(0.2)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="mmdata-parent-watch", daemon=True).start()
-
-
 def _init_worker(images_root: str, spec: ResizeSpec, tokenizer: str | None, template: str,
                  parent: int | None = None) -> None:
     global _MAKER, _TOK, _TEMPLATE
     if parent is not None:
-        _die_with_parent(parent)
+        die_with_parent(parent)
     _MAKER = SampleMaker(images_root, spec)
     _TEMPLATE = template
     _TOK = None
@@ -166,7 +139,11 @@ def _pretokenize(samples: list[Sample]) -> None:
     always did); its ``text_tokens`` is still the rendered text's count, or -1 if it cannot render.
     """
     from mmdata.errors import InputError as _InputError
-    from mmdata.loader.templates import TemplateError, encode_conversation, text_token_counts
+    from mmdata.loader.templates import (
+        TemplateError,
+        encode_conversation,
+        text_token_counts,
+    )
 
     failed: list[Sample] = []
     for s in samples:

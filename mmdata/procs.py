@@ -1,0 +1,51 @@
+"""Worker processes: how many to start, and making each one die with its parent.
+
+One place for both, so every pool (clean's image checks, shard's encoders, the loader's workers,
+Ray's local fallback) behaves the same when the main process is SIGKILLed: no orphan is left alive.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+
+from mmdata.errors import InputError
+
+__all__ = ["die_with_parent", "resolve_workers"]
+
+
+def resolve_workers(workers: int | None) -> int:
+    """``None`` / 0 -> all cores."""
+    if not workers:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if workers < 0:
+        raise InputError(None, f"--workers must be >= 1 (got {workers})")
+    return workers
+
+
+def die_with_parent(parent: int) -> None:
+    """End this worker quietly as soon as the parent process is gone (e.g. SIGKILLed): otherwise it
+    finishes its chunk and prints a BrokenPipeError traceback sending the result to nobody."""
+    if os.getppid() != parent:
+        os._exit(0)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0:  # PR_SET_PDEATHSIG: the kernel kills us
+                if os.getppid() != parent:  # the parent died before prctl took effect
+                    os._exit(0)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:  # elsewhere: poll
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="mmdata-parent-watch", daemon=True).start()
