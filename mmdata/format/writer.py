@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,7 +172,8 @@ class ShardWriter:
         for n in storage.listdir(self.stage):
             num = names.shard_number(n)
             if n != names.JOURNAL and (num is None or num >= keep):
-                storage.remove(self.stage / n)
+                p = self.stage / n
+                shutil.rmtree(p) if storage.isdir(p) else storage.remove(p)
 
     # ---- samples --------------------------------------------------------------------------------
     def reject(self, reject: dict[str, Any]) -> None:
@@ -244,11 +246,8 @@ class ShardWriter:
             self.discard_stage()
 
     def discard_stage(self) -> None:
-        """Remove the staging folder and everything in it."""
-        if storage.isdir(self.stage):
-            for n in storage.listdir(self.stage):
-                storage.remove(self.stage / n)
-            os.rmdir(self.stage)
+        """Remove the staging folder and everything in it (it is this writer's own)."""
+        shutil.rmtree(self.stage, ignore_errors=True)
 
     def finish(self) -> dict[str, Any]:
         """Write index, rejects and manifest beside the new shards, then move the whole new output into
