@@ -9,9 +9,9 @@ import torch
 from loader_helpers import all_rows, make_records, same_batch, write_shards
 from mmdata.errors import MMDataError
 from mmdata.loader import LoaderConfig, PackedLoader, load_tokenizer, normalize_pixels
-from mmdata.loader.rope import mrope_position_ids
-from mmdata.loader.templates import encode_conversation
-from mmdata.rules import smart_resize
+from mmdata.models.rope import mrope_position_ids
+from mmdata.text.templates import encode_conversation
+from mmdata.models.rules import smart_resize
 
 SEQ = 384
 

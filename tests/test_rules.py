@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mmdata.rules import Fit, get_rule, smart_resize
+from mmdata.models.rules import Fit, get_rule, smart_resize
 
 
 def test_smart_resize_rounds_each_side_to_28():

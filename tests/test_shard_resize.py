@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from mmdata.images import ImageError
-from mmdata.rules import get_rule
+from mmdata.models.rules import get_rule
 from mmdata.shard.resize import ResizeSpec, resize_image
 
 ANCHOR = Path(__file__).resolve().parents[1] / ".." / "shared" / "anchor-data"

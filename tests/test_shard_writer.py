@@ -274,7 +274,7 @@ def test_bad_input_names_file_and_place(tmp_path):
 
 
 def test_text_tokens_with_a_tokenizer(made, tmp_path):
-    pytest.importorskip("mmdata.loader.templates")
+    pytest.importorskip("mmdata.text.templates")
     src, img, _, _ = made
     tok = REPO / "mmdata" / "assets" / "tokenizer.json"
     if not tok.exists():
