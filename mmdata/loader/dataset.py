@@ -277,10 +277,14 @@ class RowBuilder:
         sizes, tokens = [], []
         for k, m in enumerate(metas):
             try:
-                h, w = self.proc.target_size(int(m["height"]), int(m["width"]), s.max_pixels)
+                sh, sw = int(m["height"]), int(m["width"])
+                h, w = self.proc.target_size(sh, sw, s.max_pixels)
                 claimed = int(m["image_tokens"])
             except (KeyError, TypeError, ValueError):
                 raise BadSample("broken_json", f"image {k}: no usable width/height/image_tokens") from None
+            if (h, w) != (sh, sw):  # the loader never resizes: the shard must hold what the model sees
+                raise BadSample("image_size_mismatch", f"image {k}: stored {sw}x{sh}, the processor feeds {w}x{h} "
+                                                       f"(shards from before CONTRACT s.3's exact sizes: re-run mmdata shard)")
             t = (h // factor) * (w // factor)
             if t != claimed:
                 raise BadSample("image_token_mismatch", f"image {k}: {w}x{h} gives {t} tokens, json claims {claimed}")

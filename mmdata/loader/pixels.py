@@ -1,8 +1,9 @@
 """Image bytes -> the loader's uint8 patch frames and the batch's ``pixel_values`` rows.
 
-Decode with PIL (JPEG draft mode: DCT-domain downscale when the target is at most half the stored
-size), resize bicubic to the processor's exact size, then the family's patch order and normalisation
-(:mod:`mmdata.models.patches`). ``fill_rows`` normalises straight into the batch buffer.
+Decode with PIL at the stored size (shards store exactly the size the processor feeds the model,
+CONTRACT s.3, so nothing is resized here: the pixels are the processor's on the stored file), then the
+family's patch order and normalisation (:mod:`mmdata.models.patches`). ``fill_rows`` normalises straight
+into the batch buffer.
 """
 
 from __future__ import annotations
@@ -17,20 +18,18 @@ from mmdata.models.patches import (BIAS, CLIP_MEAN, CLIP_STD, MIN_PIXELS, SCALE,
                                    target_size)
 
 
-def decode_resized(data: bytes, height: int, width: int) -> np.ndarray:
-    """Decode image bytes to RGB uint8 ``[height, width, 3]`` (bicubic; JPEG draft when it is exact)."""
+def decode_exact(data: bytes, height: int, width: int) -> np.ndarray:
+    """Decode image bytes to RGB uint8 ``[height, width, 3]`` as the processor's PIL path does
+    (``convert("RGB")``); ValueError when the image is not ``width x height`` (never resized)."""
     with Image.open(io.BytesIO(data)) as im:
-        if im.format == "JPEG":
-            im.draft("RGB", (width, height))  # only ever picks a scale >= the requested size
-        im = im.convert("RGB")
         if im.size != (width, height):
-            im = im.resize((width, height), Image.Resampling.BICUBIC)
-        return np.asarray(im, dtype=np.uint8)
+            raise ValueError(f"the image is {im.size[0]}x{im.size[1]}, the json says {width}x{height}")
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
 def decode_frame(data: bytes, height: int, width: int, patch_size: int = 14, merge_size: int = 2) -> np.ndarray:
     """Image bytes -> one uint8 frame of patches ``[P, C, p*p]`` at the exact size (see :func:`fill_rows`)."""
-    return frame_patches(decode_resized(data, height, width), patch_size, merge_size)
+    return frame_patches(decode_exact(data, height, width), patch_size, merge_size)
 
 
 def fill_rows(frames: list[np.ndarray], temporal_patch_size: int, pixel_dtype: str,
@@ -64,7 +63,7 @@ def fill_rows(frames: list[np.ndarray], temporal_patch_size: int, pixel_dtype: s
 def image_rows(data: bytes, height: int, width: int, patch_size: int, merge_size: int, temporal_patch_size: int,
                pixel_dtype: str) -> tuple[np.ndarray, tuple[int, int, int]]:
     """One image's ``pixel_values`` rows and its ``(t, h, w)`` grid (14-px units)."""
-    frame = frame_patches(decode_resized(data, height, width), patch_size, merge_size)
+    frame = frame_patches(decode_exact(data, height, width), patch_size, merge_size)
     if pixel_dtype == "float32":
         frame = normalize_frame(frame)  # normalise one frame, then repeat: half the float work
     return repeat_frames(frame, temporal_patch_size), (1, height // patch_size, width // patch_size)

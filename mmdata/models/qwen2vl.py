@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from mmdata.models.base import Fit, least, round_by, scaled
+from mmdata.models.base import Fit, least, round_by, scaled  # noqa: F401
 
 DEFAULT_MAX_IMAGE_TOKENS = 1280  # the default visual-token budget per image (shard, inspect, loader)
 QWEN2VL_FACTOR = 28  # patch 14 x spatial merge 2
@@ -64,47 +64,39 @@ class Qwen2VLRule:
         w, h = self.model_size(width, height, max_tokens)
         return (w // self.factor) * (h // self.factor)
 
+    def takes_as_is(self, width: int, height: int, max_tokens: int) -> bool:
+        """Whether the processor feeds a ``width x height`` image to the model unchanged (no resize)."""
+        return (self.model_size(width, height, max_tokens) == (width, height)
+                and max(width, height) / min(width, height) <= QWEN2VL_MAX_RATIO)
+
     def fit(self, width: int, height: int, max_res: int, max_tokens: int) -> Fit | None:
-        """Largest stored size (steps of 0.5%) that the processor takes as it is: its sides rounded to
-        28 stay within ``max_pixels``, so ``smart_resize`` only rounds and never shrinks again."""
-        max_pixels = self.max_pixels(max_tokens)
-        f = self.factor
-        scale = min(1.0, max_res / max(width, height), math.sqrt(max_pixels / (width * height)))
-        for _ in range(400):
-            w, h = scaled(width, height, scale)
-            if min(w, h) < MIN_SIDE or max(w, h) / min(w, h) > QWEN2VL_MAX_RATIO:
-                return None
-            rounded = max(f, round_by(h, f)) * max(f, round_by(w, f))
-            if max(w, h) <= max_res and w * h <= max_pixels and rounded <= max_pixels:
-                return Fit(w, h, self.tokens(w, h, max_tokens))
-            scale *= 0.995
-        return None  # pragma: no cover - 400 steps of 0.5% always reach the budget for sane inputs
+        """The size the processor feeds the model (CONTRACT s.3): ``smart_resize`` of the source after
+        the ``max_res`` cap (never upscaled by the cap; enlarged to ``min_pixels`` as the processor
+        does). None when a side is under ``MIN_SIDE``, the aspect is over 200 (the processor refuses
+        it) or even the smallest size the processor makes costs more than ``max_tokens``."""
+        if min(width, height) < MIN_SIDE or max(width, height) / min(width, height) > QWEN2VL_MAX_RATIO:
+            return None
+        w, h = scaled(width, height, min(1.0, max_res / max(width, height)))
+        w, h = self.model_size(w, h, max_tokens)
+        if not self.takes_as_is(w, h, max_tokens) or w * h > self.max_pixels(max_tokens):
+            return None
+        return Fit(w, h, (w // self.factor) * (h // self.factor))
 
     def why_not(self, w: int, h: int, max_res: int, max_tokens: int) -> str:
         """Why ``fit`` found no size for a w x h image, naming the limit that binds and what would help.
 
-        E.g. "2000x40: at max-res 448 the short side would be 9 px < 28; needs --max-res >= 1400" or
-        "9000x40: aspect 225 > 200, which Qwen2-VL's processor refuses".
+        E.g. "9000x40: aspect 225 > 200, which Qwen2-VL's processor refuses" or "5600x28: at max-res
+        10000 Qwen2-VL's processor holds a side at 28 px and the image costs more than
+        --max-image-tokens 64; needs --max-image-tokens >= 198".
         """
         size = f"{w}x{h}"
         long, short = max(w, h), min(w, h)
-        ratio = long / short
-        if ratio > QWEN2VL_MAX_RATIO:
-            return f"{size}: aspect {round(ratio, 1):g} > {QWEN2VL_MAX_RATIO}, which Qwen2-VL's processor refuses"
-        by_res = max_res / long
-        by_tok = math.sqrt(self.max_pixels(max_tokens) / (w * h))
-        scale = min(1.0, by_res, by_tok)
-        limit = f"at max-res {max_res}" if by_res <= by_tok else f"at --max-image-tokens {max_tokens}"
-        why = f"{size}: {limit} the short side would be {short * scale:.0f} px < {MIN_SIDE}"
-        # The least --max-res (at an ample budget), then the least budget at that --max-res, that store it.
-        full = self.tokens(w, h, 10**9) + 1
-        res = least(max_res, max(long, max_res), lambda r: self.fit(w, h, r, max(full, max_tokens)) is not None)
-        if res is None:
-            return f"{size}: no smaller size keeps both sides >= {MIN_SIDE} and the aspect <= {QWEN2VL_MAX_RATIO}"
-        tok = least(max_tokens, max(full, max_tokens), lambda t: self.fit(w, h, res, t) is not None)
-        needs = []
-        if res > max_res:
-            needs.append(f"--max-res >= {res}")
-        if tok is not None and tok > max_tokens:
-            needs.append(f"--max-image-tokens >= {tok}")
-        return why + ("; needs " + " and ".join(needs) if needs else "")
+        if long / short > QWEN2VL_MAX_RATIO:
+            return f"{size}: aspect {round(long / short, 1):g} > {QWEN2VL_MAX_RATIO}, which Qwen2-VL's processor refuses"
+        if short < MIN_SIDE:
+            return f"{size}: a side is below {MIN_SIDE} px"
+        need = least(max_tokens, max_tokens + self.tokens(w, h, 10**9),
+                     lambda t: self.fit(w, h, max_res, t) is not None)
+        return (f"{size}: at max-res {max_res} Qwen2-VL's processor holds a side at {MIN_SIDE} px and the "
+                f"image costs more than --max-image-tokens {max_tokens}"
+                + (f"; needs --max-image-tokens >= {need}" if need else ""))

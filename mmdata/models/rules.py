@@ -40,11 +40,16 @@ def _no_size(w: int, h: int, max_res: int, name: str) -> str:
 
 @dataclass(frozen=True)
 class FixedRule:
-    """A model that resizes every image to a fixed square: a constant token cost."""
+    """A model that resizes every image to a fixed square: a constant token cost.
+
+    ``square``: store the square itself (what the processor feeds the model, CONTRACT s.3); otherwise
+    the source capped to ``max_res`` (the model's processor, not the loader, squares it).
+    """
 
     name: str
     side: int
     cost: int
+    square: bool = False
 
     def tokens(self, width: int, height: int, max_tokens: int) -> int:
         return self.cost
@@ -52,6 +57,8 @@ class FixedRule:
     def fit(self, width: int, height: int, max_res: int, max_tokens: int) -> Fit | None:
         if self.cost > max_tokens:
             return None
+        if self.square:
+            return Fit(self.side, self.side, self.cost)
         w, h = scaled(width, height, min(1.0, max_res / max(width, height)))
         if min(w, h) < 1:
             return None
@@ -65,8 +72,8 @@ class FixedRule:
 
 
 def QwenVLRule() -> FixedRule:
-    """Qwen-VL (v1): every image becomes 448x448, 256 tokens."""
-    return FixedRule("qwen-vl", 448, 256)
+    """Qwen-VL (v1): every image becomes 448x448, 256 tokens; stored at 448x448."""
+    return FixedRule("qwen-vl", 448, 256, square=True)
 
 
 def LlavaRule() -> FixedRule:
