@@ -88,3 +88,18 @@ def test_shard_and_inspect_text_paths_do_not_import_the_loader_or_torch():
         "get_family('qwen2vl').get_rule()\n")
     assert not {m for m in mods if m == "mmdata.loader" or m.startswith("mmdata.loader.")}
     assert "torch" not in mods
+
+
+def test_special_tokens_are_what_the_template_writes():
+    assert get_family("qwen2_5vl").special_tokens == ("<|im_start|>", "<|im_end|>", "<|vision_start|>",
+                                                      "<|vision_end|>", "<|image_pad|>")
+    assert get_family("llava").special_tokens == ("<image>",)
+
+
+@pytest.mark.parametrize("max_res", [448, 640, 1000, 1024])
+def test_longest_stored_side_is_max_res_rounded_to_the_grid(max_res):
+    """CONTRACT s.3: longer side <= --max-res rounded to the patch multiple (640 -> 644), which verify allows."""
+    r = get_rule("qwen2vl")
+    longest = max(max(f.width, f.height) for f in (r.fit(w, h, max_res, 1280) for w, h in
+                                                   [(4000, 3000), (3000, 4000), (5000, 2000), (2000, 2000)]) if f)
+    assert longest <= r.max_side(max_res) == max(max_res, round(max_res / 28) * 28)

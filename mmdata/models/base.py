@@ -27,6 +27,8 @@ class Rule(Protocol):
 
     def why_not(self, w: int, h: int, max_res: int, max_tokens: int) -> str: ...
 
+    def max_side(self, max_res: int) -> int: ...
+
 
 def round_by(x: float, f: int) -> int:
     return round(x / f) * f

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from mmdata.models.base import Rule
 from mmdata.models.patches import QWEN2VL_PROCESSOR, PatchProcessor
 from mmdata.models.rules import get_rule
-from mmdata.text.tokens import IM_END, IM_START, IMAGE_PAD, IMAGE_TAG, VISION_END, VISION_START
+from mmdata.text.templates import get_template
+from mmdata.text.tokens import IMAGE_TAG
 
 
 @dataclass(frozen=True)
@@ -24,8 +25,13 @@ class ModelFamily:
     template: str
     processor: PatchProcessor | None
     positions: str  # "mrope" (Qwen2-VL 3-D) or "1d"
-    special_tokens: tuple[str, ...]
     hf_model_types: tuple[str, ...] = ()
+
+    @property
+    def special_tokens(self) -> tuple[str, ...]:
+        """The tokens its chat template writes, which a tokenizer for this family must know."""
+        t = get_template(self.template)
+        return t.needs or (IMAGE_TAG,)
 
     def get_rule(self) -> Rule:
         """The stored-size and token rule of this family."""
@@ -37,16 +43,14 @@ class ModelFamily:
         return self.positions == "mrope"
 
 
-_QWEN_TOKENS = (IM_START, IM_END, VISION_START, VISION_END, IMAGE_PAD)
-
 FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (
-    ModelFamily("qwen2vl", "qwen2vl", "qwen2vl", QWEN2VL_PROCESSOR, "mrope", _QWEN_TOKENS, ("qwen2_vl",)),
+    ModelFamily("qwen2vl", "qwen2vl", "qwen2vl", QWEN2VL_PROCESSOR, "mrope", ("qwen2_vl",)),
     # Qwen2.5-VL: the same image arithmetic, template and (for still images) positions as Qwen2-VL.
-    ModelFamily("qwen2_5vl", "qwen2vl", "qwen2vl", QWEN2VL_PROCESSOR, "mrope", _QWEN_TOKENS, ("qwen2_5_vl",)),
-    # Qwen-VL (v1) shards are 448x448-budgeted; the packed loader feeds them through Qwen2-VL's patches.
-    ModelFamily("qwen-vl", "qwen-vl", "qwen2vl", QWEN2VL_PROCESSOR, "mrope", _QWEN_TOKENS, ("qwen",)),
-    ModelFamily("llava", "llava", "llava_v1", None, "1d", (IMAGE_TAG,), ("llava",)),
-    ModelFamily("internvl", "internvl", "qwen2vl", None, "1d", (), ("internvl_chat",)),
+    ModelFamily("qwen2_5vl", "qwen2vl", "qwen2vl", QWEN2VL_PROCESSOR, "mrope", ("qwen2_5_vl",)),
+    # Qwen-VL (v1): stored 448x448 (256 tokens); the packed loader feeds them through Qwen2-VL's patches.
+    ModelFamily("qwen-vl", "qwen-vl", "qwen2vl", QWEN2VL_PROCESSOR, "mrope", ("qwen",)),
+    ModelFamily("llava", "llava", "llava_v1", None, "1d", ("llava",)),
+    ModelFamily("internvl", "internvl", "qwen2vl", None, "1d", ("internvl_chat",)),
 )}
 
 

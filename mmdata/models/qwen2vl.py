@@ -64,6 +64,10 @@ class Qwen2VLRule:
         w, h = self.model_size(width, height, max_tokens)
         return (w // self.factor) * (h // self.factor)
 
+    def max_side(self, max_res: int) -> int:
+        """The longest side ``fit`` stores under ``max_res``: max_res rounded to the 28-px grid."""
+        return max(max_res, round_by(max_res, self.factor))
+
     def takes_as_is(self, width: int, height: int, max_tokens: int) -> bool:
         """Whether the processor feeds a ``width x height`` image to the model unchanged (no resize)."""
         return (self.model_size(width, height, max_tokens) == (width, height)

@@ -54,6 +54,10 @@ class FixedRule:
     def tokens(self, width: int, height: int, max_tokens: int) -> int:
         return self.cost
 
+    def max_side(self, max_res: int) -> int:
+        """The longest side ``fit`` stores under ``max_res`` (the square's side when it stores squares)."""
+        return max(max_res, self.side) if self.square else max_res
+
     def fit(self, width: int, height: int, max_res: int, max_tokens: int) -> Fit | None:
         if self.cost > max_tokens:
             return None
@@ -93,6 +97,10 @@ class InternVLRule:
     image_size: int = 448
     tile_tokens: int = 256
     min_num: int = 1
+
+    def max_side(self, max_res: int) -> int:
+        """The longest side ``fit`` stores under ``max_res``."""
+        return max_res
 
     def max_num(self, max_tokens: int) -> int:
         budget = max_tokens // self.tile_tokens
