@@ -77,7 +77,8 @@ def _imported_after(code: str) -> set[str]:
 def test_shard_and_inspect_text_paths_do_not_import_the_loader_or_torch():
     mods = _imported_after(
         "from mmdata.shard.writer import write_shards\n"
-        "from mmdata.inspect.plan import pack_rows\n"
+        "from mmdata.inspect.plan import pack_rows, _TextCounter\n"
+        "_TextCounter('mmdata/assets/tokenizer.json', 'qwen2vl')\n"
         "from mmdata.text.templates import text_token_counts, encode_conversation\n"
         "from mmdata.text.tokenizer import load_tokenizer\n"
         "from mmdata.models import get_family\n"

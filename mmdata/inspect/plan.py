@@ -75,7 +75,7 @@ class _TextCounter:
         if tokenizer is None:
             self.method = "estimate: ceil(text chars / 4), <image> removed; give --tokenizer for exact counts"
             return
-        # Exact counts as the loader renders them; the loader package imports torch, so only on request.
+        # Exact counts as the loader renders them (mmdata.text: torch-free, below the loader).
         from mmdata.text.templates import text_token_count
         from mmdata.text.tokenizer import load_tokenizer
 
