@@ -168,7 +168,7 @@ def _image_problems(key: str, images: list[tuple[str, bytes]], entries: list[Any
             continue
         if (e.get("width"), e.get("height")) != (info.width, info.height):
             bad("size_mismatch", f"{name} is {info.width}x{info.height}, json says {e.get('width')}x{e.get('height')}")
-        if isinstance(max_res, int) and max(info.width, info.height) > max_res:
+        if isinstance(max_res, int) and max(info.width, info.height) > (rule.max_side(max_res) if rule else max_res):
             bad("over_max_res", f"{name} is {info.width}x{info.height}, longer side over --max-res {max_res}")
         if rule is not None and isinstance(max_tok, int):
             t = rule.tokens(info.width, info.height, max_tok)
