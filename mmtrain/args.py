@@ -63,13 +63,18 @@ def check_shards(shards: list[str]) -> None:
             raise InputError(p, "no shards here (expected manifest.json and shard-*.tar from `mmdata shard`)")
 
 
+def tokenizer_path(args: TrainArgs) -> str | None:
+    """--tokenizer, else a --model folder's own tokenizer (a preset: the shipped one)."""
+    return args.tokenizer or (None if args.model in MODEL_NAMES else args.model)
+
+
 def validate(args: TrainArgs, world_size: int) -> None:
     """Reject bad option combinations with one clear line (InputError -> exit 2)."""
     def bad(msg: str) -> None:
         raise InputError(None, msg)
 
-    if args.model not in MODEL_NAMES:
-        bad(f"--model must be one of {', '.join(MODEL_NAMES)}, got {args.model!r}")
+    if args.model not in MODEL_NAMES and "/" not in args.model and not Path(args.model).expanduser().is_dir():
+        bad(f"--model must be one of {', '.join(MODEL_NAMES)} or a Hugging Face model folder, got {args.model!r}")
     for name in ("seq_len", "micro_batch_size", "global_batch_size", "max_steps", "log_interval"):
         if getattr(args, name) < 1:
             bad(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
