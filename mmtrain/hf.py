@@ -21,6 +21,7 @@ from mmtrain.model import ModelConfig, TextConfig, VisionConfig
 
 FAMILIES = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
 INDEX = "model.safetensors.index.json"
+FILES_DIR = "hf_files"  # under a `run --save` folder: config, tokenizer, processor, template of the model
 # Files of the source folder that an export or a checkpoint carries along (tokenizer, processor, template).
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
               "added_tokens.json", "preprocessor_config.json", "chat_template.json", "chat_template.jinja",
@@ -128,7 +129,7 @@ def hf_config_of(mc: ModelConfig, tok: Any) -> dict[str, Any]:
             "bos_token_id": tok.endoftext_id, "eos_token_id": tok.im_end_id, "pad_token_id": tok.pad_id,
             "rope_parameters": {"rope_type": "default", "rope_theta": t.rope_theta, "mrope_section": list(t.mrope_section)}}
     vision = {"model_type": "qwen2_vl_vision", "depth": v.depth, "embed_dim": v.dim, "hidden_size": t.hidden,
-              "mlp_ratio": v.mlp_dim / v.dim, "num_heads": v.heads, "in_channels": 3, "patch_size": v.patch_size,
+              "mlp_ratio": v.mlp_dim // v.dim, "num_heads": v.heads, "in_channels": 3, "patch_size": v.patch_size,
               "spatial_merge_size": v.merge_size, "temporal_patch_size": v.patch_dim // (3 * v.patch_size**2),
               "hidden_act": "quick_gelu"}
     return {"architectures": [FAMILIES["qwen2_vl"]], "model_type": "qwen2_vl", "dtype": "float32",
@@ -411,3 +412,85 @@ def write_tokenizer_files(out: Path, tokenizer_json: str | Path | None = None) -
     cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>", "pad_token": tok.decode([tok.pad_id]),
            "model_max_length": 32768, "chat_template": QWEN2VL_TEMPLATE}
     (out / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------------------ save
+
+
+def preset_processor_config(max_image_tokens: int = 1280) -> dict[str, Any]:
+    """Qwen2VLImageProcessor's settings for a preset model (the loader's CLIP normalisation, 28-pixel factor)."""
+    from mmtrain.model import CLIP_MEAN, CLIP_STD
+
+    return {"image_processor_type": "Qwen2VLImageProcessor", "do_convert_rgb": True, "do_resize": True,
+            "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(CLIP_MEAN),
+            "image_std": list(CLIP_STD), "resample": 3, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
+            "size": {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * max_image_tokens}}
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+
+
+def save_model_files(out: str | Path, mc: ModelConfig, model_arg: str, tokenizer: str | None) -> Path:
+    """Everything of an HF folder but the weights, for the model being trained: config.json, the tokenizer it
+    trains with, the processor, chat template and generation config (copied from a source folder; made for a
+    preset). `mmtrain export` and `generate` read it, so a checkpoint never depends on the source folder."""
+    import shutil
+
+    from mmdata.loader import load_tokenizer
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if mc.hf_config is not None:
+        src = Path(model_arg).expanduser()
+        for name in SIDE_FILES:
+            if (src / name).is_file():
+                shutil.copy(src / name, out / name)
+        config = mc.hf_config
+    else:
+        tok = load_tokenizer(tokenizer)
+        config = hf_config_of(mc, tok)
+        _write_json(out / "preprocessor_config.json", preset_processor_config())
+        _write_json(out / "generation_config.json", {"bos_token_id": tok.endoftext_id, "pad_token_id": tok.pad_id,
+                                                     "eos_token_id": [i for i in (tok.im_end_id, tok.endoftext_id) if i is not None]})
+    if tokenizer is not None and (mc.hf_config is None or Path(tokenizer).expanduser().resolve() != Path(model_arg).expanduser().resolve()):
+        tok_src = Path(tokenizer).expanduser()
+        tok_dir = tok_src if tok_src.is_dir() else tok_src.parent
+        if (tok_dir / "tokenizer_config.json").is_file():
+            for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+                if (tok_dir / name).is_file():
+                    shutil.copy(tok_dir / name, out / name)
+        else:
+            write_tokenizer_files(out, tokenizer)
+    elif mc.hf_config is None:
+        write_tokenizer_files(out, None)
+    _write_json(out / "config.json", config)
+    return out
+
+
+def write_hf_folder(out: str | Path, sd: dict[str, torch.Tensor], files: str | Path) -> Path:
+    """An HF folder from an mmtrain state dict and the model's files (`save_model_files`): tensors in HF names,
+    in the source dtype, then config, tokenizer, processor and template copied beside them."""
+    import shutil
+
+    files, out = Path(files), Path(out)
+    cfg = read_config(files)
+    mc = model_config_from_hf(cfg, files / "config.json")
+    dtype = source_dtype(cfg)
+    hf = {k: v.detach().to("cpu", dtype) for k, v in to_hf(sd, mc).items()}
+    out.mkdir(parents=True, exist_ok=True)
+    for old in list(out.glob("*.safetensors")) + [out / INDEX]:
+        old.unlink(missing_ok=True)
+    write_safetensors(out, hf)
+    for f in files.iterdir():
+        if f.is_file() and f.name != INDEX and not f.name.endswith(".safetensors"):
+            shutil.copy(f, out / f.name)
+    return out
+
+
+def save_hf(out: str | Path, sd: dict[str, torch.Tensor], mc: ModelConfig, model_arg: str, tokenizer: str | None) -> Path:
+    """`run --save-hf DIR`: the final weights as an HF folder (as `mmtrain export` would write them)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return write_hf_folder(out, sd, save_model_files(Path(tmp) / FILES_DIR, mc, model_arg, tokenizer))
