@@ -44,6 +44,7 @@ class Data:
     vocab_size: int
     image_token_id: int
     plan: dict[str, Any] | None = None  # what the epoch plan uses and leaves out (see plan_facts)
+    tokenizer_file: str | None = None  # the tokenizer.json read (None: synthetic ids); export / generate use it
 
 
 DataFactory = Callable[[TrainArgs, int, int], Data]
@@ -86,7 +87,7 @@ def loader_data(args: TrainArgs, rank: int, world_size: int, pixel_dtype: str = 
     except NoSampleFits as e:
         raise InputError(None, no_fit_message(args, e)) from None
     return Data(loader=loader, vocab_size=tok.vocab_size, image_token_id=image_id,
-                plan=plan_facts(loader, args))
+                plan=plan_facts(loader, args), tokenizer_file=tok.path)
 
 
 def plan_facts(loader: Any, args: TrainArgs) -> dict[str, Any]:
@@ -333,8 +334,8 @@ def _train(args: TrainArgs, data_factory: DataFactory, rank: int, world: int, lo
     data = data_factory(args, rank, world)
     model = model_from_args(args, data.vocab_size, data.image_token_id, accel)
     log.info(apply_freeze(model, parse_freeze(args.freeze)))
-    if args.save and rank == 0:  # what export / generate need besides the weights
-        save_model_files(Path(args.save) / FILES_DIR, model.cfg, args.model, tokenizer_path(args))
+    if args.save and rank == 0 and data.tokenizer_file:  # what export / generate need besides the weights
+        save_model_files(Path(args.save) / FILES_DIR, model.cfg, args.model, data.tokenizer_file)
     if args.recompute_granularity == "full":
         model.set_recompute(args.recompute_method, args.recompute_num_layers)
     wrapped = wrap_model(model, accel, world, args.fsdp)
@@ -471,7 +472,7 @@ def _train(args: TrainArgs, data_factory: DataFactory, rank: int, world: int, lo
     if args.save_hf:
         msd = full_states(wrapped, model, opt, args.fsdp)[0]
         if rank == 0:
-            log.info(f"saved Hugging Face folder {save_hf(args.save_hf, msd, model.cfg, args.model, tokenizer_path(args))}")
+            log.info(f"saved Hugging Face folder {save_hf(args.save_hf, msd, model.cfg, args.model, data.tokenizer_file)}")
     result.iteration = iteration
     result.consumed_samples = iteration * args.global_batch_size
     log.close()
