@@ -88,7 +88,7 @@ def model_config_from_hf(cfg: dict, path: str | Path = "config.json") -> ModelCo
                           rope_theta=float(rope.get("rope_theta", t.get("rope_theta", 1_000_000.0))),
                           eps=float(t.get("rms_norm_eps", 1e-6)), tie_embeddings=bool(tie))
         patch, tp = int(v.get("patch_size", 14)), int(v.get("temporal_patch_size", 2))
-        common = dict(depth=v["depth"], heads=v["num_heads"], patch_dim=int(v.get("in_channels", 3)) * tp * patch * patch,
+        common = dict(depth=v["depth"], heads=v["num_heads"], patch_dim=int(v.get("in_channels", v.get("in_chans", 3))) * tp * patch * patch,
                       merge_size=int(v.get("spatial_merge_size", 2)), patch_size=patch,
                       theta=float((v.get("rope_parameters") or {}).get("rope_theta", 10000.0)))
         if fam == "qwen2_vl":
@@ -104,6 +104,8 @@ def model_config_from_hf(cfg: dict, path: str | Path = "config.json") -> ModelCo
             out = v.get("out_hidden_size", text.hidden)
     except KeyError as e:
         raise InputError(path, f"config.json lacks {e.args[0]!r} (a Qwen2-VL / Qwen2.5-VL config is needed)") from None
+    if t.get("use_sliding_window"):
+        raise InputError(path, "use_sliding_window is true: mmtrain's decoder attends to the whole document (set it false)")
     if out != text.hidden:
         raise InputError(path, f"the vision merger's output width {out} differs from the decoder's hidden_size {text.hidden}")
     if sum(section) * 2 != text.head_dim:
