@@ -37,11 +37,6 @@ QWEN2VL_TEMPLATE = (
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def is_hf_dir(model: str) -> bool:
-    """`--model` names a folder (not a preset)."""
-    return Path(model).expanduser().is_dir() or "/" in model
-
-
 # ------------------------------------------------------------------------------------------ config
 
 
@@ -244,7 +239,9 @@ def read_hf_tensors(folder: str | Path, mc: ModelConfig) -> dict[str, torch.Tens
     from mmtrain.model import VLModel
 
     folder = Path(folder).expanduser()
-    where = {normalize_key(k): f for k, f in weight_files(folder).items()}
+    files = weight_files(folder)
+    where = {normalize_key(k): f for k, f in files.items()}
+    raw = {normalize_key(k): k for k in files}  # the name as stored
     with torch.device("meta"):
         expected = to_hf(VLModel(mc, _cpu_accel()).state_dict(), mc)
     out: dict[str, torch.Tensor] = {}
@@ -254,12 +251,11 @@ def read_hf_tensors(folder: str | Path, mc: ModelConfig) -> dict[str, torch.Tens
             raise InputError(folder, f"tensor {k} is missing from the safetensors (a partial or foreign checkpoint; "
                                      "re-download or re-save the complete model)")
         by_file.setdefault(where[k], []).append(k)
-    raw = {v: k for k, v in ((k0, normalize_key(k0)) for k0 in weight_files(folder))}
     for path, names in by_file.items():
         try:
             with safe_open(path, "pt") as f:
                 for k in names:
-                    t = f.get_tensor(raw.get(k, k))
+                    t = f.get_tensor(raw[k])
                     if tuple(t.shape) != tuple(expected[k].shape):
                         raise InputError(path, f"tensor {k} has shape {list(t.shape)}, config.json gives "
                                                f"{list(expected[k].shape)}: the weights do not belong to this config")
@@ -455,17 +451,16 @@ def save_model_files(out: str | Path, mc: ModelConfig, model_arg: str, tokenizer
         _write_json(out / "preprocessor_config.json", preset_processor_config())
         _write_json(out / "generation_config.json", {"bos_token_id": tok.endoftext_id, "pad_token_id": tok.pad_id,
                                                      "eos_token_id": [i for i in (tok.im_end_id, tok.endoftext_id) if i is not None]})
-    if tokenizer is not None and (mc.hf_config is None or Path(tokenizer).expanduser().resolve() != Path(model_arg).expanduser().resolve()):
-        tok_src = Path(tokenizer).expanduser()
-        tok_dir = tok_src if tok_src.is_dir() else tok_src.parent
-        if (tok_dir / "tokenizer_config.json").is_file():
-            for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
-                if (tok_dir / name).is_file():
-                    shutil.copy(tok_dir / name, out / name)
-        else:
-            write_tokenizer_files(out, tokenizer)
-    elif mc.hf_config is None:
-        write_tokenizer_files(out, None)
+    tok_dir = Path(tokenizer).expanduser() if tokenizer else None
+    tok_dir = tok_dir.parent if tok_dir is not None and tok_dir.is_file() else tok_dir
+    if mc.hf_config is not None and (tok_dir is None or tok_dir.resolve() == Path(model_arg).expanduser().resolve()):
+        pass  # the folder's own tokenizer files, copied above
+    elif tok_dir is not None and (tok_dir / "tokenizer_config.json").is_file():
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+            if (tok_dir / name).is_file():
+                shutil.copy(tok_dir / name, out / name)
+    else:  # a bare tokenizer.json (the shipped one): give it a Qwen2 tokenizer_config.json and template
+        write_tokenizer_files(out, tokenizer)
     _write_json(out / "config.json", config)
     return out
 

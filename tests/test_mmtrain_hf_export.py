@@ -50,8 +50,9 @@ def test_export_of_iteration_0_is_the_source_bf16_sharded_tied(shards, tmp_path)
     src = save_tiny(tmp_path / "src", "qwen2_5_vl", tie=True, dtype=torch.bfloat16, max_shard_size="100KB")
     assert (src / "model.safetensors.index.json").is_file()
     train(args(shards, str(src), save=str(tmp_path / "ck")), out=open(os.devnull, "w"))
-    it, out = export(tmp_path / "ck", tmp_path / "out")
-    assert it == 0
+    out = tmp_path / "out"
+    r = _cli("export", str(tmp_path / "ck"), "--hf", str(out))
+    assert r.returncode == 0 and "exported iteration 0" in r.stderr and r.stdout == "", r.stderr
     a, b = tensors(src), tensors(out)
     assert sorted(a) == sorted(b)
     for k in a:
