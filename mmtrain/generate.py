@@ -41,7 +41,7 @@ def files_of_checkpoint(ckpt_dir: Path) -> Path:
 def load_for_inference(model: str, accel: Any, iteration: int | None = None) -> Loaded:
     """An HF folder (config.json + safetensors) or a checkpoint folder (its latest or given iteration)."""
     from mmtrain.checkpoint import load_model_state_dict
-    from mmtrain.model import VLModel
+    from mmtrain.model import empty_model
 
     path = Path(model).expanduser()
     if (path / "config.json").is_file():
@@ -51,9 +51,8 @@ def load_for_inference(model: str, accel: Any, iteration: int | None = None) -> 
     files = files_of_checkpoint(path)
     mc = hf.model_config_from_hf(hf.read_config(files), files / "config.json")
     it, sd = load_model_state_dict(path, iteration)
-    with torch.device(accel.device):
-        m = VLModel(mc, accel)
-    m.load_state_dict({k: v.float() for k, v in sd.items()})
+    m = empty_model(mc, accel)
+    m.load_state_dict(sd)
     return Loaded(m.eval(), files, f"{path} iteration {it}")
 
 

@@ -367,16 +367,22 @@ def check_shards_fit(shards: list[str], folder: Path) -> None:
 
 
 def load_hf_model(folder: str | Path, accel: Any, device: Any = None) -> Any:
-    """mmtrain's VLModel with the folder's architecture and weights (float32 parameters)."""
-    from mmtrain.model import VLModel
+    """mmtrain's VLModel with the folder's architecture and weights (float32 parameters), filled tensor by
+    tensor: peak host memory is the folder's tensors plus the model, with no random init first."""
+    from mmtrain.model import empty_model
 
     folder = Path(folder).expanduser()
     cfg = read_config(folder)
     mc = model_config_from_hf(cfg, folder / "config.json")
     hf = read_hf_tensors(folder, mc)
-    with torch.device(device or accel.device):
-        model = VLModel(mc, accel)
-    model.load_state_dict({k: v.float() for k, v in from_hf(hf, mc).items()})
+    model = empty_model(mc, accel, device)
+    params = model.state_dict(keep_vars=True)
+    sd = from_hf(hf, mc)
+    if set(sd) != set(params):  # every parameter filled: an empty_model is uninitialised memory
+        raise RuntimeError(f"name map out of step with the model: {sorted(set(sd) ^ set(params))[:5]}")
+    with torch.no_grad():
+        for k, v in sd.items():
+            params[k].copy_(v)
     return model
 
 

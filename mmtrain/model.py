@@ -97,6 +97,11 @@ def model_config(name: str, vocab_size: int, image_token_id: int) -> ModelConfig
     return ModelConfig(name=name, vision=v, text=t, vocab_size=vocab_size, image_token_id=image_token_id)
 
 
+def rope_inv_freq(dim: int, theta: float) -> torch.Tensor:
+    """RoPE inverse frequencies over `dim` rotated channels (float32)."""
+    return 1.0 / theta ** (torch.arange(0, dim, 2).float() / dim)
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
@@ -216,8 +221,7 @@ class VisionTower(nn.Module):
         self.merger_norm = vision_norm(cfg, accel)
         self.merger_fc1 = nn.Linear(m, m)
         self.merger_fc2 = nn.Linear(m, out_dim)
-        half = cfg.dim // cfg.heads // 2
-        self.register_buffer("inv_freq", 1.0 / cfg.theta ** (torch.arange(0, half, 2).float() / half), persistent=False)
+        self.register_buffer("inv_freq", rope_inv_freq(cfg.dim // cfg.heads // 2, cfg.theta), persistent=False)
         self.recompute_layers: set[int] = set()
 
     def normalize(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -330,8 +334,7 @@ class VLModel(nn.Module):
         self.lm_head = nn.Linear(t.hidden, cfg.vocab_size, bias=False)
         if t.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-        hd = t.head_dim
-        self.register_buffer("inv_freq", 1.0 / t.rope_theta ** (torch.arange(0, hd, 2).float() / hd), persistent=False)
+        self.register_buffer("inv_freq", rope_inv_freq(t.head_dim, t.rope_theta), persistent=False)
         self.recompute_groups: list[tuple[int, int]] = []  # [start, end) runs of layers recomputed as one unit
         self.apply(self._init)
 
@@ -454,6 +457,21 @@ def num_params(model: nn.Module, exclude_embeddings: bool = False) -> int:
             continue
         n += p.numel()
     return n
+
+
+def empty_model(cfg: ModelConfig, accel: Accel, device: torch.device | str | None = None) -> VLModel:
+    """The model with uninitialised parameters on `device` (no random init: weights are loaded next), tied
+    embeddings tied and the RoPE buffers computed."""
+    with torch.device("meta"):
+        model = VLModel(cfg, accel)
+    model.to_empty(device=device or accel.device)
+    if cfg.text.tie_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+    with torch.no_grad():
+        model.inv_freq.copy_(rope_inv_freq(cfg.text.head_dim, cfg.text.rope_theta))
+        v = cfg.vision
+        model.visual.inv_freq.copy_(rope_inv_freq(v.dim // v.heads // 2, v.theta))
+    return model
 
 
 def build_model(name: str, vocab_size: int, image_token_id: int, accel: Accel | None = None,
