@@ -179,3 +179,31 @@ def test_shards_for_a_bigger_token_budget_than_the_processor_are_named(shards, t
     (other / "manifest.json").unlink()
     (other / "manifest.json").write_text(json.dumps(man | {"options": man["options"] | {"rule": "qwen-vl"}}))
     assert "reshard with --rule qwen2vl" in _run_error(other, save_tiny(tmp_path / "ok", "qwen2_vl"))
+
+
+def test_transformers5_in_memory_names_load_the_same_model(tmp_path):
+    """Checkpoints saved with `model.language_model.*` / `model.visual.*` names load like the Hub's."""
+    from safetensors.torch import save_file
+
+    from mmtrain.accel import get_accel
+    from mmtrain.hf import load_hf_model
+
+    src = save_tiny(tmp_path / "src", "qwen2_5_vl")
+    hub = load_file(src / "model.safetensors")
+    renamed = {("model.language_model." + k[6:] if k.startswith("model.") else
+                "model." + k if k.startswith("visual.") else k): v for k, v in hub.items()}
+    assert any(k.startswith("model.language_model.layers.") for k in renamed)
+    save_file(renamed, str(src / "model.safetensors"), metadata={"format": "pt"})
+    a = load_hf_model(src, get_accel("cpu")).state_dict()
+    b = load_hf_model(save_tiny(tmp_path / "ref", "qwen2_5_vl"), get_accel("cpu")).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_freeze_values_are_checked():
+    from mmtrain.freeze import parse_freeze
+
+    assert parse_freeze(["vision", "merger, vision"]) == ("vision", "merger")
+    with pytest.raises(InputError, match="--freeze takes vision, merger, llm .* got 'vit'"):
+        parse_freeze(["vision,vit"])
+    with pytest.raises(InputError, match="leaves nothing to train"):
+        parse_freeze(["vision,merger", "llm"])
