@@ -86,6 +86,9 @@ def prompt_inputs(files: Path, images: list[str], prompt: str) -> dict[str, Any]
                 pics.append(load_image(str(p)))
             except Exception as e:
                 raise InputError(p, f"cannot read image: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        if not (files / "preprocessor_config.json").is_file():
+            raise InputError(files / "preprocessor_config.json", "missing: the image processor's settings are needed "
+                                                                 "for --image (copy it from the original model folder)")
         proc = AutoImageProcessor.from_pretrained(files)
         px = proc(images=pics, return_tensors="pt")
         out["pixel_values"], out["image_grid_thw"] = px["pixel_values"], px["image_grid_thw"]

@@ -207,3 +207,19 @@ def test_freeze_values_are_checked():
         parse_freeze(["vision,vit"])
     with pytest.raises(InputError, match="leaves nothing to train"):
         parse_freeze(["vision,merger", "llm"])
+
+
+def test_sharded_write_reads_back_with_its_index(tmp_path):
+    from mmtrain.accel import get_accel
+    from mmtrain.hf import load_hf_model, write_safetensors
+
+    src = save_tiny(tmp_path / "src", "qwen2_vl")
+    out = tmp_path / "out"
+    out.mkdir()
+    for f in src.iterdir():
+        if f.suffix != ".safetensors":
+            (out / f.name).write_bytes(f.read_bytes())
+    write_safetensors(out, load_file(src / "model.safetensors"), max_shard_bytes=60_000)
+    assert len(list(out.glob("model-*-of-*.safetensors"))) > 2 and (out / "model.safetensors.index.json").is_file()
+    a, b = load_hf_model(out, get_accel("cpu")).state_dict(), load_hf_model(src, get_accel("cpu")).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
