@@ -75,7 +75,9 @@ def validate(args: TrainArgs, world_size: int) -> None:
     def bad(msg: str) -> None:
         raise InputError(None, msg)
 
-    if args.model not in MODEL_NAMES and "/" not in args.model and not Path(args.model).expanduser().is_dir():
+    if args.model not in MODEL_NAMES and not Path(args.model).expanduser().is_dir():
+        if "/" in args.model:
+            raise InputError(args.model, "--model: no such folder (a local Hugging Face Qwen2-VL / Qwen2.5-VL folder)")
         bad(f"--model must be one of {', '.join(MODEL_NAMES)} or a Hugging Face model folder, got {args.model!r}")
     if args.max_steps < 0:
         bad(f"--max-steps must be at least 0, got {args.max_steps}")
