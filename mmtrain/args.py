@@ -49,6 +49,8 @@ class TrainArgs:
     tensorboard_dir: str | None = None
     metrics: str | None = None
     fsdp: bool = False
+    freeze: list[str] = field(default_factory=list)  # parts kept fixed: vision, merger, llm (docs/train.md)
+    save_hf: str | None = None  # write a Hugging Face folder of the final weights here
 
 
 def check_shards(shards: list[str]) -> None:
@@ -63,14 +65,26 @@ def check_shards(shards: list[str]) -> None:
             raise InputError(p, "no shards here (expected manifest.json and shard-*.tar from `mmdata shard`)")
 
 
+def tokenizer_path(args: TrainArgs) -> str | None:
+    """--tokenizer, else a --model folder's own tokenizer (a preset: the shipped one)."""
+    return args.tokenizer or (None if args.model in MODEL_NAMES else args.model)
+
+
 def validate(args: TrainArgs, world_size: int) -> None:
     """Reject bad option combinations with one clear line (InputError -> exit 2)."""
     def bad(msg: str) -> None:
         raise InputError(None, msg)
 
-    if args.model not in MODEL_NAMES:
-        bad(f"--model must be one of {', '.join(MODEL_NAMES)}, got {args.model!r}")
-    for name in ("seq_len", "micro_batch_size", "global_batch_size", "max_steps", "log_interval"):
+    if args.model not in MODEL_NAMES and not Path(args.model).expanduser().is_dir():
+        if "/" in args.model:
+            raise InputError(args.model, "--model: no such folder (a local Hugging Face Qwen2-VL / Qwen2.5-VL folder)")
+        bad(f"--model must be one of {', '.join(MODEL_NAMES)} or a Hugging Face model folder, got {args.model!r}")
+    if args.max_steps < 0:
+        bad(f"--max-steps must be at least 0, got {args.max_steps}")
+    from mmtrain.freeze import parse_freeze
+
+    parse_freeze(args.freeze)
+    for name in ("seq_len", "micro_batch_size", "global_batch_size", "log_interval"):
         if getattr(args, name) < 1:
             bad(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.global_batch_size % (args.micro_batch_size * world_size):

@@ -165,3 +165,21 @@ def load_checkpoint(root: str | Path, rank: int, map_location: str | torch.devic
         raise InputError(d / "state.json", f"cannot read checkpoint state: {e}") from None
     return Checkpoint(iteration=it, path=d, state=state, model=load("model.pt"), optim=load("optim.pt"),
                       loader=loader, rng=rng)
+
+
+def load_model_state_dict(ckpt_dir: str | Path, iteration: int | None = None) -> tuple[int, dict[str, torch.Tensor]]:
+    """(iteration, the full model state dict on CPU) of a `run --save` folder: the latest, or `iteration`."""
+    it = latest_iteration(ckpt_dir) if iteration is None else int(iteration)
+    if it is None:
+        raise InputError(ckpt_dir, f"no checkpoint here (no {TRACKER}): give a folder written by `mmtrain run --save`")
+    d = iter_dir(ckpt_dir, it)
+    if not d.is_dir():
+        have = ", ".join(sorted(p.name for p in Path(ckpt_dir).glob("iter_*") if p.is_dir())[-3:]) or "none"
+        raise InputError(d, f"no such checkpoint iteration (saved: {have})")
+    try:
+        sd = torch.load(d / "model.pt", map_location="cpu", weights_only=False)  # our own files
+    except FileNotFoundError:
+        raise InputError(d / "model.pt", "checkpoint file is missing") from None
+    except Exception as e:
+        raise InputError(d / "model.pt", f"cannot read checkpoint file: {e}") from None
+    return it, sd

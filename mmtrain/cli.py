@@ -25,7 +25,8 @@ def _root() -> None:
 def run_cmd(
     shards: list[str] = typer.Option(..., "--shards", help="Shard folder(s) written by `mmdata shard` (repeat for several)."),
     tokenizer: str | None = typer.Option(None, help="Local HF tokenizer.json or folder; default: the shipped one."),
-    model: str = typer.Option("tiny", help="tiny | 100m | 0.5b | 1b | 2b."),
+    model: str = typer.Option("tiny", help="tiny | 100m | 0.5b | 1b | 2b, or a local Hugging Face Qwen2-VL / "
+                              "Qwen2.5-VL folder (its weights, tokenizer and template)."),
     seq_len: int = typer.Option(2048, help="Tokens per packed row (one sample)."),
     micro_batch_size: int = typer.Option(1, help="Packed rows per micro-batch (concatenated into one THD row)."),
     global_batch_size: int = typer.Option(8, help="Packed rows per iteration, over all data-parallel ranks."),
@@ -59,12 +60,16 @@ def run_cmd(
     tensorboard_dir: str | None = typer.Option(None, help="Write TensorBoard scalars here."),
     metrics: str | None = typer.Option(None, help="Append one JSON object per log line to this file."),
     fsdp: bool = typer.Option(False, "--fsdp", help="FSDP2 instead of DDP under torchrun."),
+    freeze: list[str] = typer.Option([], "--freeze", help="Keep vision, merger and/or llm fixed (comma separated "
+                                     "or repeated; stage 1 of LLaVA / MindSpeed-MM: --freeze vision,llm)."),
+    save_hf: str | None = typer.Option(None, "--save-hf", help="At the end, write the weights as a Hugging Face folder here."),
 ) -> None:
     """Stream the shards through the sequence-packed loader into a vision-language model and train it."""
     from mmtrain.args import TrainArgs, check_shards, validate
 
     args = TrainArgs(**{k: v for k, v in locals().items() if k not in ("TrainArgs", "check_shards", "validate")})
     args.shards = list(shards)
+    args.freeze = list(freeze)
     validate(args, int(os.environ.get("WORLD_SIZE", "1")))  # before torch is imported: fast errors
     check_shards(args.shards)
     import torch.distributed as dist
@@ -76,6 +81,36 @@ def run_cmd(
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+@app.command("export")
+def export_cmd(
+    ckpt_dir: str = typer.Argument(..., help="A checkpoint folder of `mmtrain run --save`."),
+    hf_out: str = typer.Option(..., "--hf", help="Write the Hugging Face folder here."),
+    iteration: int | None = typer.Option(None, help="Iteration to export (default: the latest)."),
+) -> None:
+    """Write a checkpoint as a Hugging Face folder (config, safetensors, tokenizer, processor, chat template)."""
+    from mmtrain.export import export
+
+    it, out = export(ckpt_dir, hf_out, iteration)
+    typer.echo(f"exported iteration {it} of {ckpt_dir} to {out}", err=True)
+
+
+@app.command("generate")
+def generate_cmd(
+    model: str = typer.Option(..., help="A Hugging Face Qwen2-VL / Qwen2.5-VL folder or a `run --save` folder."),
+    image: list[str] = typer.Option([], "--image", help="Image file (repeat for several; in order)."),
+    prompt: str = typer.Option(..., help="The user's text, after the images."),
+    max_new_tokens: int = typer.Option(128, help="Stop after this many new tokens."),
+    device: str = typer.Option("auto", help="auto | npu | cuda | cpu."),
+) -> None:
+    """Greedy answer of the model to one user turn (images, then the prompt); only the answer goes to stdout."""
+    if max_new_tokens < 1:
+        raise MMDataError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    from mmtrain.generate import generate
+
+    text, _ = generate(model, list(image), prompt, max_new_tokens, device)
+    typer.echo(text)
 
 
 def main() -> None:

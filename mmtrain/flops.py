@@ -19,7 +19,8 @@ def row_flops(cfg: ModelConfig, doc_lens: list[int], n_loss_tokens: int, frame_p
     text = t.layers * (lin * tokens + 2 * t.heads * hd * sum(n * n for n in doc_lens))  # QK^T + AV, causal half
     head = 2 * t.hidden * cfg.vocab_size * n_loss_tokens
     patches = sum(frame_patches)
-    vit_lin = 2 * (v.dim * 3 * v.dim + v.dim * v.dim + 2 * v.dim * v.mlp_dim)
+    vit_mlp = (3 if v.mlp == "swiglu" else 2) * v.dim * v.mlp_dim  # Qwen2.5-VL: gate, up, down
+    vit_lin = 2 * (v.dim * 3 * v.dim + v.dim * v.dim + vit_mlp)
     vit = v.depth * (vit_lin * patches + 4 * v.dim * sum(n * n for n in frame_patches))
     m = v.dim * v.merge_size**2
     merger = 2 * (m * m + m * t.hidden) * patches // v.merge_size**2 + 2 * v.patch_dim * v.dim * patches

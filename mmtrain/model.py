@@ -32,6 +32,13 @@ class VisionConfig:
     merge_size: int = 2
     eps: float = 1e-6
     theta: float = 10000.0
+    # Qwen2-VL: LayerNorm + QuickGELU fc1/fc2 blocks, LayerNorm in the merger. Qwen2.5-VL: RMSNorm + SwiGLU
+    # (gate/up/down with bias) blocks and merger, window attention except in `fullatt_blocks`.
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    mlp: str = "quick_gelu"  # quick_gelu (fc1/fc2) | swiglu (gate_proj/up_proj/down_proj)
+    window_size: int = 0  # pixels per window side (Qwen2.5-VL: 112); 0 = every block attends per frame
+    fullatt_blocks: tuple[int, ...] = ()
+    patch_size: int = 14
 
 
 @dataclass
@@ -58,6 +65,8 @@ class ModelConfig:
     text: TextConfig
     vocab_size: int
     image_token_id: int
+    family: str = "qwen2_vl"  # qwen2_vl | qwen2_5_vl (the Hugging Face model_type)
+    hf_config: dict | None = None  # the source folder's config.json, when loaded from one (export writes it back)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -86,6 +95,11 @@ def model_config(name: str, vocab_size: int, image_token_id: int) -> ModelConfig
         raise ValueError(f"unknown model {name!r}; one of {', '.join(MODEL_SHAPES)}")
     v, t = MODEL_SHAPES[name]
     return ModelConfig(name=name, vision=v, text=t, vocab_size=vocab_size, image_token_id=image_token_id)
+
+
+def rope_inv_freq(dim: int, theta: float) -> torch.Tensor:
+    """RoPE inverse frequencies over `dim` rotated channels (float32)."""
+    return 1.0 / theta ** (torch.arange(0, dim, 2).float() / dim)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -136,17 +150,45 @@ def vision_rot_ids(grid_thw: torch.Tensor, merge: int) -> torch.Tensor:
     return torch.cat(out, 0)
 
 
+def vision_norm(cfg: VisionConfig, accel: Accel) -> nn.Module:
+    """The ViT's norm: LayerNorm (Qwen2-VL) or RMSNorm (Qwen2.5-VL), eps 1e-6 in both."""
+    return RMSNorm(cfg.dim, cfg.eps, accel) if cfg.norm == "rmsnorm" else nn.LayerNorm(cfg.dim, eps=cfg.eps)
+
+
+def window_index(grid_thw: torch.Tensor, merge: int, window: int) -> tuple[torch.Tensor, list[int]]:
+    """Qwen2.5-VL's windows: the order of the merge units (2x2 patches) that groups each frame's units into
+    `window`-unit squares (row-major windows, row-major inside), and the patch bounds of the windows."""
+    order, cu, base = [], [0], 0
+    for t, h, w in grid_thw.tolist():
+        lh, lw = h // merge, w // merge
+        units = torch.arange(t * lh * lw).view(t, lh, lw) + base
+        for f in range(t):
+            for y in range(0, lh, window):
+                for x in range(0, lw, window):
+                    blk = units[f, y:y + window, x:x + window].flatten()
+                    order.append(blk)
+                    cu.append(cu[-1] + blk.numel() * merge * merge)
+        base += t * lh * lw
+    return torch.cat(order), cu
+
+
 class VisionBlock(nn.Module):
     def __init__(self, cfg: VisionConfig, accel: Accel):
         super().__init__()
         self.heads = cfg.heads
         self.accel = accel
-        self.norm1 = nn.LayerNorm(cfg.dim, eps=cfg.eps)
-        self.norm2 = nn.LayerNorm(cfg.dim, eps=cfg.eps)
+        self.swiglu = cfg.mlp == "swiglu"
+        self.norm1 = vision_norm(cfg, accel)
+        self.norm2 = vision_norm(cfg, accel)
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=True)
         self.proj = nn.Linear(cfg.dim, cfg.dim, bias=True)
-        self.fc1 = nn.Linear(cfg.dim, cfg.mlp_dim)
-        self.fc2 = nn.Linear(cfg.mlp_dim, cfg.dim)
+        if self.swiglu:
+            self.gate_proj = nn.Linear(cfg.dim, cfg.mlp_dim)
+            self.up_proj = nn.Linear(cfg.dim, cfg.mlp_dim)
+            self.down_proj = nn.Linear(cfg.mlp_dim, cfg.dim)
+        else:
+            self.fc1 = nn.Linear(cfg.dim, cfg.mlp_dim)
+            self.fc2 = nn.Linear(cfg.mlp_dim, cfg.dim)
 
     def forward(self, x, cos, sin, cu: list[int], max_len: int):
         P = x.shape[0]
@@ -154,12 +196,20 @@ class VisionBlock(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         a = self.accel.varlen_attention(q, k, v, cu, max_len, causal=False)
         x = x + self.proj(a.reshape(P, -1))
-        h = self.fc1(self.norm2(x))
+        h = self.norm2(x)
+        if self.swiglu:
+            return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+        h = self.fc1(h)
         return x + self.fc2(h * torch.sigmoid(1.702 * h))  # QuickGELU, as Qwen2-VL's ViT
 
 
+def _max_len(cu: list[int]) -> int:
+    return max(b - a for a, b in zip(cu[:-1], cu[1:]))
+
+
 class VisionTower(nn.Module):
-    """Qwen2-VL ViT: patch embedding, 2-D RoPE blocks with per-image attention, 2x2 merger -> LM width."""
+    """Qwen2-VL / Qwen2.5-VL ViT: patch embedding, 2-D RoPE blocks attending per frame (or per window),
+    2x2 merger -> LM width."""
 
     def __init__(self, cfg: VisionConfig, out_dim: int, accel: Accel):
         super().__init__()
@@ -168,11 +218,10 @@ class VisionTower(nn.Module):
         self.patch_embed = nn.Linear(cfg.patch_dim, cfg.dim, bias=False)  # == Conv3d(k=stride=(2,14,14))
         self.blocks = nn.ModuleList(VisionBlock(cfg, accel) for _ in range(cfg.depth))
         m = cfg.dim * cfg.merge_size**2
-        self.merger_norm = nn.LayerNorm(cfg.dim, eps=cfg.eps)
+        self.merger_norm = vision_norm(cfg, accel)
         self.merger_fc1 = nn.Linear(m, m)
         self.merger_fc2 = nn.Linear(m, out_dim)
-        half = cfg.dim // cfg.heads // 2
-        self.register_buffer("inv_freq", 1.0 / cfg.theta ** (torch.arange(0, half, 2).float() / half), persistent=False)
+        self.register_buffer("inv_freq", rope_inv_freq(cfg.dim // cfg.heads // 2, cfg.theta), persistent=False)
         self.recompute_layers: set[int] = set()
 
     def normalize(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -180,7 +229,7 @@ class VisionTower(nn.Module):
         (`mmdata.loader.normalize_pixels`: the same values as its float32 rows); float input is used as is."""
         if pixel_values.dtype != torch.uint8:
             return pixel_values
-        from mmdata.loader.pixels import normalize_pixels
+        from mmdata.loader import normalize_pixels
 
         return normalize_pixels(pixel_values)
 
@@ -188,17 +237,27 @@ class VisionTower(nn.Module):
         x = self.patch_embed(self.normalize(pixel_values).to(self.patch_embed.weight.dtype))
         ids = vision_rot_ids(grid_thw, self.cfg.merge_size).to(x.device)
         freqs = (ids.unsqueeze(-1).float() * self.inv_freq).flatten(1)  # [P, head_dim/2]
-        emb = torch.cat([freqs, freqs], -1).unsqueeze(1)
-        cos, sin = emb.cos(), emb.sin()
-        cu = vision_cu_seqlens(grid_thw)
-        max_len = max(b - a for a, b in zip(cu[:-1], cu[1:]))
+        emb = torch.cat([freqs, freqs], -1)
+        cu = cu_win = vision_cu_seqlens(grid_thw)
+        unit = self.cfg.merge_size**2
+        order = None
+        if self.cfg.window_size:
+            order, cu_win = window_index(grid_thw, self.cfg.merge_size,
+                                         self.cfg.window_size // self.cfg.merge_size // self.cfg.patch_size)
+            order = order.to(x.device)
+            x = x.view(-1, unit, x.shape[-1])[order].flatten(0, 1)
+            emb = emb.view(-1, unit, emb.shape[-1])[order].flatten(0, 1)
+        cos, sin = emb.unsqueeze(1).cos(), emb.unsqueeze(1).sin()
+        full, win = (cu, _max_len(cu)), (cu_win, _max_len(cu_win))
         for i, blk in enumerate(self.blocks):
+            seg, max_len = full if (order is None or i in self.cfg.fullatt_blocks) else win
             if i in self.recompute_layers and self.training:
-                x = checkpoint(blk, x, cos, sin, cu, max_len, use_reentrant=False)
+                x = checkpoint(blk, x, cos, sin, seg, max_len, use_reentrant=False)
             else:
-                x = blk(x, cos, sin, cu, max_len)
-        x = self.merger_norm(x).view(-1, self.cfg.dim * self.cfg.merge_size**2)
-        return self.merger_fc2(F.gelu(self.merger_fc1(x)))
+                x = blk(x, cos, sin, seg, max_len)
+        x = self.merger_norm(x).view(-1, self.cfg.dim * unit)
+        x = self.merger_fc2(F.gelu(self.merger_fc1(x)))
+        return x if order is None else x[torch.argsort(order)]
 
 
 # ------------------------------------------------------------------------------------------- text
@@ -229,6 +288,25 @@ class DecoderLayer(nn.Module):
         x = x + self.o_proj(a.reshape(T, -1))
         return x + self.down_proj(self.accel.swiglu(self.gate_up_proj(self.post_attention_layernorm(x))))
 
+    def forward_cached(self, x, cos, sin, kv: dict) -> torch.Tensor:
+        """One sequence continuing the keys/values in `kv` (updated in place): a prefill or a decode step."""
+        T, hd = x.shape[0], self.cfg.head_dim
+        h = self.input_layernorm(x)
+        q = apply_rope(self.q_proj(h).view(T, self.cfg.heads, hd), cos, sin)
+        k = apply_rope(self.k_proj(h).view(T, self.cfg.kv_heads, hd), cos, sin)
+        v = self.v_proj(h).view(T, self.cfg.kv_heads, hd)
+        if "k" in kv:
+            k, v = torch.cat([kv["k"], k]), torch.cat([kv["v"], v])
+        kv["k"], kv["v"] = k, v
+        past = k.shape[0] - T
+        rep = self.cfg.heads // self.cfg.kv_heads
+        qh, kh, vh = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))
+        kh, vh = kh.repeat_interleave(rep, 1), vh.repeat_interleave(rep, 1)
+        mask = None if T == 1 else torch.ones(T, k.shape[0], dtype=torch.bool, device=x.device).tril(past)
+        a = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)[0].transpose(0, 1)
+        x = x + self.o_proj(a.reshape(T, -1))
+        return x + self.down_proj(self.accel.swiglu(self.gate_up_proj(self.post_attention_layernorm(x))))
+
 
 def mrope_cos_sin(position_ids: torch.Tensor, inv_freq: torch.Tensor, section: tuple[int, int, int]):
     """M-RoPE: [3, T] positions -> cos/sin [T, 1, head_dim], the i-th section of frequencies from row i."""
@@ -256,8 +334,7 @@ class VLModel(nn.Module):
         self.lm_head = nn.Linear(t.hidden, cfg.vocab_size, bias=False)
         if t.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-        hd = t.head_dim
-        self.register_buffer("inv_freq", 1.0 / t.rope_theta ** (torch.arange(0, hd, 2).float() / hd), persistent=False)
+        self.register_buffer("inv_freq", rope_inv_freq(t.head_dim, t.rope_theta), persistent=False)
         self.recompute_groups: list[tuple[int, int]] = []  # [start, end) runs of layers recomputed as one unit
         self.apply(self._init)
 
@@ -327,6 +404,18 @@ class VLModel(nn.Module):
         x = self._run_layers(i, len(self.layers), x, cos, sin, cu, max_len)
         return self.norm(x)
 
+    def logits(self, batch: dict) -> torch.Tensor:
+        """float32 logits [T, vocab] of every position of one packed row (parity tests, evaluation)."""
+        return self.lm_head(self.hidden_states(batch)).float()
+
+    def forward_cached(self, x: torch.Tensor, position_ids: torch.Tensor, caches: list[dict]) -> torch.Tensor:
+        """Decoder over embeddings `x [T, hidden]` of one sequence at M-RoPE `position_ids [3, T]`, continuing the
+        per-layer key/value `caches`; float32 logits [vocab] of the last position (greedy generation)."""
+        cos, sin = mrope_cos_sin(position_ids.to(x.device), self.inv_freq, self.cfg.text.mrope_section)
+        for layer, kv in zip(self.layers, caches):
+            x = layer.forward_cached(x, cos, sin, kv)
+        return self.lm_head(self.norm(x[-1:]))[0].float()
+
     def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed next-token loss over the row's loss tokens (labels unshifted) and their count."""
         h = self.hidden_states(batch)
@@ -368,6 +457,21 @@ def num_params(model: nn.Module, exclude_embeddings: bool = False) -> int:
             continue
         n += p.numel()
     return n
+
+
+def empty_model(cfg: ModelConfig, accel: Accel, device: torch.device | str | None = None) -> VLModel:
+    """The model with uninitialised parameters on `device` (no random init: weights are loaded next), tied
+    embeddings tied and the RoPE buffers computed."""
+    with torch.device("meta"):
+        model = VLModel(cfg, accel)
+    model.to_empty(device=device or accel.device)
+    if cfg.text.tie_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+    with torch.no_grad():
+        model.inv_freq.copy_(rope_inv_freq(cfg.text.head_dim, cfg.text.rope_theta))
+        v = cfg.vision
+        model.visual.inv_freq.copy_(rope_inv_freq(v.dim // v.heads // 2, v.theta))
+    return model
 
 
 def build_model(name: str, vocab_size: int, image_token_id: int, accel: Accel | None = None,

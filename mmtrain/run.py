@@ -28,10 +28,12 @@ import torch.distributed as dist
 from mmdata.errors import InputError
 from mmtrain import checkpoint as ckpt
 from mmtrain.accel import BACKENDS, Accel, detect_device, get_accel
-from mmtrain.args import TrainArgs, check_shards, validate
+from mmtrain.args import TrainArgs, check_shards, tokenizer_path, validate
 from mmtrain.batch import RowStats, concat_rows, row_stats, to_device
 from mmtrain.flops import row_flops
-from mmtrain.model import VLModel, build_model, num_params
+from mmtrain.freeze import apply_freeze, parse_freeze, peak_memory_note
+from mmtrain.hf import FILES_DIR, model_from_args, save_hf, save_model_files
+from mmtrain.model import VLModel, num_params
 
 
 @dataclass
@@ -42,6 +44,7 @@ class Data:
     vocab_size: int
     image_token_id: int
     plan: dict[str, Any] | None = None  # what the epoch plan uses and leaves out (see plan_facts)
+    tokenizer_file: str | None = None  # the tokenizer.json read (None: synthetic ids); export / generate use it
 
 
 DataFactory = Callable[[TrainArgs, int, int], Data]
@@ -71,7 +74,7 @@ def loader_data(args: TrainArgs, rank: int, world_size: int, pixel_dtype: str = 
     from mmdata.loader import LoaderConfig, PackedLoader, load_tokenizer
     from mmdata.loader.plan import NoSampleFits
 
-    tok = load_tokenizer(args.tokenizer)
+    tok = load_tokenizer(tokenizer_path(args))
     image_id = tok.image_placeholder_id
     if image_id is None:
         raise InputError(tok.path, "the tokenizer has no <|image_pad|> (or <image>) token")
@@ -84,7 +87,7 @@ def loader_data(args: TrainArgs, rank: int, world_size: int, pixel_dtype: str = 
     except NoSampleFits as e:
         raise InputError(None, no_fit_message(args, e)) from None
     return Data(loader=loader, vocab_size=tok.vocab_size, image_token_id=image_id,
-                plan=plan_facts(loader, args))
+                plan=plan_facts(loader, args), tokenizer_file=tok.path)
 
 
 def plan_facts(loader: Any, args: TrainArgs) -> dict[str, Any]:
@@ -329,7 +332,10 @@ def _train(args: TrainArgs, data_factory: DataFactory, rank: int, world: int, lo
     log = Logger(args, rank, out)
     seed_everything(args.seed)  # same initial weights on every rank
     data = data_factory(args, rank, world)
-    model = build_model(args.model, data.vocab_size, data.image_token_id, accel=accel)
+    model = model_from_args(args, data.vocab_size, data.image_token_id, accel)
+    log.info(apply_freeze(model, parse_freeze(args.freeze)))
+    if args.save and rank == 0 and data.tokenizer_file:  # what export / generate need besides the weights
+        save_model_files(Path(args.save) / FILES_DIR, model.cfg, args.model, data.tokenizer_file)
     if args.recompute_granularity == "full":
         model.set_recompute(args.recompute_method, args.recompute_num_layers)
     wrapped = wrap_model(model, accel, world, args.fsdp)
@@ -447,7 +453,7 @@ def _train(args: TrainArgs, data_factory: DataFactory, rank: int, world: int, lo
                 iteration=iteration, max_steps=args.max_steps, consumed=rec["consumed_samples"],
                 elapsed_ms=rec["elapsed_ms_per_iteration"], lr=lr, gbs=args.global_batch_size, loss=rec["lm_loss"],
                 grad_norm=gn, skipped=win["skipped"], nan=win["nan"], tokens_per_s=rec["tokens_per_second"],
-                packing=rec["packing_efficiency"], mfu=rec["mfu"])
+                packing=rec["packing_efficiency"], mfu=rec["mfu"]) + peak_memory_note(accel.kind)
             log.log(line, rec)
             win = {k: 0.0 if isinstance(v, float) else 0 for k, v in win.items()}
 
@@ -460,6 +466,13 @@ def _train(args: TrainArgs, data_factory: DataFactory, rank: int, world: int, lo
             log.info(f"exiting at iteration {iteration} (--exit-interval {args.exit_interval})")
             break
 
+    if args.save and args.max_steps == 0 and iteration == 0:  # iteration 0: the loaded weights, untouched
+        _save(args, iteration, rank, barrier, wrapped, model, opt, data, skipped_total, nan_total)
+        log.info(f"saved checkpoint at iteration 0 to {args.save}")
+    if args.save_hf:
+        msd = full_states(wrapped, model, opt, args.fsdp)[0]
+        if rank == 0:
+            log.info(f"saved Hugging Face folder {save_hf(args.save_hf, msd, model.cfg, args.model, data.tokenizer_file)}")
     result.iteration = iteration
     result.consumed_samples = iteration * args.global_batch_size
     log.close()

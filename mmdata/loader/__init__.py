@@ -17,6 +17,7 @@ _WHERE = {
     "normalize_pixels": "mmdata.loader.pixels",
     "load_tokenizer": "mmdata.text.tokenizer",
     "NoSampleFits": "mmdata.loader.plan",
+    "mrope_position_ids": "mmdata.loader.rope",
 }
 
 __all__ = list(_WHERE)
