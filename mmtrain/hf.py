@@ -10,7 +10,6 @@ a fixed name map (plus two reshapes: the Conv3d patch embedding is our flat Line
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
