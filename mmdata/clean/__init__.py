@@ -11,7 +11,7 @@ from mmdata._lazy import lazy_exports
 
 __all__ = ["DEFAULT_PROMPTS", "CleanReport", "clean_coco", "clean_llava", "load_prompts"]
 
-_WHERE = {"clean_coco": "mmdata.clean.coco", "clean_llava": "mmdata.clean.llava", "DEFAULT_PROMPTS": "mmdata.clean.prompts",
+_WHERE = {"clean_coco": "mmdata.clean.sources.coco", "clean_llava": "mmdata.clean.sources.llava", "DEFAULT_PROMPTS": "mmdata.clean.prompts",
           "load_prompts": "mmdata.clean.prompts", "CleanReport": "mmdata.clean.report"}
 
 __getattr__ = lazy_exports(__name__, _WHERE)

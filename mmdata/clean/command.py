@@ -94,7 +94,7 @@ def llava_cmd(
     quiet: bool = _QUIET,
 ) -> None:
     """Clean LLaVA / ShareGPT records, or the messages shape of LLaMA-Factory and MindSpeed-MM."""
-    from mmdata.clean.llava import clean_llava
+    from mmdata.clean.sources.llava import clean_llava
 
     _run(quiet, clean_llava, input_path=input, images_root=images, out_path=out, rejects_path=rejects,
          report_path=report, min_side=min_side, max_aspect=max_aspect, max_pixels=max_pixels, workers=workers,
@@ -118,7 +118,7 @@ def coco_cmd(
     quiet: bool = _QUIET,
 ) -> None:
     """Clean a COCO captions file into one conversation per image (or per caption)."""
-    from mmdata.clean.coco import clean_coco
+    from mmdata.clean.sources.coco import clean_coco
     from mmdata.clean.prompts import load_prompts
 
     _run(quiet, clean_coco, captions_path=captions, images_root=images, out_path=out, rejects_path=rejects,

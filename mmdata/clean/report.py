@@ -53,7 +53,7 @@ def default_paths(out: Path, rejects: Path | None, report: Path | None) -> tuple
 
 
 class Sink:
-    """Stream framed records (see ``mmdata.clean.llava.frame``) to a JSON array (one record a line)
+    """Stream framed records (see ``mmdata.clean.engine.frame``) to a JSON array (one record a line)
     or JSON Lines, atomically, in ~1 MB writes. Same bytes as ``mmdata.io.RecordWriter``.
 
     ``write_block(data, n)`` takes ``n`` records already framed: JSON array records each start with
