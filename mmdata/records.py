@@ -1,9 +1,9 @@
 """The conversation record (CONTRACT s.1): normalise LLaVA / messages / instruction-output input into it,
 and validate a record that claims to be one. Structure only: no file system, no images.
 
-`normalize(raw, default_id, shape)` applies reject rules 1-4 of docs/clean-rules.md (malformed, bad_roles,
-empty_turn, image_token_mismatch) in one pass without per-field helper calls (it runs 100k+ times a second)
-and returns a `Normalized` tuple; image, id and duplicate rules are the clean stage's.
+`normalize(raw, default_id, shape)` applies reject rules 1-5 of docs/clean-rules.md (malformed, bad_roles,
+empty_turn, image_token_mismatch, text_too_long): a fast path for already-clean LLaVA records, else one
+parser per input shape (`PARSERS`) and one shared tail of checks; it returns a `Normalized` tuple; image, id and duplicate rules are the clean stage's.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 __all__ = [
+    "DEFAULT_MAX_TEXT_CHARS",
     "IMAGE_TOKEN",
     "OUT_ROLES",
     "PARSERS",
@@ -33,12 +34,17 @@ __all__ = [
 
 IMAGE_TOKEN = "<image>"
 
+# The most characters a record's turns may hold (stripped values, system included): a 200 MB record
+# passes JSON parsing but takes tens of GB to tokenise and pack; a book-length turn is ~1M characters.
+DEFAULT_MAX_TEXT_CHARS = 1_000_000
+
 # Reject codes in precedence order (docs/clean-rules.md); coco-only codes last.
 REASONS = (
     "malformed",
     "bad_roles",
     "empty_turn",
     "image_token_mismatch",
+    "text_too_long",
     "unsafe_path",
     "missing_image",
     "unreadable_image",
@@ -280,15 +286,16 @@ def _record_id(raw: dict[str, Any], default_id: str) -> str | Rejected:
     return Rejected("malformed", f"id is {_type(rid)}, expected a string or an integer")
 
 
-def normalize(raw: Any, default_id: str, shape: str = "auto") -> Normalized:
-    """Apply rules 1-4 to one input record and build its output form.
+def normalize(raw: Any, default_id: str, shape: str = "auto",
+              max_text_chars: int = DEFAULT_MAX_TEXT_CHARS) -> Normalized:
+    """Apply rules 1-5 to one input record and build its output form.
 
     ``shape``: "auto" (per record, see `detect_shape`), or one of `PARSERS` (forced).
     ``default_id`` is used when the record has no ``id``, or an empty or white-space-only one; any
-    other string id is kept verbatim.
+    other string id is kept verbatim. ``max_text_chars``: rule 5 (text_too_long).
     """
     if type(raw) is dict and shape != "messages" and "conversations" in raw:
-        fast = _fast_llava(raw, default_id)
+        fast = _fast_llava(raw, default_id, max_text_chars)
         if fast is not None:
             return fast
     if not isinstance(raw, dict):
@@ -299,7 +306,7 @@ def normalize(raw: Any, default_id: str, shape: str = "auto") -> Normalized:
     turns = PARSERS[detect_shape(raw) if shape == "auto" else shape](raw)
     if type(turns) is Rejected:
         return _reject(turns.code, turns.detail, rid)
-    return _check_turns(raw, rid, turns)
+    return _check_turns(raw, rid, turns, max_text_chars)
 
 
 def _split_system(roles: list[str], values: list[str]) -> tuple[str | None, list[str], list[str]]:
@@ -342,8 +349,8 @@ def _token_problem(stripped: list[str], system: str | None, nimages: int, offset
     return None
 
 
-def _check_turns(raw: dict[str, Any], rid: str, turns: Turns) -> Normalized:
-    """The shared tail: rules 2-4 on parsed turns, then the output record."""
+def _check_turns(raw: dict[str, Any], rid: str, turns: Turns, max_text_chars: int) -> Normalized:
+    """The shared tail: rules 2-5 on parsed turns, then the output record."""
     system, roles, values = _split_system(turns.roles, turns.values)
     offset = int(system is not None)
     why = _role_problem(roles, offset)
@@ -361,6 +368,9 @@ def _check_turns(raw: dict[str, Any], rid: str, turns: Turns) -> Normalized:
     why = _token_problem(stripped, system, len(turns.images), offset)
     if why is not None:
         return _reject("image_token_mismatch", why, rid)
+    chars = sum(map(len, stripped)) + (len(system) if system is not None else 0)
+    if chars > max_text_chars:
+        return _reject("text_too_long", f"{chars:,} characters of text, more than {max_text_chars:,}", rid)
     images = turns.images
     rec: dict[str, Any] = {"id": rid}
     if images:
@@ -377,7 +387,7 @@ def _check_turns(raw: dict[str, Any], rid: str, turns: Turns) -> Normalized:
     return Normalized(None, "", rid, rec, images, out_roles, stripped)
 
 
-def _fast_llava(raw: dict[str, Any], default_id: str) -> Normalized | None:
+def _fast_llava(raw: dict[str, Any], default_id: str, max_text_chars: int) -> Normalized | None:
     """The common case in a few C-level list operations: a LLaVA record whose turns already alternate
     human/gpt, with string values, non-empty after stripping and matching ``<image>`` counts.
     Returns None for anything else, and the general path decides (and explains) it."""
@@ -389,7 +399,7 @@ def _fast_llava(raw: dict[str, Any], default_id: str) -> Normalized | None:
         values = [t["value"].strip() for t in conv]
     except (TypeError, KeyError, AttributeError):
         return None
-    if roles != _ALTERNATING.get(len(roles)) or not all(values):
+    if roles != _ALTERNATING.get(len(roles)) or not all(values) or sum(map(len, values)) > max_text_chars:
         return None
     rid = raw.get("id", default_id)
     if type(rid) is not str:
@@ -424,7 +434,8 @@ def _fast_llava(raw: dict[str, Any], default_id: str) -> Normalized | None:
 
 
 def unsafe_path_reason(p: str) -> str | None:
-    """Why an image path is unsafe on its face (empty, absolute, a ``..`` component), else None.
+    """Why an image path is unsafe on its face (empty, absolute, a ``..`` component, a trailing
+    separator: ``a.jpg/`` would open ``a.jpg`` on some systems and fail on others), else None.
 
     Symlinks that leave the root are caught later, on the real file system.
     """
@@ -434,8 +445,11 @@ def unsafe_path_reason(p: str) -> str | None:
         return f"{p!r}: NUL byte in the path"
     if p[0] in "/\\" or (len(p) > 1 and p[1] == ":" and p[0].isalpha()):
         return f"{p}: absolute path"
-    if ".." in _SEP.split(p):
+    parts = _SEP.split(p)
+    if ".." in parts:
         return f"{p}: '..' component"
+    if not parts[-1]:
+        return f"{p}: ends with a path separator (names a folder, not an image file)"
     return None
 
 

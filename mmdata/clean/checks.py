@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 from PIL import Image
 
+from mmdata.clean.pool import worker_pool
 from mmdata.images import DEFAULT_MAX_PIXELS, ImageError, ImageRoot, verify_image_bytes
 from mmdata.records import unsafe_path_reason
 
@@ -165,7 +166,7 @@ class ImageChecker:
             if not self._own:
                 self._store(chunk, check_real(chunk, self.max_pixels))
                 return
-            self._pool = ProcessPoolExecutor(self.workers)  # only now: a text-only run never forks
+            self._pool = worker_pool(self.workers)  # only now: a text-only run never forks
         while len(self._inflight) >= 3 * self.workers:  # back-pressure: keep the queue short
             self.wait_some()
         fut = self._pool.submit(check_real, chunk, self.max_pixels)

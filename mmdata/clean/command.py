@@ -10,7 +10,7 @@ import typer
 
 from mmdata.clean.report import CleanReport
 from mmdata.images import DEFAULT_MAX_PIXELS
-from mmdata.records import REASONS
+from mmdata.records import DEFAULT_MAX_TEXT_CHARS, REASONS
 
 __all__ = ["register"]
 
@@ -34,6 +34,10 @@ _PROMPTS = typer.Option(None, "--prompts", help="Prompt list, one per line (defa
 _INPUT_FORMAT = typer.Option("auto", "--input-format",
                              help="auto (per record: conversations / messages / instruction+output), llava or messages.")
 _QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars and no summary.")
+_MAX_TEXT = typer.Option(DEFAULT_MAX_TEXT_CHARS, "--max-text-chars",
+                         help="Reject records whose turns hold more characters (text_too_long).")
+_REKEY = typer.Option(False, "--rekey", help="Make a repeated id unique as <id>-<n> (counted in the report) "
+                      "instead of rejecting it as duplicate_id.")
 
 
 def _run(quiet: bool, fn: Callable[..., CleanReport], **kw) -> None:
@@ -74,7 +78,11 @@ def _summary(console, report: CleanReport, seconds: float) -> None:
         if n:
             table.add_row(f"  {code}", f"{n:,}")
     table.add_row("images checked", f"{report.images_checked:,}")
+    if report.extra.get("rekeyed"):
+        table.add_row("ids made unique (--rekey)", f"{report.extra['rekeyed']:,}")
     console.print(table)
+    for hint in report.hints():
+        console.print(f"[yellow]hint:[/yellow] {hint}")
     console.print(f"wrote {report.out}, {report.rejects}, {report.report} in {seconds:.1f} s")
 
 
@@ -91,6 +99,8 @@ def llava_cmd(
     workers: int | None = _WORKERS,
     out_format: str = _OUT_FORMAT,
     input_format: str = _INPUT_FORMAT,
+    max_text_chars: int = _MAX_TEXT,
+    rekey: bool = _REKEY,
     quiet: bool = _QUIET,
 ) -> None:
     """Clean LLaVA / ShareGPT records, or the messages shape of LLaMA-Factory and MindSpeed-MM."""
@@ -98,7 +108,7 @@ def llava_cmd(
 
     _run(quiet, clean_llava, input_path=input, images_root=images, out_path=out, rejects_path=rejects,
          report_path=report, min_side=min_side, max_aspect=max_aspect, max_pixels=max_pixels, workers=workers,
-         out_format=out_format, input_format=input_format)
+         out_format=out_format, input_format=input_format, max_text_chars=max_text_chars, rekey=rekey)
 
 
 @clean_app.command("coco")

@@ -24,9 +24,10 @@ from mmdata.clean.fastread import Span, read_pieces
 from mmdata.clean.report import CleanReport, Sink, dump, out_format_of
 from mmdata.errors import InputError
 from mmdata.io import check_output_path
-from mmdata.records import normalize, to_messages
+from mmdata.records import DEFAULT_MAX_TEXT_CHARS, normalize, to_messages
 
-__all__ = ["Batch", "Decider", "Item", "Originals", "Stream", "StructureOptions", "check_common_args", "frame",
+__all__ = ["Batch", "Decider", "Item", "Originals", "Stream", "StructureOptions", "check_common_args",
+           "check_max_text_chars", "frame",
            "sample_key", "structure_objects", "structure_span"]
 
 _WINDOW = 20_000  # records allowed to wait for image verdicts before the reader blocks
@@ -70,6 +71,12 @@ def check_common_args(images_root: Path, out_path: Path, inputs: list[Path], min
     return fmt
 
 
+def check_max_text_chars(n: int) -> None:
+    """``--max-text-chars`` must be positive."""
+    if n < 1:
+        raise InputError(None, f"--max-text-chars must be >= 1 (got {n})")
+
+
 def _flag(o: Path, out_path: Path, others: tuple[Path, ...]) -> str:
     return "out" if o is out_path else ("rejects" if others and o is others[0] else "report")
 
@@ -90,6 +97,7 @@ class StructureOptions(NamedTuple):
     shape: str  # input shape: auto, llava or messages
     messages: bool  # write the messages shape
     json_array: bool  # OUT is a JSON array (else JSON Lines)
+    max_text_chars: int = DEFAULT_MAX_TEXT_CHARS  # rule 5, text_too_long
 
 
 class StructReject(NamedTuple):
@@ -136,11 +144,11 @@ def structure_objects(objs: Iterable[Any], first: int, opts: StructureOptions) -
     size = 0
     any_images = False
     sha256, dumps = hashlib.sha256, orjson.dumps
-    stem, shape, messages, json_array = opts
+    stem, shape, messages, json_array, max_chars = opts
     sep = b",\n" if json_array else b"\n"  # framing (see `frame`) as its own part: no copy of the record
     add = parts.append
     for k, raw in enumerate(objs):
-        code, detail, rid, rec, imgs, roles, values = normalize(raw, f"{stem}-{first + k}", shape)
+        code, detail, rid, rec, imgs, roles, values = normalize(raw, f"{stem}-{first + k}", shape, max_chars)
         ids.append(rid)
         images.append(imgs)
         if code is not None:
@@ -184,8 +192,11 @@ class Decider:
     then duplicate id and duplicate sample against what was already written to OUT."""
 
     def __init__(self, checker: ImageChecker, out: Sink, rejects: Sink, report: CleanReport, input_name: str,
-                 serialise: Callable[[Any], bytes] = dump):
+                 serialise: Callable[[Any], bytes] = dump, rekey: bool = False):
         self.serialise = serialise  # original input record (as kept by the caller) -> JSON bytes
+        self.rekey = rekey  # a repeated id becomes ``<id>-<n>`` instead of a duplicate_id reject
+        self.rekeyed = 0
+        self._repeats: dict[str, int] = {}
         self.checker = checker
         self.out = out
         self.rejects = rejects
@@ -206,7 +217,7 @@ class Decider:
 
     def duplicate(self, rid: str, key: bytes) -> tuple[str, str]:
         """(code, detail) for a record whose id or sample key was already written."""
-        if rid in self.ids:
+        if rid in self.ids and not (self.rekey and key in self.samples):
             return "duplicate_id", f"id {rid!r} was already written"
         return "duplicate_sample", f"same images and conversation as {self.samples[key]!r}"
 
@@ -221,13 +232,30 @@ class Decider:
                 if v.code is not None:  # type: ignore[union-attr]
                     self.reject(index, rid, v.code, v.detail, self.serialise(original), extra)  # type: ignore[union-attr]
                     return False
-        if rid in self.ids or key in self.samples:
+        if key in self.samples or (rid in self.ids and not self.rekey):
             self.reject(index, rid, *self.duplicate(rid, key), self.serialise(original), extra)
             return False
+        if rid in self.ids:
+            rid, out = self.renamed(rid, out)
         self.ids.add(rid)
         self.samples[key] = rid
         self.out.write_block(out, 1)
         return True
+
+    def renamed(self, rid: str, out: bytes) -> tuple[str, bytes]:
+        """``--rekey``: the first free ``<id>-<n>`` (n = 1, 2, ... per repeated id) and the framed output
+        record with it (the id is always the record's first key, so only its head changes)."""
+        n = self._repeats.get(rid, 0)
+        new = rid
+        while new in self.ids:
+            n += 1
+            new = f"{rid}-{n}"
+        self._repeats[rid] = n
+        self.rekeyed += 1
+        old_head, new_head = b'{"id":' + orjson.dumps(rid), b'{"id":' + orjson.dumps(new)
+        out = bytes(out)
+        at = out.index(old_head)  # after the framing (",\n" in a JSON array)
+        return new, out[:at] + new_head + out[at + len(old_head):]
 
 
 class Originals:
@@ -347,7 +375,7 @@ class Stream:
             start = bends[k - 1] if k else 0
             if run_n:
                 write_block(view[run_at:start], run_n)
-            dec.reject(first + k, rid, *dec.duplicate(rid, key), self.originals.serialise((src, k)))
+            dec.decide(first + k, rid, (), key, view[start:bends[k]], (src, k))
             run_at, run_n = bends[k], 0
         if run_n:
             write_block(view[run_at:], run_n)

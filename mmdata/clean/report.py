@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -29,11 +30,17 @@ def _finite(obj: Any) -> Any:
 
 
 def dump(obj: Any) -> bytes:
-    """orjson, falling back to the stdlib for what orjson refuses (lone surrogates, ints over 64 bits)."""
+    """orjson, falling back to the stdlib for what orjson refuses (lone surrogates, ints over 64 bits,
+    values nested deeper than 255 levels: anything a JSON reader parsed, up to orjson's 1024 levels)."""
     try:
         return orjson.dumps(obj)
     except TypeError:
-        return json.dumps(_finite(obj), separators=(",", ":")).encode()
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(limit, 20_000))  # _finite and the encoder recurse once per level
+        try:
+            return json.dumps(_finite(obj), separators=(",", ":")).encode()
+        finally:
+            sys.setrecursionlimit(limit)
 
 
 def out_format_of(path: Path) -> str:
@@ -110,6 +117,19 @@ class Sink:
         return bool(self._cm.__exit__(et, ev, tb))
 
 
+# What helps when one reason takes a large share of the rejects: (the flag, what it does).
+_REMEDIES = {
+    "duplicate_id": ("--rekey", "makes repeated ids unique as <id>-<n>"),
+    "missing_image": ("--images", "image paths are relative to it: is it the right folder?"),
+    "image_too_small": ("--min-side", "is the shortest side kept"),
+    "bad_aspect_ratio": ("--max-aspect", "is the largest long/short ratio kept"),
+    "unreadable_image": ("--max-pixels", "raises the decompression-bomb limit, if the detail says 'bomb'"),
+    "text_too_long": ("--max-text-chars", "is the longest text kept"),
+    "malformed": ("--input-format", "forces the input shape; see the details for what the records look like"),
+}
+HINT_SHARE = 0.2  # a reason holding more than this share of the rejects gets a hint
+
+
 @dataclass
 class CleanReport:
     """What one clean run did: every input unit is counted once as written or rejected (by reason)."""
@@ -138,7 +158,26 @@ class CleanReport:
         head.update({code: self.by_reason.get(code, 0) for code in REASONS})
         head.update(d)
         head.update(extra)
+        hints = self.hints()
+        if hints:
+            head["hints"] = hints
         return head
+
+    def hints(self) -> list[str]:
+        """One line per reason holding more than `HINT_SHARE` of the rejects, naming the flag that helps."""
+        out = []
+        for code in REASONS:
+            n = self.by_reason.get(code, 0)
+            remedy = _REMEDIES.get(code)
+            if not n or remedy is None or n <= HINT_SHARE * self.rejected:
+                continue
+            if code == "duplicate_id" and self.kind == "coco":
+                continue  # coco ids are file stems: --rekey is llava's and hf's
+            if code == "duplicate_id" and self.options.get("rekey"):
+                continue
+            flag, what = remedy
+            out.append(f"{n:,} of {self.rejected:,} rejects ({100 * n / self.rejected:.0f}%) are {code}: {flag} {what}")
+        return out
 
     def write(self, path: Path) -> None:
         write_json(path, self.to_json())

@@ -62,7 +62,22 @@ def _read_coco(path: Path) -> tuple[list[Any], list[Any]]:
     if type(images) is not list or type(anns) is not list:
         missing = "images" if type(images) is not list else "annotations"
         raise InputError(path, f"not a COCO captions file: no '{missing}' list")
+    if anns and not any(type(a) is dict and "caption" in a for a in anns):
+        raise InputError(path, f"{_file_kind(data, anns)}, not a COCO captions file: no annotation has a 'caption'; "
+                               "pass annotations/captions_*.json to `clean coco`")
     return images, anns
+
+
+def _file_kind(data: dict[str, Any], anns: list[Any]) -> str:
+    """What a COCO file without captions is, from its annotation keys (for the error message)."""
+    keys = set().union(*(a.keys() for a in anns[:100] if type(a) is dict))
+    if "keypoints" in keys:
+        return "a COCO person keypoints file"
+    if "segments_info" in keys:
+        return "a COCO panoptic file"
+    if "bbox" in keys or "segmentation" in keys or "categories" in data:
+        return "a COCO instances (object detection) file"
+    return "a COCO file of another kind"
 
 
 def _annotation_problem(a: Any) -> str | None:
@@ -106,8 +121,11 @@ def _group_captions(anns: list[Any], listed: set[Any]) -> tuple[dict[Any, Captio
     return by_img, rejects
 
 
-def _plan_listing(i: int, L: Any, by_img: dict[Any, Captions], fallback: str) -> Listing:
-    """Structure checks of one image listing (malformed, no_caption)."""
+def _plan_listing(i: int, L: Any, by_img: dict[Any, Captions], fallback: str, first_at: dict[Any, int]) -> Listing:
+    """Structure checks of one image listing (malformed, duplicate_id of a listed image id, no_caption).
+
+    ``first_at`` maps each image id to the position of its first listing: captions name an image id,
+    so a second listing with that id cannot tell its captions from the first's and is rejected."""
     if type(L) is not dict:
         return Listing(i, f"{fallback}-{i}", "malformed", f"image listing is {json_type(L)}, expected an object", L)
     fn = L.get("file_name")
@@ -119,6 +137,10 @@ def _plan_listing(i: int, L: Any, by_img: dict[Any, Captions], fallback: str) ->
     if not _is_key(img_id):
         why = "has no id" if "id" not in L else f"id is {json_type(img_id)}, expected an integer"
         return Listing(i, stem, "malformed", f"image listing {why}", L)
+    j = first_at.setdefault(img_id, i)
+    if j != i:
+        return Listing(i, stem, "duplicate_id", f"image id {img_id} is already listed at images[{j}] "
+                       "(captions name an image id, so they belong to the first listing)", L)
     caps = by_img.get(img_id)
     if not caps:
         return Listing(i, stem, "no_caption", f"no non-blank caption for image id {img_id}", L)
@@ -205,7 +227,8 @@ def clean_coco(
     images, anns = _read_coco(captions_path)
     listed = {L["id"] for L in images if type(L) is dict and _is_key(L.get("id"))}
     by_img, ann_rejects = _group_captions(anns, listed)
-    plan = [_plan_listing(i, L, by_img, captions_path.stem) for i, L in enumerate(images)]
+    first_at: dict[Any, int] = {}
+    plan = [_plan_listing(i, L, by_img, captions_path.stem, first_at) for i, L in enumerate(images)]
     report = CleanReport(kind="coco", source=captions_path.name, out=str(out_path), rejects=str(rejects_path),
                          report=str(report_path),
                          options={"min_side": min_side, "max_aspect": max_aspect, "max_pixels": max_pixels,

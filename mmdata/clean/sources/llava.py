@@ -23,15 +23,18 @@ from mmdata.clean.engine import (
     Stream,
     StructureOptions,
     check_common_args,
+    check_max_text_chars,
     structure_objects,
     structure_span,
 )
 from mmdata.clean.fastread import NotFast, iter_spans
+from mmdata.clean.pool import worker_pool
 from mmdata.clean.report import CleanReport, Sink, default_paths
 from mmdata.errors import InputError
 from mmdata.images import DEFAULT_MAX_PIXELS
 from mmdata.io import iter_json_records
 from mmdata.procs import resolve_workers
+from mmdata.records import DEFAULT_MAX_TEXT_CHARS
 
 __all__ = ["clean_llava"]
 
@@ -52,12 +55,15 @@ def clean_llava(
     workers: int | None = None,
     out_format: str = "llava",
     input_format: str | None = None,
+    max_text_chars: int = DEFAULT_MAX_TEXT_CHARS,
+    rekey: bool = False,
     progress: Progress | None = None,
 ) -> CleanReport:
     """Clean a LLaVA / ShareGPT / messages file (JSON array or JSON Lines) into OUT + rejects + report.
 
     ``input_format``: "auto" (default; per record: ``conversations``, ``messages`` or
-    ``instruction``/``output``), "llava" or "messages". Raises InputError on unusable input.
+    ``instruction``/``output``), "llava" or "messages". ``rekey``: a repeated id becomes ``<id>-<n>``
+    (counted in the report) instead of a duplicate_id reject. Raises InputError on unusable input.
     """
     input_path, images_root, out_path = Path(input_path), Path(images_root), Path(out_path)
     shape = input_format or "auto"
@@ -67,25 +73,27 @@ def clean_llava(
                                               Path(report_path) if report_path else None)
     fmt = check_common_args(images_root, out_path, [input_path], min_side, max_aspect, max_pixels, out_format,
                             (rejects_path, report_path))
+    check_max_text_chars(max_text_chars)
     nworkers = resolve_workers(workers)
     # A small input is parsed in this process (starting workers and moving batches costs more than it
     # saves); image checks still get a pool of their own, started only if an image is met.
     small = input_path.stat().st_size <= _INLINE_BYTES
-    pool = ProcessPoolExecutor(nworkers) if nworkers > 1 and not small else None
+    pool = worker_pool(nworkers) if nworkers > 1 and not small else None
     report = CleanReport(kind="llava", source=input_path.name, out=str(out_path), rejects=str(rejects_path),
                          report=str(report_path),
                          options={"min_side": min_side, "max_aspect": max_aspect, "max_pixels": max_pixels,
-                                  "out_format": out_format, "input_format": shape})
-    opts = StructureOptions(input_path.stem, shape, out_format == "messages", fmt == "json")
+                                  "out_format": out_format, "input_format": shape, "max_text_chars": max_text_chars,
+                                  "rekey": rekey})
+    opts = StructureOptions(input_path.stem, shape, out_format == "messages", fmt == "json", max_text_chars)
     checks = dict(min_side=min_side, max_aspect=max_aspect, max_pixels=max_pixels)
     try:
         try:
             _run(input_path, images_root, out_path, rejects_path, fmt, report, opts, checks, pool, nworkers,
-                 progress, exact=False)
+                 progress, exact=False, rekey=rekey)
         except (Fallback, NotFast, UnicodeDecodeError):
             report.rejected, report.by_reason = 0, dict.fromkeys(report.by_reason, 0)
             _run(input_path, images_root, out_path, rejects_path, fmt, report, opts, checks, pool, nworkers,
-                 progress, exact=True)
+                 progress, exact=True, rekey=rekey)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -95,17 +103,19 @@ def clean_llava(
 
 def _run(input_path: Path, images_root: Path, out_path: Path, rejects_path: Path, fmt: str, report: CleanReport,
          opts: StructureOptions, checks: dict[str, Any], pool: ProcessPoolExecutor | None, nworkers: int,
-         progress: Progress | None, *, exact: bool) -> None:
+         progress: Progress | None, *, exact: bool, rekey: bool) -> None:
     """One pass: the fast splitter's spans (``exact`` False) or the exact reader's objects."""
     with ImageChecker(str(images_root), workers=nworkers, pool=pool, **checks) as checker, \
             Sink(rejects_path, "jsonl") as rejects, Sink(out_path, fmt) as out:
         originals = Originals(input_path)
-        dec = Decider(checker, out, rejects, report, input_path.name, originals.serialise)
+        dec = Decider(checker, out, rejects, report, input_path.name, originals.serialise, rekey=rekey)
         stream = Stream(dec, originals, pool, nworkers)
         items = _exact_items(input_path, opts) if exact else _span_items(input_path, opts, pool)
         report.input = stream.run(items, progress)
         report.written = out.count
         report.images_checked = checker.checked
+        if dec.rekey:
+            report.extra["rekeyed"] = dec.rekeyed
     if progress is not None:
         progress(report.input, report.images_checked)
 
