@@ -1,4 +1,4 @@
-"""`mmdata clean coco|llava`: flags (CONTRACT s.2) -> the library; progress and a summary on stderr."""
+"""`mmdata clean coco|llava|hf`: flags (CONTRACT s.2) -> the library; progress and a summary on stderr."""
 
 from __future__ import annotations
 
@@ -134,6 +134,32 @@ def coco_cmd(
     _run(quiet, clean_coco, captions_path=captions, images_root=images, out_path=out, rejects_path=rejects,
          report_path=report, per_caption=per_caption, prompts=load_prompts(prompts) if prompts else None,
          min_side=min_side, max_aspect=max_aspect, max_pixels=max_pixels, workers=workers, out_format=out_format)
+
+
+@clean_app.command("hf")
+def hf_cmd(
+    input: Path = typer.Argument(..., help="A parquet file, or a folder of them (LLaVA-OneVision-Data or the_cauldron layout)."),
+    out: Path = _OUT,
+    images_store: Path | None = typer.Option(None, "--images-store",
+                                             help="Where the embedded images are written, by content (default: OUT.images beside OUT)."),
+    rejects: Path | None = _REJECTS,
+    report: Path | None = _REPORT,
+    min_side: int = _MIN_SIDE,
+    max_aspect: float = _MAX_ASPECT,
+    max_pixels: int = _MAX_PIXELS,
+    workers: int | None = _WORKERS,
+    out_format: str = _OUT_FORMAT,
+    max_text_chars: int = _MAX_TEXT,
+    rekey: bool = _REKEY,
+    rows: int = typer.Option(256, "--rows", help="Parquet rows read at a time (memory, not output)."),
+    quiet: bool = _QUIET,
+) -> None:
+    """Clean a Hugging Face parquet dataset with embedded images; then `mmdata shard OUT --images OUT.images`."""
+    from mmdata.clean.sources.hf import clean_hf
+
+    _run(quiet, clean_hf, input_path=input, out_path=out, images_store=images_store, rejects_path=rejects,
+         report_path=report, min_side=min_side, max_aspect=max_aspect, max_pixels=max_pixels, workers=workers,
+         out_format=out_format, max_text_chars=max_text_chars, rekey=rekey, rows=rows)
 
 
 def register(app: typer.Typer) -> None:

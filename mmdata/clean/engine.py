@@ -27,7 +27,7 @@ from mmdata.io import check_output_path
 from mmdata.records import DEFAULT_MAX_TEXT_CHARS, normalize, to_messages
 
 __all__ = ["Batch", "Decider", "Item", "Originals", "Stream", "StructureOptions", "check_common_args",
-           "check_max_text_chars", "frame",
+           "check_max_text_chars", "check_options", "check_outputs", "frame",
            "sample_key", "structure_objects", "structure_span"]
 
 _WINDOW = 20_000  # records allowed to wait for image verdicts before the reader blocks
@@ -42,12 +42,19 @@ def check_common_args(images_root: Path, out_path: Path, inputs: list[Path], min
     not a directory, not an input and not another output."""
     if not images_root.is_dir():
         raise InputError(images_root, "no such images folder" if not images_root.exists() else "not a folder")
-    fmt = out_format_of(out_path)
     for p in inputs:
         if not p.exists():
             raise InputError(p, "no such file")
         if p.is_dir():
             raise InputError(p, "is a directory, expected a JSON or JSON Lines file")
+    fmt = check_outputs(out_path, inputs, others)
+    check_options(min_side, max_aspect, max_pixels, out_format)
+    return fmt
+
+
+def check_outputs(out_path: Path, inputs: list[Path], others: tuple[Path, ...] = ()) -> str:
+    """OUT's format (json/jsonl); OUT and ``others`` (rejects, report) writable, not inputs, distinct."""
+    fmt = out_format_of(out_path)
     seen: dict[str, Path] = {}
     for o in (out_path, *others):
         try:
@@ -60,6 +67,11 @@ def check_common_args(images_root: Path, out_path: Path, inputs: list[Path], min
         if real in seen:
             raise InputError(o, f"--{_flag(o, out_path, others)} is the same file as {seen[real]}")
         seen[real] = o
+    return fmt
+
+
+def check_options(min_side: int, max_aspect: float, max_pixels: int, out_format: str) -> None:
+    """The image limits and the output shape."""
     if min_side < 1:
         raise InputError(None, f"--min-side must be >= 1 (got {min_side})")
     if not max_aspect >= 1:
@@ -68,7 +80,6 @@ def check_common_args(images_root: Path, out_path: Path, inputs: list[Path], min
         raise InputError(None, f"--max-pixels must be >= 1 (got {max_pixels})")
     if out_format not in ("llava", "messages"):
         raise InputError(None, f"--out-format must be llava or messages (got {out_format!r})")
-    return fmt
 
 
 def check_max_text_chars(n: int) -> None:

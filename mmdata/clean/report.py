@@ -120,14 +120,15 @@ class Sink:
 # What helps when one reason takes a large share of the rejects: (the flag, what it does).
 _REMEDIES = {
     "duplicate_id": ("--rekey", "makes repeated ids unique as <id>-<n>"),
-    "missing_image": ("--images", "image paths are relative to it: is it the right folder?"),
-    "image_too_small": ("--min-side", "is the shortest side kept"),
-    "bad_aspect_ratio": ("--max-aspect", "is the largest long/short ratio kept"),
-    "unreadable_image": ("--max-pixels", "raises the decompression-bomb limit, if the detail says 'bomb'"),
-    "text_too_long": ("--max-text-chars", "is the longest text kept"),
-    "malformed": ("--input-format", "forces the input shape; see the details for what the records look like"),
+    "missing_image": ("--images", "image paths are relative to it; is it the right folder?"),
+    "image_too_small": ("--min-side", "sets the shortest side kept"),
+    "bad_aspect_ratio": ("--max-aspect", "sets the largest long/short ratio kept"),
+    "text_too_long": ("--max-text-chars", "sets the longest text kept"),
+    "malformed": ("--input-format", "forces the input shape; the details say what the records look like"),
 }
-HINT_SHARE = 0.2  # a reason holding more than this share of the rejects gets a hint
+_NOT_FOR = {"coco": {"duplicate_id", "text_too_long", "malformed"}, "hf": {"missing_image", "malformed"}}
+HINT_SHARE = 0.2  # a reason holding more than this share of the rejects (and HINT_MIN of them) gets a hint
+HINT_MIN = 10
 
 
 @dataclass
@@ -169,11 +170,8 @@ class CleanReport:
         for code in REASONS:
             n = self.by_reason.get(code, 0)
             remedy = _REMEDIES.get(code)
-            if not n or remedy is None or n <= HINT_SHARE * self.rejected:
-                continue
-            if code == "duplicate_id" and self.kind == "coco":
-                continue  # coco ids are file stems: --rekey is llava's and hf's
-            if code == "duplicate_id" and self.options.get("rekey"):
+            if n < HINT_MIN or remedy is None or n <= HINT_SHARE * self.rejected \
+                    or code in _NOT_FOR.get(self.kind, ()):
                 continue
             flag, what = remedy
             out.append(f"{n:,} of {self.rejected:,} rejects ({100 * n / self.rejected:.0f}%) are {code}: {flag} {what}")
