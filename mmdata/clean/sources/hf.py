@@ -202,7 +202,9 @@ def _items(files: list[Path], layout: Layout, extra: list[str], store: ImageStor
     convert = _CONVERT[layout.name]
     n = 0
     for f in files:
-        pf = pq.ParquetFile(f)
+        # pre_buffer (pyarrow's default) reads every row group's column chunks up front: memory would
+        # grow with the file (measured: 313 MB of Arrow memory for a 262 MB file, 80 MB without).
+        pf = pq.ParquetFile(f, pre_buffer=False)
         cols = [c for c in (*layout.reads, *extra) if c in pf.schema_arrow.names]
         for batch in pf.iter_batches(batch_size=rows, columns=cols):
             recs = []
