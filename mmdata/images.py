@@ -10,8 +10,10 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from PIL import Image, ImageFile
+if TYPE_CHECKING:  # Pillow is imported on first use: a text-only clean never needs it
+    from PIL import Image
 
 __all__ = [
     "ImageInfo",
@@ -28,7 +30,6 @@ __all__ = [
 # Pillow's own bomb threshold is 2 x MAX_IMAGE_PIXELS (~179 MP); we reject at the same size by
 # default, as a reason code instead of an exception, and let users choose their limit.
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
-ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 _MAGIC = (
     (b"\xff\xd8\xff", "JPEG"),
@@ -90,6 +91,9 @@ def verify_image_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     JPEGs are decoded with DCT scaling (draft mode): every entropy-coded byte is still read, so a
     truncated file is caught, at a fraction of the cost of a full-size decode.
     """
+    from PIL import Image, ImageFile
+
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must fail, whoever set this before
     if not data:
         raise ImageError("unreadable_image", "zero-byte file")
     fmt = sniff_format(data[:16])

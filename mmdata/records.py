@@ -399,7 +399,10 @@ def _fast_llava(raw: dict[str, Any], default_id: str, max_text_chars: int) -> No
         values = [t["value"].strip() for t in conv]
     except (TypeError, KeyError, AttributeError):
         return None
-    if roles != _ALTERNATING.get(len(roles)) or not all(values) or sum(map(len, values)) > max_text_chars:
+    if roles != _ALTERNATING.get(len(roles)) or not all(values):
+        return None
+    text = "\0".join(values)  # one string for the length and the <image> scans
+    if len(text) - len(values) + 1 > max_text_chars:
         return None
     rid = raw.get("id", default_id)
     if type(rid) is not str:
@@ -418,15 +421,15 @@ def _fast_llava(raw: dict[str, Any], default_id: str, max_text_chars: int) -> No
     else:
         return None
     if images:
-        if "\0".join(values[0::2]).count(IMAGE_TOKEN) != len(images) or IMAGE_TOKEN in "\0".join(values[1::2]):
-            return None
-    elif IMAGE_TOKEN in "\0".join(values):  # text-only: one scan
+        if text.count(IMAGE_TOKEN) != len(images) or IMAGE_TOKEN in "\0".join(values[1::2]):
+            return None  # (all in the human turns when none is in a gpt turn)
+    elif IMAGE_TOKEN in text:  # text-only: one scan
         return None
     rec: dict[str, Any] = {"id": rid}
     if images:
         rec["image"] = images[0] if len(images) == 1 else list(images)
     rec["conversations"] = [{"from": r, "value": v} for r, v in zip(roles, values)]
-    if len(raw) > 3 or "id" not in raw or "image" not in raw:
+    if len(raw) > 1 + ("id" in raw) + ("image" in raw):  # keys other than id, image, conversations
         for k, v in raw.items():
             if k not in _LLAVA_KEYS:
                 rec[k] = v

@@ -11,8 +11,6 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import NamedTuple
 
-from PIL import Image
-
 from mmdata.clean.pool import worker_pool
 from mmdata.images import DEFAULT_MAX_PIXELS, ImageError, ImageRoot, verify_image_bytes
 from mmdata.records import unsafe_path_reason
@@ -37,6 +35,8 @@ _CHUNK = 32  # paths per task: amortises inter-process traffic, small enough to 
 
 def _init_worker(max_pixels: int) -> None:
     # Our own pixel limit decides; Pillow's (2 x MAX_IMAGE_PIXELS raises) must not fire first.
+    from PIL import Image
+
     if Image.MAX_IMAGE_PIXELS is not None and max_pixels >= 2 * Image.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = max_pixels // 2 + 1
 

@@ -183,7 +183,7 @@ class _Writer:
             cap = p.captions[0][1]
             rec = {"id": stem, "image": p.file_name, "conversations": [human, {"from": "gpt", "value": cap}],
                    "captions": [c for _, c in p.captions], "width": v.width, "height": v.height}
-            if self._write(p, stem, rec, [human["value"], cap], kind):
+            if self._write(p, stem, rec, kind):
                 self.stems.add(stem)
             return
         wrote = False
@@ -191,12 +191,12 @@ class _Writer:
             cid = f"{stem}_{aid}"
             rec = {"id": cid, "image": p.file_name, "conversations": [human, {"from": "gpt", "value": cap}],
                    "annotation_id": aid, "width": v.width, "height": v.height}
-            wrote |= self._write(p, cid, rec, [human["value"], cap], {"kind": "image", "annotation_id": aid})
+            wrote |= self._write(p, cid, rec, {"kind": "image", "annotation_id": aid})
         if wrote:
             self.stems.add(stem)
 
-    def _write(self, p: Listing, rid: str, rec: dict[str, Any], values: list[str], extra: dict[str, Any]) -> bool:
-        key = sample_key([rec["image"]], ["human", "gpt"], values)
+    def _write(self, p: Listing, rid: str, rec: dict[str, Any], extra: dict[str, Any]) -> bool:
+        key = sample_key([rec["image"]], dump(rec["conversations"]))
         data = frame(dump(to_messages(rec) if self.messages else rec), self.json_array)
         return self.dec.decide(p.index, rid, [rec["image"]], key, data, p.listing, extra)
 

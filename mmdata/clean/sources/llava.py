@@ -124,7 +124,7 @@ def _span_items(input_path: Path, opts: StructureOptions, pool: ProcessPoolExecu
     """Spans of the input file, structured in the pool (or here when there is none)."""
     path = str(input_path)
     n = 0
-    for span in iter_spans(input_path, _BATCH):
+    for span in iter_spans(input_path, _BATCH, parsed_after=True):
         if pool is None:
             yield Item(n, span, structure_span(path, span, n, opts))
         else:
