@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 __all__ = [
+    "CHAT_ROLES",
     "DEFAULT_MAX_TEXT_CHARS",
     "IMAGE_TOKEN",
     "OUT_ROLES",
@@ -59,6 +60,8 @@ REASONS = (
 # Input role -> clean role (CONTRACT s.1), and clean role -> the messages shape's role.
 ROLES = {"human": "human", "gpt": "gpt", "user": "human", "assistant": "gpt"}
 OUT_ROLES = {"human": "user", "gpt": "assistant"}
+# Input role -> chat-template role (what a tokenizer's chat template calls it), system included.
+CHAT_ROLES = {**{r: OUT_ROLES[c] for r, c in ROLES.items()}, "system": "system"}
 _SEP = re.compile(r"[\\/]")
 
 # Keys each input shape consumes (everything else is kept, in input order, after the conversation).
