@@ -21,8 +21,8 @@ from mmdata.inspect.dataset import image_paths, record_turns, text_chars
 from mmdata.inspect.problems import Problem
 from mmdata.inspect.stats import IntHist
 from mmdata.io import iter_json_records
-from mmdata.models.rules import get_rule
 from mmdata.models.qwen2vl import DEFAULT_MAX_IMAGE_TOKENS
+from mmdata.models.rules import get_rule
 
 CHUNK = 4096
 DEFAULT_WINDOW = 8192  # the loader's PlanConfig.window_samples
@@ -33,12 +33,12 @@ def probe_header(path: str) -> tuple[int, int] | str:
     """(width, height) after EXIF orientation from the header alone, or a reason string."""
     from PIL import Image
 
-    from mmdata.images import exif_orientation
+    from mmdata.images import TRANSPOSED_ORIENTATIONS, exif_orientation
 
     try:
         with Image.open(path) as img:
             w, h = img.size
-            if exif_orientation(img) in (5, 6, 7, 8):
+            if exif_orientation(img) in TRANSPOSED_ORIENTATIONS:
                 w, h = h, w
             return w, h
     except FileNotFoundError:

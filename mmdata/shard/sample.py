@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmdata.format.sample import ImageMeta, ShardSample
-from mmdata.images import ImageError
+from mmdata.images import ImageError, ImageRoot
 from mmdata.records import normalize, unsafe_path_reason, validate_record
 from mmdata.rules import Rule
 from mmdata.shard.resize import ResizeSpec, resize_image
@@ -83,16 +83,14 @@ class SampleMaker:
     """Turns tasks into samples under fixed options; one instance per worker process."""
 
     def __init__(self, images_root: str | os.PathLike, spec: ResizeSpec, rule: Rule | None = None):
-        self.root = os.path.realpath(images_root)
-        self.root_prefix = self.root.rstrip(os.sep) + os.sep
+        self.root = ImageRoot(images_root)
         self.spec = spec
         self.rule = rule or spec.get_rule()
 
     def _resolve(self, p: str) -> str | None:
         if unsafe_path_reason(p) is not None or os.path.isabs(p):
             return None
-        real = os.path.realpath(os.path.join(self.root, p))
-        return real if real.startswith(self.root_prefix) else None
+        return self.root.resolve(p)
 
     def make(self, task: Task) -> Sample | Reject:
         rec = task.record

@@ -14,14 +14,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from mmdata.errors import InputError, MMDataError
+from mmdata.records import CHAT_ROLES
 from mmdata.text.tokenizer import TextTokenizer
-from mmdata.text.tokens import IM_END, IM_START, IMAGE_PAD, IMAGE_TAG, VISION_END, VISION_START
+from mmdata.text.tokens import (
+    IM_END,
+    IM_START,
+    IMAGE_PAD,
+    IMAGE_TAG,
+    VISION_END,
+    VISION_START,
+)
 
 IGNORE = -100
 QWEN_SYSTEM = "You are a helpful assistant."
 LLAVA_V1_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
                    "The assistant gives helpful, detailed, and polite answers to the human's questions.")
-_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
 class TemplateError(MMDataError):
@@ -101,7 +108,7 @@ def _turns(record: dict) -> tuple[str | None, list[tuple[str, str]]]:
     turns: list[tuple[str, str]] = []
     for i, t in enumerate(conv):
         raw = t.get(keys[0]) if isinstance(t, dict) else None
-        role = _ROLES.get(raw) if isinstance(raw, str) else None
+        role = CHAT_ROLES.get(raw) if isinstance(raw, str) else None
         value = t.get(keys[1]) if isinstance(t, dict) else None
         if role is None or not isinstance(value, str):
             raise TemplateError(sid, "bad_turns", f"turn {i} has no known role or no string value")
