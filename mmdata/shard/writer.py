@@ -30,7 +30,7 @@ from mmdata.rules import RULES
 from mmdata.shard import tarfmt
 from mmdata.shard.index import IndexColumns, to_table, write_index
 from mmdata.shard.manifest import ShardInfo, build_manifest, write_manifest
-from mmdata.shard.resize import ResizeSpec
+from mmdata.shard.resize import ResizeSpec, created_with
 from mmdata.shard.sample import Reject, Sample, SampleMaker, Task
 
 __all__ = ["write_shards", "ShardReport", "JOURNAL", "shard_name"]
@@ -446,6 +446,7 @@ def write_shards(
         "samples_per_shard": samples_per_shard,
         "max_shard_bytes": max_shard_bytes,
         "inputs": [p.name for p in inputs],
+        "created_with": created_with(),  # the pixel libraries that fix re-encoded images' bytes
     }
     if tok_sha is not None:
         options["text_tokens"] = {"template": template, "tokenizer_sha256": tok_sha}
