@@ -25,9 +25,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmdata.loader.pack import greedy_knapsack  # noqa: E402
+from benchmarks.baselines import greedy_knapsack  # noqa: E402
 from mmdata.loader.plan import PlanConfig, Planner, SetLengths  # noqa: E402
-from mmdata.rules import get_rule  # noqa: E402
+from mmdata.models.rules import get_rule  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # Length tables (index alone): LLaVA-Instruct-665K-like text, COCO/TextVQA/OCR-VQA/VG-like images
@@ -135,7 +135,7 @@ def make_llava_shards(work: Path, records: int) -> tuple[Path, Path, Path]:
 
 
 def _encode_text(rec, tok, tokens):
-    from mmdata.loader.templates import encode_conversation
+    from mmdata.text.templates import encode_conversation
 
     return encode_conversation(rec, tok, "qwen2vl", tokens)
 
@@ -144,7 +144,7 @@ def baseline_wds(shards: Path, tok, limit: int) -> tuple[int, int, float]:
     """webdataset + PIL: decode each sample, resize to the qwen2vl size, patchify, tokenize."""
     import webdataset as wds
 
-    from mmdata.loader.pixels import _frame_patches, fill_rows, target_size
+    from mmdata.loader.pixels import frame_patches, fill_rows, target_size
 
     urls = sorted(str(p) for p in shards.glob("shard-*.tar"))
     ds = wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode("pil")
@@ -158,7 +158,7 @@ def baseline_wds(shards: Path, tok, limit: int) -> tuple[int, int, float]:
         for m, im in zip(metas, imgs):
             h, w = target_size(m["height"], m["width"], 1280 * 28 * 28)
             arr = np.asarray(im.convert("RGB").resize((w, h), 3))
-            fill_rows([_frame_patches(arr, 14, 2)], 2, "float32")
+            fill_rows([frame_patches(arr, 14, 2)], 2, "float32")
             toks.append((h // 28) * (w // 28))
         tokens += len(_encode_text(rec, tok, toks).input_ids)
         n += 1
@@ -191,7 +191,7 @@ def baseline_raw(records_json: Path, images: Path, tok, limit: int) -> tuple[int
     import orjson
     from PIL import Image
 
-    from mmdata.loader.pixels import _frame_patches, fill_rows, target_size
+    from mmdata.loader.pixels import frame_patches, fill_rows, target_size
 
     rule = get_rule("qwen2vl")
     recs = orjson.loads(records_json.read_bytes())[:limit]
@@ -206,7 +206,7 @@ def baseline_raw(records_json: Path, images: Path, tok, limit: int) -> tuple[int
                 fit = rule.fit(im.width, im.height, 448, 1280)
                 h, w = target_size(fit.height, fit.width, 1280 * 28 * 28)
                 arr = np.asarray(im.resize((w, h), Image.Resampling.BICUBIC))
-            fill_rows([_frame_patches(arr, 14, 2)], 2, "float32")
+            fill_rows([frame_patches(arr, 14, 2)], 2, "float32")
             toks.append((h // 28) * (w // 28))
         tokens += len(_encode_text(rec, tok, toks).input_ids)
         n += 1
@@ -308,7 +308,7 @@ def make_many_shards(out: Path, n_shards: int, per_shard: int, with_text_tokens:
     from PIL import Image
 
     from mmdata.loader import load_tokenizer
-    from mmdata.loader.templates import text_token_counts
+    from mmdata.text.templates import text_token_counts
 
     if (out / "index.parquet").is_file():
         return out

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mmdata.loader.rope import mrope_position_ids  # noqa: E402
+from mmdata.models.rope import mrope_position_ids  # noqa: E402
 from tests.test_loader_text import reference_rope  # noqa: E402
 
 VS, PAD, VE = 151652, 151655, 151653

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmdata import codec
 from mmdata.images import exif_orientation
-from mmdata.rules import get_rule
+from mmdata.models.rules import get_rule
 from mmdata.shard import resize as R
 from mmdata.shard import write_shards
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import random
 import time
 
-from mmdata.loader.templates import encode_conversation
-from mmdata.loader.tokenizer import load_tokenizer
+from mmdata.text.templates import encode_conversation
+from mmdata.text.tokenizer import load_tokenizer
 
 WORDS = ("a man woman dog cat red blue car street table sitting standing near the with on in of and "
          "two small large white black food pizza plate kitchen window tree park bench train bus").split()

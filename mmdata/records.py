@@ -23,7 +23,7 @@ __all__ = [
     "validate_record",
 ]
 
-IMAGE_TOKEN = "<image>"
+from mmdata.text.tokens import IMAGE_TAG as IMAGE_TOKEN  # noqa: E402  (one spelling: mmdata.text.tokens)
 
 # Reject codes in precedence order (docs/clean-rules.md); coco-only codes last.
 REASONS = (

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+
+from mmdata.models.rope import mrope_position_ids
 
 IGNORE_INDEX = -100
 
@@ -26,31 +29,12 @@ class SynthVocab:
     text_hi: int = 490
 
 
-def mrope_positions(ids: torch.Tensor, grids: list[tuple[int, int, int]], image_pad: int, merge: int = 2) -> torch.Tensor:
-    """Qwen2-VL `get_rope_index` for one document: [3, L], text arange, image blocks on the merged grid."""
-    out, st, i, img = [], 0, 0, 0
-    L = ids.numel()
-    is_pad = (ids == image_pad).tolist()
-    while i < L:
-        if is_pad[i]:
-            t, h, w = grids[img]
-            gh, gw = h // merge, w // merge
-            ti = torch.arange(t).repeat_interleave(gh * gw)
-            hi = torch.arange(gh).repeat_interleave(gw).repeat(t)
-            wi = torch.arange(gw).repeat(t * gh)
-            block = torch.stack([ti, hi, wi]) + st
-            out.append(block)
-            st = int(block.max()) + 1
-            i += t * gh * gw
-            img += 1
-        else:
-            j = i
-            while j < L and not is_pad[j]:
-                j += 1
-            out.append(torch.arange(st, st + j - i).expand(3, -1))
-            st += j - i
-            i = j
-    return torch.cat(out, 1)
+def mrope_positions(ids: torch.Tensor, grids: list[tuple[int, int, int]], vocab: SynthVocab, merge: int = 2) -> torch.Tensor:
+    """Qwen2-VL `get_rope_index` for one document ([3, L] int64): the loader's own M-RoPE
+    (`mmdata.models.rope`), so the synthetic rows and the real ones share one implementation."""
+    pos = mrope_position_ids(ids.numpy(), np.asarray(grids, dtype=np.int64).reshape(-1, 3), merge,
+                             vision_start_id=vocab.vision_start, image_pad_id=vocab.image_pad)
+    return torch.from_numpy(pos)
 
 
 def make_document(g: torch.Generator, vocab: SynthVocab, max_len: int, image_prob: float = 0.6) -> dict:
@@ -75,7 +59,7 @@ def make_document(g: torch.Generator, vocab: SynthVocab, max_len: int, image_pro
     ids = torch.cat(parts)
     labels = torch.cat(lab)
     labels[0] = IGNORE_INDEX
-    return {"ids": ids, "labels": labels, "pos": mrope_positions(ids, grids, vocab.image_pad), "grids": grids,
+    return {"ids": ids, "labels": labels, "pos": mrope_positions(ids, grids, vocab), "grids": grids,
             "pix": torch.cat(pix) if pix else torch.zeros(0, 1176)}
 
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from mmdata.rules import smart_resize
+from mmdata.models.rules import smart_resize
 
 WORDS = ("red car blue sky dog runs fast small house tree green field people walking street "
          "a the on in with near of large bright dark water boat table chair").split()

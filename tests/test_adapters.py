@@ -16,9 +16,9 @@ from mmdata.loader.adapters import (
     to_mindspeed_mcore,
     to_mindspeed_seqpack,
 )
-from mmdata.loader.rope import mrope_position_ids
-from mmdata.loader.templates import encode_conversation
-from mmdata.loader.tokenizer import load_tokenizer
+from mmdata.models.rope import mrope_position_ids
+from mmdata.text.templates import encode_conversation
+from mmdata.text.tokenizer import load_tokenizer
 
 I = -100  # noqa: E741
 

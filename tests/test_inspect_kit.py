@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from mmdata.rules import get_rule
+from mmdata.models.rules import get_rule
 
 RULE = "qwen2vl"
 MAX_RES = 448

@@ -111,7 +111,7 @@ def test_workers_give_the_same_plan(data: Path) -> None:
 
 
 def test_forecast_uses_the_loaders_own_packer() -> None:
-    from mmdata.loader.pack import DEFAULT_PACKER, PACKERS
+    from mmdata.text.pack import DEFAULT_PACKER, PACKERS
 
     rng = np.random.default_rng(1)
     lens = rng.integers(1, 2048, size=5000)
@@ -124,8 +124,8 @@ def test_tokenizer_counts_are_the_loaders(data: Path) -> None:
     asset = Path(__file__).parents[1] / "mmdata" / "assets" / "tokenizer.json"
     if not asset.is_file():
         pytest.skip("the shipped tokenizer asset is missing")
-    from mmdata.loader.templates import text_token_count
-    from mmdata.loader.tokenizer import load_tokenizer
+    from mmdata.text.templates import text_token_count
+    from mmdata.text.tokenizer import load_tokenizer
 
     p = plan_records(data / "clean.jsonl", data / "img", seq_len=4096, tokenizer=str(asset))
     tok = load_tokenizer(str(asset))

@@ -9,9 +9,9 @@ import torch
 from loader_helpers import all_rows, make_records, same_batch, write_shards
 from mmdata.errors import MMDataError
 from mmdata.loader import LoaderConfig, PackedLoader, load_tokenizer, normalize_pixels
-from mmdata.loader.rope import mrope_position_ids
-from mmdata.loader.templates import encode_conversation
-from mmdata.rules import smart_resize
+from mmdata.models.rope import mrope_position_ids
+from mmdata.text.templates import encode_conversation
+from mmdata.models.rules import smart_resize
 
 SEQ = 384
 
@@ -271,3 +271,15 @@ def test_truncate_never_cuts_inside_an_image_block(tmp_path, tok):
     assert b["image_grid_thw"].tolist() == [[1, 4, 4]]  # the first image only
     assert b["pixel_values"].shape == (16, 1176)
     assert int((b["input_ids"] == tok.image_pad_id).sum()) == 4
+
+
+def test_a_stored_size_the_processor_would_change_is_a_bad_sample_never_resized(tmp_path, tok):
+    """CONTRACT s.3: the loader never resizes. Shards from before exact sizes (300x200 stored; the
+    processor would feed 308x196) are refused per sample with the fix in the detail."""
+    recs = make_records(8, seed=2, max_images=1, sizes=((56, 56), (300, 200)))
+    d = write_shards(tmp_path / "old", recs, samples_per_shard=4)
+    ld = loader(d, tok, epochs=1, bad_sample_budget=8)
+    got = ids_of(all_rows(ld))
+    old = [r["id"] for r in recs if (300, 200) in r.get("_sizes", [])]
+    assert old and sorted(got) == sorted(r["id"] for r in recs if r["id"] not in old)
+    assert ld.stats()["bad_by_reason"] == {"image_size_mismatch": len(old)}

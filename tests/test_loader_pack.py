@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from mmdata.loader.pack import best_fit_decreasing, greedy_knapsack, pack_fill, packing_efficiency
+from benchmarks.baselines import greedy_knapsack, packing_efficiency
+from mmdata.text.pack import best_fit_decreasing, pack_fill
 
 
 def llava_like(n, seed=0, cap=4096, multi=False):

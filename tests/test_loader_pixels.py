@@ -43,17 +43,19 @@ def test_uint8_rows_and_device_normalisation_agree():
 
 
 def test_image_rows_size_grid_and_tokens():
-    arr = np.random.default_rng(0).integers(0, 256, (100, 150, 3), dtype=np.uint8)
+    assert target_size(100, 150, max_pixels=1280 * 28 * 28) == (112, 140)
+    h, w = 112, 140  # stored at the processor's size (CONTRACT s.3): the loader never resizes
+    arr = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="JPEG")
-    h, w = target_size(100, 150, max_pixels=1280 * 28 * 28)
-    assert (h, w) == (112, 140)
+    with pytest.raises(ValueError, match="the json says 150x100"):
+        image_rows(buf.getvalue(), 100, 150, 14, 2, 2, "float32")
     rows, grid = image_rows(buf.getvalue(), h, w, 14, 2, 2, "float32")
     assert grid == (1, 8, 10)
     assert rows.shape == (80, 1176) and rows.dtype == np.float32
     assert rows.shape[0] // 4 == (h // 28) * (w // 28)  # image tokens after the 2x2 merge
-    # same pixels as PIL bicubic to the exact size, then HF order
-    ref = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB").resize((w, h), Image.Resampling.BICUBIC))
+    # the stored pixels, in HF order
+    ref = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
     np.testing.assert_allclose(rows, hf_reference(ref), atol=2e-6)
 
 

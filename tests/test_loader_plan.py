@@ -133,3 +133,44 @@ def test_plan_cache_file_gives_the_same_plan(tmp_path):
     b._make = None  # must not re-pack: the file answers
     assert plan_rows(b, 1) == rows
     assert b.epoch(1).dropped == a.epoch(1).dropped
+
+
+# ---- golden plan (issue 9 item 5) ----------------------------------------------------------------
+# A fixed plan, pinned: a change to the shuffle, the windows, the blending or a packer that moves any
+# of these rows must bump PLAN_VERSION (mmdata/loader/plan.py) and re-pin the figures here, so a
+# resumed run refuses a remapped stream and no stale cached plan is served.
+GOLDEN = {
+    "fill": ("227d1c932ffcc81c", 218, [(0, [439, 412, 499, 146, 262]), (1, [106, 1, 59]), (0, [123, 110, 209, 270]),
+                                       (0, [236, 431, 453, 428, 228, 133])]),
+    "bfd": ("c86a41e6414112f6", 232, [(0, [299, 487, 124, 411]), (1, [72, 48, 160]), (0, [222, 218]), (0, [238, 268])]),
+}
+
+
+def _golden_planner(packer: str) -> Planner:
+    rng = np.random.default_rng(20240607)
+    n = 600
+    lengths, images = rng.integers(40, 900, n), rng.integers(0, 3, n)
+    sets = [SetLengths(lengths, images, np.repeat(np.arange(6), n // 6), fingerprint="golden-a"),
+            SetLengths(lengths[:200][::-1].copy(), images[:200], np.repeat(np.arange(2), 100), fingerprint="golden-b")]
+    cfg = PlanConfig(seq_len=2048, max_images_per_seq=4, seed=11, window_samples=256, packer=packer)
+    return Planner(sets, cfg, weights=[3.0, 1.0])
+
+
+@pytest.mark.parametrize("packer", sorted(GOLDEN))
+def test_golden_plan_rows_and_fingerprint_are_pinned(packer):
+    from mmdata.loader.plan import PLAN_VERSION
+
+    fingerprint, num_rows, first_rows = GOLDEN[packer]
+    p = _golden_planner(packer)
+    e = p.epoch(1)
+    got = [(s, [int(x) for x in idx]) for s, idx in (e.row(r) for r in range(len(first_rows)))]
+    assert (PLAN_VERSION, e.num_rows, got) == (1, num_rows, first_rows), "the plan moved: bump PLAN_VERSION"
+    assert p.fingerprint == fingerprint
+
+
+def test_plan_version_is_part_of_the_fingerprint(monkeypatch):
+    import mmdata.loader.plan as plan
+
+    before = _golden_planner("fill").fingerprint
+    monkeypatch.setattr(plan, "PLAN_VERSION", plan.PLAN_VERSION + 1)
+    assert _golden_planner("fill").fingerprint != before

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 
 from mmdata.errors import InputError
-from mmdata.loader.rope import mrope_position_ids, text_position_ids
-from mmdata.loader.templates import (
+from mmdata.models.rope import mrope_position_ids, text_position_ids
+from mmdata.text.templates import (
     IGNORE,
     TemplateError,
     encode_conversation,
     text_token_count,
     text_token_counts,
 )
-from mmdata.loader.tokenizer import ASSET, load_tokenizer
+from mmdata.text.tokenizer import ASSET, load_tokenizer
 
 ANCHOR = Path(__file__).resolve().parents[1].parent / "shared" / "anchor-data"
 

@@ -79,7 +79,7 @@ def test_ids_member_is_the_template_encoding(made):
     root, tok = made
     import tarfile
 
-    from mmdata.loader.templates import encode_conversation
+    from mmdata.text.templates import encode_conversation
 
     with tarfile.open(root / "pre" / "shard-000000.tar") as t:
         rec = json.load(t.extractfile("000000002.json"))
@@ -92,7 +92,7 @@ def test_ids_member_is_the_template_encoding(made):
 def test_batches_are_bit_identical_and_the_tokenizer_is_not_called(made, tmp_path, monkeypatch):
     root, tok = made
     want, _ = _rows(root / "plain", tok, tmp_path / "a")
-    import mmdata.loader.templates as templates
+    import mmdata.text.templates as templates
 
     def boom(*a, **k):
         raise AssertionError("tokenizer called on the pre-tokenised path")
@@ -118,7 +118,7 @@ def test_with_dataloader_workers_too(made, tmp_path):
 def test_a_template_mismatch_encodes_at_load_time(made, tmp_path, monkeypatch):
     root, tok = made
     want, _ = _rows(root / "plain", tok, tmp_path / "a", template="llava_v1")
-    import mmdata.loader.templates as templates
+    import mmdata.text.templates as templates
 
     calls = []
     orig = templates.encode_conversation

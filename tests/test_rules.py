@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mmdata.rules import Fit, get_rule, smart_resize
+from mmdata.models.rules import Fit, get_rule, smart_resize
 
 
 def test_smart_resize_rounds_each_side_to_28():
@@ -33,45 +33,56 @@ def test_qwen2vl_portrait_keeps_orientation():
     assert get_rule("qwen2vl").fit(480, 640, 448, 1280) == Fit(336, 448, 192)
 
 
-def test_qwen2vl_small_image_is_never_upscaled():
-    # 100x50 stays; the processor rounds to 112x56 -> 4*2 = 8 tokens.
-    assert get_rule("qwen2vl").fit(100, 50, 448, 1280) == Fit(100, 50, 8)
-    # 40x30: the processor lifts it to min_pixels: 84x56 -> 3*2 = 6 tokens; stored as is.
-    assert get_rule("qwen2vl").fit(40, 30, 448, 1280) == Fit(40, 30, 6)
+def test_qwen2vl_small_image_is_enlarged_as_the_processor_does():
+    # CONTRACT s.3: stored at the processor's size. 100x50 rounds to 112x56 -> 4*2 = 8 tokens.
+    assert get_rule("qwen2vl").fit(100, 50, 448, 1280) == Fit(112, 56, 8)
+    # 40x30: the processor lifts it to min_pixels: 84x56 -> 3*2 = 6 tokens.
+    assert get_rule("qwen2vl").fit(40, 30, 448, 1280) == Fit(84, 56, 6)
+    # 29x29 rounds to 28x28 = 784 < 3136 px: enlarged to 56x56, 4 tokens.
+    assert get_rule("qwen2vl").fit(29, 29, 448, 1280) == Fit(56, 56, 4)
 
 
-def test_qwen2vl_thin_image_beats_the_pixel_cap():
-    # 1000x28 at max-res 448 would be 448x13: a side below 28, no valid size.
-    assert get_rule("qwen2vl").fit(1000, 28, 448, 1280) is None
-    # At max-res 1000 it is kept: the processor makes it 1008x28 -> 36*1 = 36 tokens.
-    assert get_rule("qwen2vl").fit(1000, 28, 1000, 1280) == Fit(1000, 28, 36)
+def test_qwen2vl_coco_sizes_are_the_processors():
+    # The issue-10 cases: 640x427 at max-res 448 -> 448x299 -> the processor's 448x308 (16*11 tokens);
+    # a 640x480 source at max-res 640 -> 644x476 (23*17), no longer passed through at 640x480.
+    assert get_rule("qwen2vl").fit(640, 427, 448, 1280) == Fit(448, 308, 176)
+    assert get_rule("qwen2vl").fit(640, 480, 640, 1280) == Fit(644, 476, 391)
+
+
+def test_qwen2vl_thin_image_is_held_at_28_px():
+    # 1000x28 at max-res 448 is capped to 448x13; the processor holds the short side at 28: 448x28, 16 tokens.
+    assert get_rule("qwen2vl").fit(1000, 28, 448, 1280) == Fit(448, 28, 16)
+    # At max-res 1000 the processor makes it 1008x28 -> 36*1 = 36 tokens.
+    assert get_rule("qwen2vl").fit(1000, 28, 1000, 1280) == Fit(1008, 28, 36)
+    # A side under 28 px in the source is no image to store.
+    assert get_rule("qwen2vl").fit(1000, 27, 1000, 1280) is None
 
 
 def test_qwen2vl_token_budget_binds_before_max_res():
-    # 2000x2000, budget 256 tokens = 200704 px: scale = sqrt(200704/4e6) = 0.224 -> 448x448, 16*16.
+    # 2000x2000, budget 256 tokens = 200704 px: beta = sqrt(4e6/200704) = 4.464 -> 448x448, 16*16.
     assert get_rule("qwen2vl").fit(2000, 2000, 2000, 256) == Fit(448, 448, 256)
 
 
-def test_qwen2vl_rounding_shrinks_once_more():
-    # 700x300, budget 64 tokens = 50176 px: scale 0.48881 gives 342x147 = 50274 px > 50176, so the
-    # rule shrinks 0.5%: 0.486366 -> 340x146 = 49640 px; the processor uses 336x140 -> 12*5 = 60 tokens.
-    assert get_rule("qwen2vl").fit(700, 300, 700, 64) == Fit(340, 146, 60)
+def test_qwen2vl_over_budget_floors_both_sides():
+    # 700x300, budget 64 tokens = 50176 px: beta = sqrt(210000/50176) = 2.0458; 300/beta = 146.6 -> 140,
+    # 700/beta = 342.2 -> 336: 12*5 = 60 tokens.
+    assert get_rule("qwen2vl").fit(700, 300, 700, 64) == Fit(336, 140, 60)
 
 
-def test_qwen2vl_processor_never_shrinks_a_stored_image_again():
-    # 1920x1080 at 1280 tokens: 1336x751 fits max_pixels (1003520) but its sides round to 1344x756 =
-    # 1016064 px > max_pixels, so the processor would shrink it again (to 1316x728). The rule stores
-    # a size whose rounded sides fit: 1329x748 -> 1316x756 = 47*27 = 1269 tokens, nothing shrunk.
+def test_qwen2vl_stored_size_is_a_fixed_point_of_the_processor():
+    # 1920x1080 at 1280 tokens: beta = 1.4375 -> 1316x728 = 47*26 = 1222 tokens.
     r = get_rule("qwen2vl")
-    assert r.fit(1920, 1080, 4000, 1280) == Fit(1329, 748, 1269)
-    for w, h in [(1920, 1080), (300, 200), (1000, 1000), (4000, 3000), (777, 555), (5000, 60)]:
+    assert r.fit(1920, 1080, 4000, 1280) == Fit(1316, 728, 1222)
+    for w, h in [(1920, 1080), (300, 200), (1000, 1000), (4000, 3000), (777, 555), (5000, 60), (29, 29)]:
         for max_tokens in (64, 256, 1280):
             f = r.fit(w, h, 10_000, max_tokens)
-            if f is None:  # 5000x60 at 64 tokens would need a side under 28: over_token_budget
+            if f is None:  # 5000x60 at 64 tokens: the 28-px floor of the short side costs too much
                 assert (w, h, max_tokens) == (5000, 60, 64)
+                assert "needs --max-image-tokens >= " in r.why_not(w, h, 10_000, max_tokens)
                 continue
-            rounded = max(28, round(f.height / 28) * 28) * max(28, round(f.width / 28) * 28)
-            assert rounded <= max_tokens * 784, (w, h, max_tokens, f)
+            assert f.width % 28 == 0 and f.height % 28 == 0
+            assert smart_resize(f.height, f.width, max_pixels=max_tokens * 784) == (f.height, f.width)
+            assert f.tokens == (f.width // 28) * (f.height // 28) <= max_tokens
 
 
 def test_qwen2vl_tokens_match_the_processor_count():
@@ -82,9 +93,9 @@ def test_qwen2vl_tokens_match_the_processor_count():
 
 
 def test_qwen_vl_is_256_per_image_and_rejects_small_budgets():
-    r = get_rule("qwen-vl")
-    assert r.fit(640, 480, 448, 1280) == Fit(448, 336, 256)
-    assert r.fit(300, 200, 448, 1280) == Fit(300, 200, 256)
+    r = get_rule("qwen-vl")  # stored as the processor feeds it: 448x448 (CONTRACT s.3)
+    assert r.fit(640, 480, 448, 1280) == Fit(448, 448, 256)
+    assert r.fit(300, 200, 448, 1280) == Fit(448, 448, 256)
     assert r.fit(640, 480, 448, 255) is None
 
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from mmdata.images import ImageError
-from mmdata.rules import get_rule
+from mmdata.models.rules import get_rule
 from mmdata.shard.resize import ResizeSpec, resize_image
 
 ANCHOR = Path(__file__).resolve().parents[1] / ".." / "shared" / "anchor-data"
@@ -64,7 +64,7 @@ def test_stored_size_is_exactly_the_rules_fit(size, rule):
     assert (s.width, s.height, s.image_tokens) == (fit.width, fit.height, fit.tokens)
     assert decode(s.data).size == (fit.width, fit.height)
     assert (s.orig_width, s.orig_height) == size
-    assert max(s.width, s.height) <= spec.max_res
+    assert max(s.width, s.height) <= spec.max_res  # 448 is a multiple of 28: rounding keeps it
 
 
 def test_coco_photo_is_448x336_with_192_tokens():
@@ -73,15 +73,22 @@ def test_coco_photo_is_448x336_with_192_tokens():
     assert decode(s.data).mode == "RGB"
 
 
-def test_small_rgb_jpeg_is_stored_byte_identical():
-    data = encode(textured(300, 200), quality=80)
+def test_jpeg_already_at_the_processors_size_is_stored_byte_identical():
+    data = encode(textured(308, 196), quality=80)
     s = resize_image(data, SPEC)
     assert s.passthrough and s.data == data
-    assert (s.width, s.height, s.image_tokens) == (300, 200, 77)  # 11 x 7 merged patches
+    assert (s.width, s.height, s.image_tokens) == (308, 196, 77)  # 11 x 7 merged patches
+
+
+def test_jpeg_off_the_28_grid_is_resized_to_the_processors_size():
+    # CONTRACT s.3: 300x200 is not what the processor feeds the model (it would make it 308x196).
+    s = resize_image(encode(textured(300, 200), quality=80), SPEC)
+    assert not s.passthrough and (s.width, s.height, s.image_tokens) == (308, 196, 77)
+    assert decode(s.data).size == (308, 196)
 
 
 def test_small_grey_jpeg_is_stored_byte_identical():
-    data = encode(textured(300, 200).convert("L"))
+    data = encode(textured(308, 196).convert("L"))
     s = resize_image(data, SPEC)
     assert s.passthrough and s.data == data
 
@@ -89,7 +96,7 @@ def test_small_grey_jpeg_is_stored_byte_identical():
 def test_orientation_1_tag_still_passes_through():
     exif = Image.Exif()
     exif[0x0112] = 1
-    data = encode(textured(300, 200), exif=exif)
+    data = encode(textured(308, 196), exif=exif)
     assert resize_image(data, SPEC).data == data
 
 
@@ -98,10 +105,10 @@ def test_exif_rotation_is_applied_and_stored_upright(orientation):
     data = exif_jpeg(with_top_bar(400, 600), orientation)
     assert Image.open(io.BytesIO(data)).size == (600, 400)  # raw pixels are landscape
     s = resize_image(data, SPEC)
-    # Displayed 400x600 -> scale 448/600 -> 299x448, portrait; orig size is after orientation.
-    assert (s.width, s.height, s.orig_width, s.orig_height, s.passthrough) == (299, 448, 400, 600, False)
+    # Displayed 400x600 -> scale 448/600 -> 299x448 -> the processor's 308x448; orig size is after orientation.
+    assert (s.width, s.height, s.orig_width, s.orig_height, s.passthrough) == (308, 448, 400, 600, False)
     img = decode(s.data)
-    assert img.size == (299, 448)
+    assert img.size == (308, 448)
     a = np.asarray(img, dtype=int)
     assert a[2, 150].tolist() == pytest.approx([230, 20, 20], abs=12)  # red bar on top
     assert a[-3, 150].tolist() == pytest.approx([128, 128, 128], abs=12)
@@ -109,9 +116,9 @@ def test_exif_rotation_is_applied_and_stored_upright(orientation):
 
 
 def test_small_rotated_jpeg_is_reencoded_not_passed_through():
-    data = exif_jpeg(with_top_bar(200, 300), 6)
+    data = exif_jpeg(with_top_bar(196, 308), 6)  # displayed at the processor's size, but rotated
     s = resize_image(data, SPEC)
-    assert not s.passthrough and (s.width, s.height) == (200, 300)
+    assert not s.passthrough and (s.width, s.height) == (196, 308)
     assert np.asarray(decode(s.data))[2, 100].tolist() == pytest.approx([230, 20, 20], abs=12)
 
 
@@ -119,7 +126,7 @@ def test_cmyk_jpeg_becomes_rgb():
     cmyk = Image.new("CMYK", (300, 200), (0, 255, 255, 0))  # pure red in CMYK
     s = resize_image(encode(cmyk, quality=95), SPEC)
     img = decode(s.data)
-    assert not s.passthrough and img.mode == "RGB" and img.size == (300, 200)
+    assert not s.passthrough and img.mode == "RGB" and img.size == (308, 196)
     r, g, b = np.asarray(img, dtype=int)[100, 150]
     assert r > 200 and g < 60 and b < 60
 
@@ -145,9 +152,10 @@ def test_palette_with_transparency_and_16_bit_grey_become_rgb():
     assert np.asarray(decode(s.data), dtype=int)[30, 30].tolist() == pytest.approx([255, 255, 255], abs=3)
 
 
-def test_never_upscaled():
+def test_small_image_is_enlarged_as_the_processor_does():
+    # 60x40 rounds to 56x28 = 1568 px < min_pixels 3136: the processor enlarges it to 84x56.
     s = resize_image(encode(textured(60, 40), "PNG"), SPEC)
-    assert (s.width, s.height) == (60, 40)
+    assert (s.width, s.height, s.image_tokens) == (84, 56, 6)
 
 
 def test_jpeg_is_deterministic():
@@ -171,7 +179,8 @@ def test_draft_decode_is_close_to_an_exact_lanczos_resize():
         (b"not an image at all", "unreadable_image"),
         (encode(textured(300, 200))[:600], "unreadable_image"),  # truncated JPEG
         (encode(textured(20, 300)), "image_too_small"),
-        (encode(textured(1000, 28)), "over_token_budget"),  # 448x13 at max-res 448
+        (encode(textured(1, 2000), "PNG"), "image_too_small"),
+        (encode(textured(9000, 40)), "over_token_budget"),  # aspect 225: the processor refuses it
     ],
 )
 def test_bad_images_get_a_reason(data, reason):
@@ -192,21 +201,18 @@ def test_anchor_images():
         pytest.skip("anchor data (../shared/anchor-data) not present")
     demo = (root / "messages" / "mllm_demo_data" / "2.jpg").read_bytes()  # 300x199, Orientation = 1
     s = resize_image(demo, SPEC)
-    assert s.passthrough and s.data == demo
+    assert (s.width, s.height, s.passthrough) == (308, 196, False)  # 300x199 is off the 28 grid
     grey = (root / "coco" / "images" / "000000431848.jpg").read_bytes()  # L, 378x640
     s = resize_image(grey, SPEC)
-    assert (s.width, s.height, s.passthrough) == (265, 448, False)
+    assert (s.width, s.height, s.passthrough) == (252, 448, False)  # 265x448 -> the processor's 252x448
     assert decode(s.data).mode == "RGB"
 
 
 @pytest.mark.parametrize("w,h,spec,detail", [
-    (2000, 40, SPEC, "2000x40: at max-res 448 the short side would be 9 px < 28; needs --max-res >= 1375"),
-    (40, 2000, SPEC, "40x2000: at max-res 448 the short side would be 9 px < 28; needs --max-res >= 1375"),
     (9000, 40, SPEC, "9000x40: aspect 225 > 200, which Qwen2-VL's processor refuses"),
-    (3000, 30, ResizeSpec(max_res=4000, max_image_tokens=64),
-     "3000x30: at --max-image-tokens 64 the short side would be 22 px < 28; needs --max-image-tokens >= 99"),
-    (5000, 60, ResizeSpec(max_image_tokens=64),
-     "5000x60: at max-res 448 the short side would be 5 px < 28; needs --max-res >= 2292 and --max-image-tokens >= 82"),
+    (5600, 28, ResizeSpec(max_res=10000, max_image_tokens=64),
+     "5600x28: at max-res 10000 Qwen2-VL's processor holds a side at 28 px and the image costs more than "
+     "--max-image-tokens 64; needs --max-image-tokens >= 198"),
 ])
 def test_over_token_budget_names_the_binding_limit_and_the_fix(w, h, spec, detail):
     with pytest.raises(ImageError) as e:
@@ -214,12 +220,15 @@ def test_over_token_budget_names_the_binding_limit_and_the_fix(w, h, spec, detai
     assert (e.value.reason, e.value.detail) == ("over_token_budget", detail)
 
 
-@pytest.mark.parametrize("w,h,res,tok", [(2000, 40, 1375, 1280), (3000, 30, 4000, 99), (5000, 60, 2292, 82)])
-def test_the_suggested_limits_are_the_least_that_work(w, h, res, tok):
+def test_a_thin_image_is_held_at_28_px_as_the_processor_does():
+    # 2000x40 at max-res 448 is 448x9 after the cap; the processor stores it at 448x28 (16 tokens).
+    s = resize_image(encode(textured(2000, 40)), SPEC)
+    assert (s.width, s.height, s.image_tokens) == (448, 28, 16)
+
+
+def test_the_suggested_budget_is_the_least_that_works():
     rule = get_rule("qwen2vl")
-    assert rule.fit(w, h, res, tok) is not None
-    assert rule.fit(w, h, res - 1, 10**6) is None or res == 4000  # --max-res was not the binding limit there
-    assert rule.fit(w, h, res, tok - 1) is None or tok == 1280
+    assert rule.fit(5600, 28, 10000, 198) is not None and rule.fit(5600, 28, 10000, 197) is None
 
 
 def test_fixed_cost_rule_over_budget_says_what_it_costs():

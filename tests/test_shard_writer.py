@@ -44,14 +44,14 @@ def make_set(root: Path, n: int = 12) -> tuple[Path, Path]:
     """A cleaned records file over generated images: single, multi-image, text-only, dotted ids, rejects."""
     img = root / "img"
     img.mkdir(parents=True, exist_ok=True)
-    sizes = [(640, 480), (300, 200), (1200, 900), (480, 640)]
+    sizes = [(640, 480), (308, 196), (1200, 900), (480, 640)]  # 308x196: already the processor's size
     recs: list[dict] = []
     for i in range(n):
         w, h = sizes[i % len(sizes)]
         (img / f"p{i}.jpg").write_bytes(jpeg(w, h, seed=i))
         recs.append({"id": f"coco.{i}", "image": f"p{i}.jpg", "conversations": conv("<image>\nDescribe.", f"Photo {i}.")})
     (img / "sub").mkdir(exist_ok=True)
-    (img / "sub" / "thin.jpg").write_bytes(jpeg(1000, 28))
+    (img / "sub" / "thin.jpg").write_bytes(jpeg(9000, 40))  # aspect 225: Qwen2-VL refuses it
     (img / "tiny.jpg").write_bytes(jpeg(20, 300))
     (img / "broken.jpg").write_bytes(jpeg(300, 200)[:500])
     recs += [
@@ -147,7 +147,7 @@ def test_sample_members_single_multi_and_text_only(made):
     assert by_key["000000013"] == ["000000013.json", "000000013.0.jpg", "000000013.1.jpg"]
     multi = json.loads(data["000000013.json"])
     assert multi["image"] == ["p0.jpg", "p1.jpg"] and multi["source"] == "mix"
-    assert [(i["width"], i["height"]) for i in multi["images"]] == [(448, 336), (300, 200)]
+    assert [(i["width"], i["height"]) for i in multi["images"]] == [(448, 336), (308, 196)]
     assert multi["image_tokens"] == 192 + 77
     assert Image.open(io.BytesIO(data["000000013.0.jpg"])).size == (448, 336)
     text = json.loads(data["000000012.json"])
@@ -161,7 +161,7 @@ def test_sample_members_single_multi_and_text_only(made):
 def test_passthrough_bytes_in_the_tar(made):
     _, img, out, _ = made
     stored = dict(members(out / "shard-000000.tar"))
-    assert stored["000000001.jpg"] == (img / "p1.jpg").read_bytes()  # 300x200 JPEG: untouched
+    assert stored["000000001.jpg"] == (img / "p1.jpg").read_bytes()  # 308x196 JPEG: untouched
     assert stored["000000000.jpg"] != (img / "p0.jpg").read_bytes()
 
 
@@ -277,7 +277,7 @@ def test_bad_input_names_file_and_place(tmp_path):
 
 
 def test_text_tokens_with_a_tokenizer(made, tmp_path):
-    pytest.importorskip("mmdata.loader.templates")
+    pytest.importorskip("mmdata.text.templates")
     src, img, _, _ = made
     tok = REPO / "mmdata" / "assets" / "tokenizer.json"
     if not tok.exists():

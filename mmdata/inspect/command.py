@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 
 from mmdata.errors import InputError
+from mmdata.models.qwen2vl import DEFAULT_MAX_IMAGE_TOKENS
 
 __all__ = ["register", "run"]
 
@@ -180,7 +181,7 @@ def check_output_path(path: Path, flag: str) -> None:
 
 def run(paths: list[Path], *, as_json: bool = False, verify: bool = False, samples: int = 0,
         contact_sheet_png: Path | None = None, plot_png: Path | None = None, images: Path | None = None,
-        max_res: int = 448, max_image_tokens: int = 1280, rule: str = "qwen2vl", seq_len: int = 2048,
+        max_res: int = 448, max_image_tokens: int = DEFAULT_MAX_IMAGE_TOKENS, rule: str = "qwen2vl", seq_len: int = 2048,
         tokenizer: str | None = None, template: str = "qwen2vl", workers: int | None = None) -> int:
     """Do what the flags ask; print tables (or one JSON object); return the exit code (1 when errors)."""
     from rich.console import Console
@@ -302,7 +303,7 @@ def inspect_cmd(
                                             "lengths to this PNG (needs matplotlib)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Image root, for planning a cleaned JSON/JSONL."),
     max_res: int = typer.Option(448, "--max-res", min=28, help="Planning: as `mmdata shard --max-res`."),
-    max_image_tokens: int = typer.Option(1280, "--max-image-tokens", min=1, help="Planning: as for shard."),
+    max_image_tokens: int = typer.Option(DEFAULT_MAX_IMAGE_TOKENS, "--max-image-tokens", min=1, help="Planning: as for shard."),
     rule: str = typer.Option("qwen2vl", "--rule", help="Planning: token rule (qwen2vl, qwen-vl, llava, internvl)."),
     seq_len: int = typer.Option(2048, "--seq-len", min=1, help="Planning: packed sequence length."),
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Planning: a local tokenizer.json or folder "

@@ -15,10 +15,11 @@ import pyarrow as pa
 
 from mmdata.errors import InputError
 from mmdata.io import read_json
+from mmdata.text.tokens import IMAGE_TAG  # noqa: F401  (re-exported: verify.py reads it from here)
+from mmdata.text.tokens import text_chars as _text_chars
 
 INDEX = "index.parquet"
 MANIFEST = "manifest.json"
-IMAGE_TAG = "<image>"
 
 # Index columns the summary reads (DESIGN.md "Shard format"); missing optional ones are skipped.
 INDEX_COLUMNS = ("key", "shard", "id", "n_images", "image_tokens", "image_tokens_list", "widths", "heights",
@@ -150,7 +151,7 @@ def record_turns(rec: dict[str, Any]) -> list[tuple[str, str]]:
 
 def text_chars(rec: dict[str, Any]) -> int:
     """Characters of all turn values with ``<image>`` removed (the index's ``text_chars``)."""
-    return sum(len(v) - v.count(IMAGE_TAG) * len(IMAGE_TAG) for _, v in record_turns(rec))
+    return _text_chars(v for _, v in record_turns(rec))
 
 
 def image_paths(rec: dict[str, Any]) -> list[str]:

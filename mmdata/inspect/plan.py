@@ -21,7 +21,8 @@ from mmdata.inspect.dataset import image_paths, record_turns, text_chars
 from mmdata.inspect.problems import Problem
 from mmdata.inspect.stats import IntHist
 from mmdata.io import iter_json_records
-from mmdata.rules import get_rule
+from mmdata.models.rules import get_rule
+from mmdata.models.qwen2vl import DEFAULT_MAX_IMAGE_TOKENS
 
 CHUNK = 4096
 DEFAULT_WINDOW = 8192  # the loader's PlanConfig.window_samples
@@ -54,14 +55,14 @@ def _probe_many(paths: list[str]) -> list[tuple[int, int] | str]:
 
 def pack_rows(lengths: np.ndarray, seq_len: int, window: int | None = DEFAULT_WINDOW) -> tuple[int, str]:
     """Packed rows needed for ``lengths`` (all <= seq_len), packing each window of samples on its own
-    with the loader's own default packer (``mmdata.loader.pack`` is torch-free)."""
-    from mmdata.loader.pack import DEFAULT_PACKER, PACKERS
+    with the loader's own default packer (``mmdata.text.pack`` is torch-free)."""
+    from mmdata.text.pack import DEFAULT_PACKER, PACKERS
 
     pack = PACKERS[DEFAULT_PACKER]
     n = len(lengths)
     step = window or max(n, 1)
     rows = sum(len(pack(lengths[a: a + step], None, seq_len)) for a in range(0, n, step))
-    return rows, f"{DEFAULT_PACKER} packer of mmdata.loader.pack, windows of {step} samples"
+    return rows, f"{DEFAULT_PACKER} packer of mmdata.text.pack, windows of {step} samples"
 
 
 class _TextCounter:
@@ -75,8 +76,8 @@ class _TextCounter:
             self.method = "estimate: ceil(text chars / 4), <image> removed; give --tokenizer for exact counts"
             return
         # Exact counts as the loader renders them; the loader package imports torch, so only on request.
-        from mmdata.loader.templates import text_token_count
-        from mmdata.loader.tokenizer import load_tokenizer
+        from mmdata.text.templates import text_token_count
+        from mmdata.text.tokenizer import load_tokenizer
 
         self._tok = load_tokenizer(tokenizer)
         self._count = text_token_count
@@ -98,7 +99,7 @@ def plan_records(
     paths: list[str | Path] | str | Path,
     images_root: str | Path,
     max_res: int = 448,
-    max_image_tokens: int = 1280,
+    max_image_tokens: int = DEFAULT_MAX_IMAGE_TOKENS,
     rule: str = "qwen2vl",
     seq_len: int = 2048,
     tokenizer: str | None = None,

@@ -3,7 +3,7 @@
 ``PackedLoader`` (docs/loader.md) follows a seeded epoch plan made from ``index.parquet`` alone;
 ``load_tokenizer`` and the chat templates are the text side (docs/loader-text.md).
 
-Exports are imported on first use, so torch-free parts (``mmdata.loader.pack``, ``.tokenizer``,
+Exports are imported on first use, so torch-free parts (``mmdata.text.pack``, ``.tokenizer``,
 ``.templates``) can be used by torch-free stages (inspect) without importing torch.
 """
 
@@ -15,7 +15,7 @@ _WHERE = {
     "LoaderConfig": "mmdata.loader.dataset",
     "PackedLoader": "mmdata.loader.dataset",
     "normalize_pixels": "mmdata.loader.pixels",
-    "load_tokenizer": "mmdata.loader.tokenizer",
+    "load_tokenizer": "mmdata.text.tokenizer",
     "NoSampleFits": "mmdata.loader.plan",
 }
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from mmdata.loader.pixels import fill_rows
-from mmdata.loader.rope import mrope_position_ids, text_position_ids
+from mmdata.models.rope import mrope_position_ids, text_position_ids
 
 IGNORE = -100
 

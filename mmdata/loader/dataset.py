@@ -22,15 +22,18 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmdata.errors import InputError, MMDataError
 from mmdata.loader.batch import Document, RowSpec, collate_row
-from mmdata.loader.pack import DEFAULT_PACKER
 from mmdata.loader.lengths import ShardIndex, _index_text_tokens_made_with, cache_dir_for, read_index, text_tokens
-from mmdata.loader.pixels import decode_frame, target_size
+from mmdata.loader.pixels import decode_frame
 from mmdata.loader.plan import NoSampleFits, PlanConfig, Planner, SetLengths, iter_positions, normalize_position
+from mmdata.models.family import family_for_rule
+from mmdata.models.patches import PatchProcessor
+from mmdata.models.qwen2vl import DEFAULT_MAX_IMAGE_TOKENS
+from mmdata.text.pack import DEFAULT_PACKER
+from mmdata.text.templates import get_template
 
 log = logging.getLogger("mmdata.loader")
 STATE_FORMAT = "mmdata.loader.state"
 STATE_VERSION = 1
-PIXEL_RULES = ("qwen2vl", "qwen-vl")  # rules whose stored images map to (H/28)*(W/28) tokens
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,10 @@ class LoaderConfig:
             raise ValueError(f"pixel_dtype must be 'float32' or 'uint8', got {self.pixel_dtype!r}")
         if self.bad_sample_budget < 0:
             raise ValueError("bad_sample_budget must be >= 0")
+
+    def processor(self) -> PatchProcessor:
+        """The Qwen2-VL-style patch processor these patch sizes describe."""
+        return PatchProcessor(self.patch_size, self.merge_size, self.temporal_patch_size)
 
     def plan_config(self) -> PlanConfig:
         return PlanConfig(seq_len=self.seq_len, max_images_per_seq=self.max_images_per_seq, seed=self.seed,
@@ -91,12 +98,15 @@ def open_shard_set(root: str | Path, tokenizer, config: LoaderConfig) -> ShardSe
     index = read_index(root)
     opts = index.manifest.get("options", {}) if isinstance(index.manifest, dict) else {}
     rule = opts.get("rule", "qwen2vl")
-    if rule not in PIXEL_RULES:
+    try:
+        family = family_for_rule(rule)
+    except ValueError:
+        family = None
+    if family is None or family.processor is None:
         raise InputError(index.root / "manifest.json", f"shards made with --rule {rule}: the packed loader emits "
                                                         f"Qwen2-VL patches and needs --rule qwen2vl or qwen-vl")
-    factor = config.patch_size * config.merge_size
-    max_tokens = int(opts.get("max_image_tokens") or 1280)
-    max_pixels = max(max_tokens * factor * factor, int(index.image_tokens.max(initial=0)) * factor * factor)
+    max_tokens = int(opts.get("max_image_tokens") or DEFAULT_MAX_IMAGE_TOKENS)
+    max_pixels = config.processor().max_pixels(max(max_tokens, int(index.image_tokens.max(initial=0))))
     made_with = _index_text_tokens_made_with(index.manifest)
     pretokenized = made_with == (getattr(tokenizer, "sha256", None), config.template)
     return ShardSet(index, text_tokens(index, tokenizer, config.template, config.cache_dir), max_pixels,
@@ -206,9 +216,11 @@ class RowBuilder:
         self.sets = sets
         self.tok = tokenizer
         self.cfg = config
+        mrope = get_template(config.template).mrope  # image blocks marked the way M-RoPE indexes them
+        self.proc = config.processor()
         self.spec = RowSpec(seq_len=config.seq_len, pad_id=int(tokenizer.pad_id),
-                            vision_start_id=tokenizer.vision_start_id if config.template == "qwen2vl" else None,
-                            image_pad_id=tokenizer.image_pad_id if config.template == "qwen2vl" else None,
+                            vision_start_id=tokenizer.vision_start_id if mrope else None,
+                            image_pad_id=tokenizer.image_pad_id if mrope else None,
                             merge_size=config.merge_size, pad_to_seq_len=config.pad_to_seq_len,
                             pixel_dtype=config.pixel_dtype, temporal_patch_size=config.temporal_patch_size)
         self._files: dict[tuple[int, int], object] = {}
@@ -251,7 +263,7 @@ class RowBuilder:
 
     def encode(self, set_id: int, i: int) -> tuple[Document | None, bool]:
         """The sample as a document (None if truncation left nothing to learn), and whether it was cut."""
-        from mmdata.loader.templates import TemplateError, encode_conversation
+        from mmdata.text.templates import TemplateError, encode_conversation
 
         s = self.sets[set_id]
         ix = s.index
@@ -261,14 +273,18 @@ class RowBuilder:
         if not isinstance(metas, list) or len(metas) != len(img_bytes):
             raise BadSample("image_count_mismatch", f"{len(img_bytes)} image member(s), json lists "
                                                     f"{len(metas) if isinstance(metas, list) else 'no'} images")
-        factor = cfg.patch_size * cfg.merge_size
+        factor = self.proc.factor
         sizes, tokens = [], []
         for k, m in enumerate(metas):
             try:
-                h, w = target_size(int(m["height"]), int(m["width"]), s.max_pixels, factor)
+                sh, sw = int(m["height"]), int(m["width"])
+                h, w = self.proc.target_size(sh, sw, s.max_pixels)
                 claimed = int(m["image_tokens"])
             except (KeyError, TypeError, ValueError):
                 raise BadSample("broken_json", f"image {k}: no usable width/height/image_tokens") from None
+            if (h, w) != (sh, sw):  # the loader never resizes: the shard must hold what the model sees
+                raise BadSample("image_size_mismatch", f"image {k}: stored {sw}x{sh}, the processor feeds {w}x{h} "
+                                                       f"(shards from before CONTRACT s.3's exact sizes: re-run mmdata shard)")
             t = (h // factor) * (w // factor)
             if t != claimed:
                 raise BadSample("image_token_mismatch", f"image {k}: {w}x{h} gives {t} tokens, json claims {claimed}")
@@ -301,7 +317,7 @@ class RowBuilder:
                 pixels.append(decode_frame(data, h, w, cfg.patch_size, cfg.merge_size))
             except Exception as e:  # PIL raises many types on corrupt data
                 raise BadSample("decode_error", f"image {k}: {type(e).__name__}: {e}") from None
-            grids.append((1, h // cfg.patch_size, w // cfg.patch_size))
+            grids.append(self.proc.grid(h, w))
         return Document(str(ix.ids[i]), ids, labels, pixels, grids), cut
 
     def _pretokenized(self, s: ShardSet, i: int, data: bytes, tokens: list[int]):
@@ -456,7 +472,7 @@ class PackedLoader:
 
     def __init__(self, paths, tokenizer=None, config: LoaderConfig | None = None, rank: int = 0,
                  world_size: int = 1, num_workers: int = 2, weights: list[float] | None = None):
-        from mmdata.loader.tokenizer import load_tokenizer
+        from mmdata.text.tokenizer import load_tokenizer
 
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
@@ -543,7 +559,7 @@ class PackedLoader:
             raise MMDataError(f"loader state was saved with seed {state['seed']}, this loader has seed {self.config.seed}")
         if state["fingerprint"] != self.fingerprint:
             raise MMDataError(f"loader state belongs to another plan (fingerprint {state['fingerprint']} != "
-                              f"{self.fingerprint}): the shards, lengths, seq_len or packing options changed")
+                              f"{self.fingerprint}): the shards, lengths, seq_len, packing options or the planning algorithm (PLAN_VERSION) changed")
         self.close()
         pr = self._progress
         pr.epoch, pr.row = int(state["epoch"]), int(state["row"])

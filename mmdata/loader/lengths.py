@@ -142,7 +142,7 @@ def cache_dir_for(root: Path, cache_dir: str | Path | None = None) -> Path:
 
 def text_tokens(index: ShardIndex, tokenizer, template: str, cache_dir: str | Path | None = None) -> np.ndarray:
     """Text tokens per sample (int64 [N]); -1 where the json cannot be read or rendered."""
-    from mmdata.loader.templates import text_token_counts
+    from mmdata.text.templates import text_token_counts
 
     if index.text_tokens is not None and _index_text_tokens_made_with(index.manifest) == (tokenizer.sha256, template):
         return index.text_tokens

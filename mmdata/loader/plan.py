@@ -17,9 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from mmdata.errors import MMDataError
-from mmdata.loader.pack import DEFAULT_PACKER, PACKERS
+from mmdata.text.pack import DEFAULT_PACKER, PACKERS
 
 OVERLONG_POLICIES = ("drop", "truncate")
+# The planning algorithm's identity, part of every plan fingerprint: bump it whenever a change to the
+# shuffle, the windows or a packer (mmdata.text.pack) could place any sample differently, so a resumed
+# run refuses a remapped stream and no stale cached plan is served (tests/test_loader_plan.py pins it).
+PLAN_VERSION = 1
 
 
 class NoSampleFits(MMDataError, ValueError):
@@ -155,6 +159,7 @@ class Planner:
         """Changes whenever the plan would: data, lengths, and every plan knob except the seed."""
         h = hashlib.sha256()
         c = self.config
+        h.update(f"mmdata-plan-v{PLAN_VERSION}".encode())
         h.update(repr((c.seq_len, c.max_images_per_seq, c.shuffle, c.overlong, c.window_samples, c.packer)).encode())
         h.update(repr(self.weights).encode())
         for s in self.sets:
@@ -313,15 +318,6 @@ class Planner:
             per_set_samples=[int(sum(len(r) for r in rows)) for rows, _ in per_set],
         )
         return plan
-
-
-def rows_for(rank: int, world_size: int, worker: int, num_workers: int, start: int) -> tuple[int, int]:
-    """First global stream index and stride of what (rank, worker) builds, from global position ``start``.
-
-    The rank's k-th row is global row ``start + rank + k * world_size``; worker ``j`` builds the
-    rank's rows ``k = j, j + W, ...``, which a DataLoader interleaves back in order.
-    """
-    return start + rank + worker * world_size, world_size * num_workers
 
 
 def iter_positions(planner: Planner, epoch: int, row: int, stride: int, end_epoch: int | None = None):

@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from mmdata.errors import InputError
+from mmdata.models.qwen2vl import DEFAULT_MAX_IMAGE_TOKENS
 
 __all__ = ["register", "parse_size"]
 
@@ -30,7 +31,7 @@ def shard_cmd(
     images: Path = typer.Option(..., "--images", help="Root folder the image paths are relative to."),
     out: Path = typer.Option(..., "--out", help="Output folder for shard-NNNNNN.tar, index.parquet, manifest.json."),
     max_res: int = typer.Option(448, "--max-res", help="Longer side of every stored image at most this."),
-    max_image_tokens: int = typer.Option(1280, "--max-image-tokens", help="Visual-token budget per image under --rule."),
+    max_image_tokens: int = typer.Option(DEFAULT_MAX_IMAGE_TOKENS, "--max-image-tokens", help="Visual-token budget per image under --rule."),
     rule: str = typer.Option("qwen2vl", "--rule", help="Token rule: qwen2vl, qwen-vl, llava, internvl."),
     samples_per_shard: Optional[int] = typer.Option(None, "--samples-per-shard", help="At most this many samples per shard."),
     max_shard_bytes: str = typer.Option("1GB", "--max-shard-bytes", help="At most this many bytes per shard (1GB, 500MB...)."),

@@ -1,7 +1,7 @@
 """The resizer: one source image -> the bytes stored in a shard, within the token rule's limits.
 
 Per image: probe the header, ask the rule for the stored size, then either keep the original bytes
-(``is_passthrough``: a JPEG already within every limit, RGB or grey, no EXIF rotation) or decode
+(``is_passthrough``: a JPEG already at exactly its stored size, RGB or grey, no EXIF rotation) or decode
 cheaply (JPEG DCT scaling to the smallest scale at or above the target), resize with antialiased
 bicubic, turn upright (EXIF) and encode a JPEG with fixed settings (mmdata.codec: libjpeg-turbo and
 ATen's SIMD resampler; the same input and library versions give the same bytes).
@@ -10,7 +10,6 @@ ATen's SIMD resampler; the same input and library versions give the same bytes).
 from __future__ import annotations
 
 import io
-import math
 import warnings
 from dataclasses import dataclass
 
@@ -20,7 +19,7 @@ from PIL import Image
 from mmdata import codec
 
 from mmdata.images import DEFAULT_MAX_PIXELS, ImageError, exif_orientation, sniff_format
-from mmdata.rules import MIN_SIDE, QWEN2VL_MAX_RATIO, Rule, get_rule
+from mmdata.models.rules import DEFAULT_MAX_IMAGE_TOKENS, MIN_SIDE, Rule, get_rule
 
 __all__ = ["ResizeSpec", "StoredImage", "resize_image", "is_passthrough", "created_with", "to_rgb",
            "over_budget_detail"]
@@ -38,7 +37,7 @@ class ResizeSpec:
 
     rule: str = "qwen2vl"
     max_res: int = 448
-    max_image_tokens: int = 1280
+    max_image_tokens: int = DEFAULT_MAX_IMAGE_TOKENS
     quality: int = 90
     max_pixels: int = DEFAULT_MAX_PIXELS
 
@@ -112,60 +111,14 @@ def _open(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
     return img, fmt
 
 
-def _least(lo: int, hi: int, ok) -> int | None:
-    """The least x in [lo, hi] with ok(x) (ok monotone), or None."""
-    if not ok(hi):
-        return None
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if ok(mid):
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
-
-
 def over_budget_detail(rule: Rule, w: int, h: int, max_res: int, max_tokens: int) -> str:
-    """Why ``rule.fit`` found no size for a w x h image, naming the limit that binds and what would help.
-
-    E.g. "2000x40: at max-res 448 the short side would be 9 px < 28; needs --max-res >= 1400" or
-    "9000x40: aspect 225 > 200, which Qwen2-VL's processor refuses".
-    """
-    size = f"{w}x{h}"
-    cost = getattr(rule, "cost", None)
-    if cost is not None and cost > max_tokens:
-        return f"{size}: {rule.name} spends {cost} tokens on every image > --max-image-tokens {max_tokens}"
-    tile = getattr(rule, "tile_tokens", None)
-    if tile is not None and max_tokens < tile:
-        return f"{size}: {rule.name} needs at least {tile} tokens (one tile) > --max-image-tokens {max_tokens}"
-    long, short = max(w, h), min(w, h)
-    if not hasattr(rule, "max_pixels"):
-        return f"{size}: no size with longer side <= {max_res} keeps the short side >= 1 px under {rule.name}"
-    ratio = long / short
-    if ratio > QWEN2VL_MAX_RATIO:
-        return f"{size}: aspect {round(ratio, 1):g} > {QWEN2VL_MAX_RATIO}, which Qwen2-VL's processor refuses"
-    by_res = max_res / long
-    by_tok = math.sqrt(rule.max_pixels(max_tokens) / (w * h))  # type: ignore[attr-defined]
-    scale = min(1.0, by_res, by_tok)
-    limit = f"at max-res {max_res}" if by_res <= by_tok else f"at --max-image-tokens {max_tokens}"
-    why = f"{size}: {limit} the short side would be {short * scale:.0f} px < {MIN_SIDE}"
-    # The least --max-res (at an ample budget), then the least budget at that --max-res, that store it.
-    full = rule.tokens(w, h, 10**9) + 1
-    res = _least(max_res, max(long, max_res), lambda r: rule.fit(w, h, r, max(full, max_tokens)) is not None)
-    if res is None:
-        return f"{size}: no smaller size keeps both sides >= {MIN_SIDE} and the aspect <= {QWEN2VL_MAX_RATIO}"
-    tok = _least(max_tokens, max(full, max_tokens), lambda t: rule.fit(w, h, res, t) is not None)
-    needs = []
-    if res > max_res:
-        needs.append(f"--max-res >= {res}")
-    if tok is not None and tok > max_tokens:
-        needs.append(f"--max-image-tokens >= {tok}")
-    return why + ("; needs " + " and ".join(needs) if needs else "")
+    """Why ``rule.fit`` found no size for a w x h image (the rule's own ``why_not``)."""
+    return rule.why_not(w, h, max_res, max_tokens)
 
 
 def is_passthrough(fmt: str, orientation: int, mode: str, stored: tuple[int, int], orig: tuple[int, int]) -> bool:
-    """Whether the source is kept byte-identical: a JPEG already within every limit (the stored size
-    is the original size), RGB or grey, with no EXIF rotation to apply."""
+    """Whether the source is kept byte-identical: a JPEG already at exactly its stored size, RGB or
+    grey, with no EXIF rotation to apply."""
     return fmt == "JPEG" and orientation == 1 and mode in ("RGB", "L") and stored == orig
 
 
@@ -215,7 +168,7 @@ def resize_image(data: bytes, spec: ResizeSpec, rule: Rule | None = None) -> Sto
         if is_passthrough(fmt, orientation, img.mode, (tw, th), (ow, oh)):
             _check_decodes(img)
             return StoredImage(data, ow, oh, ow, oh, fit.tokens, True)
-        # Resize in the file's own orientation, then turn the (smaller) result upright.
+        # Resize in the file's own orientation, then turn the result upright.
         rtw, rth = (th, tw) if orientation in _TRANSPOSED else (tw, th)
         a = _pixels(data, img, fmt, (rtw, rth))
         if a.shape[:2] != (rth, rtw):

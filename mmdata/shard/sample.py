@@ -19,10 +19,11 @@ from mmdata.images import ImageError
 from mmdata.records import normalize, unsafe_path_reason, validate_record
 from mmdata.rules import Rule
 from mmdata.shard.resize import ResizeSpec, resize_image
+from mmdata.text.tokens import IMAGE_TAG, text_chars
 
 __all__ = ["Task", "Sample", "Reject", "SampleMaker", "record_id"]
 
-IMAGE_TOKEN = "<image>"
+IMAGE_TOKEN = IMAGE_TAG
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ class SampleMaker:
             widths=[s.width for s in stored],
             heights=[s.height for s in stored],
             passthrough=sum(s.passthrough for s in stored),
-            text_chars=sum(len(t["value"].replace(IMAGE_TOKEN, "")) for t in conv),
+            text_chars=text_chars(t["value"] for t in conv),
             n_turns=len(conv),
             source=source if isinstance(source, str) else task.stem,
             record=clean,

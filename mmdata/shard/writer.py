@@ -32,6 +32,7 @@ from mmdata.shard.index import IndexColumns, to_table, write_index
 from mmdata.shard.manifest import ShardInfo, build_manifest, write_manifest
 from mmdata.shard.resize import ResizeSpec, created_with
 from mmdata.shard.sample import Reject, Sample, SampleMaker, Task
+from mmdata.models.qwen2vl import DEFAULT_MAX_IMAGE_TOKENS
 
 __all__ = ["write_shards", "ShardReport", "JOURNAL", "shard_name"]
 
@@ -81,7 +82,7 @@ def _init_worker(images_root: str, spec: ResizeSpec, tokenizer: str | None, temp
     _TEMPLATE = template
     _TOK = None
     if tokenizer is not None:
-        from mmdata.loader.tokenizer import load_tokenizer
+        from mmdata.text.tokenizer import load_tokenizer
 
         _TOK = load_tokenizer(tokenizer)
 
@@ -139,7 +140,7 @@ def _pretokenize(samples: list[Sample]) -> None:
     always did); its ``text_tokens`` is still the rendered text's count, or -1 if it cannot render.
     """
     from mmdata.errors import InputError as _InputError
-    from mmdata.loader.templates import (
+    from mmdata.text.templates import (
         TemplateError,
         encode_conversation,
         text_token_counts,
@@ -399,7 +400,7 @@ def write_shards(
     out_dir: str | Path,
     *,
     max_res: int = 448,
-    max_image_tokens: int = 1280,
+    max_image_tokens: int = DEFAULT_MAX_IMAGE_TOKENS,
     rule: str = "qwen2vl",
     samples_per_shard: int | None = None,
     max_shard_bytes: int = 1_000_000_000,
@@ -429,8 +430,8 @@ def write_shards(
     tok_sha = None
     if tokenizer is not None:
         try:
-            from mmdata.loader.templates import TEMPLATES, text_token_counts  # noqa: F401
-            from mmdata.loader.tokenizer import load_tokenizer
+            from mmdata.text.templates import TEMPLATES, text_token_counts  # noqa: F401
+            from mmdata.text.tokenizer import load_tokenizer
         except ImportError as e:
             raise InputError(None, f"--tokenizer needs the loader's tokenizer and templates: {e}") from None
         if template not in TEMPLATES:
