@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["draft_scale", "decode_jpeg_rgb", "resize_bicubic", "encode_jpeg", "orient", "codec_versions"]
+__all__ = ["draft_scale", "decode_jpeg_rgb", "decode_jpeg_into", "resize_bicubic", "encode_jpeg", "orient",
+           "codec_versions"]
 
 # EXIF orientation -> the array transform that shows the picture upright (Pillow's exif_transpose).
 _ORIENT = {
@@ -89,3 +90,23 @@ def codec_versions() -> dict[str, str]:
     from importlib.metadata import version
 
     return {name: version(name).split("+")[0] for name in ("pillow", "simplejpeg", "torch")}
+
+
+_DECODABLE = ("YCbCr", "Gray")  # what libjpeg-turbo turns into RGB exactly as Pillow's convert("RGB") does
+
+
+def decode_jpeg_into(data: bytes, out: np.ndarray) -> bool:
+    """Decode a JPEG at full size straight into ``out`` (``[h, w, 3]`` uint8, C-contiguous: e.g. a slice
+    of a row's buffer, so no per-image array or copy). False, with ``out`` unspecified, when the data
+    is not a YCbCr/grey JPEG of exactly that size or libjpeg-turbo reports anything (callers then
+    decode with Pillow). The pixels are Pillow's ``Image.open(...).convert("RGB")`` (tested)."""
+    import simplejpeg
+
+    try:
+        h, w, space, _ = simplejpeg.decode_jpeg_header(data)
+        if (h, w, 3) != out.shape or space not in _DECODABLE:
+            return False
+        simplejpeg.decode_jpeg(data, "RGB", buffer=out)
+    except ValueError:
+        return False
+    return True

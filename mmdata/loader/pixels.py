@@ -13,18 +13,31 @@ import io
 import numpy as np
 from PIL import Image
 
+from mmdata import codec
 from mmdata.models.patches import (BIAS, CLIP_MEAN, CLIP_STD, MIN_PIXELS, SCALE, frame_patches,  # noqa: F401
-                                   normalize_frame, normalize_numpy, normalize_pixels, patchify, repeat_frames,
-                                   target_size)
+                                   normalize_frame, normalize_numpy, normalize_pixels, patchify,
+                                   pixel_values_from_images, repeat_frames, target_size)
 
 
-def decode_exact(data: bytes, height: int, width: int) -> np.ndarray:
-    """Decode image bytes to RGB uint8 ``[height, width, 3]`` as the processor's PIL path does
-    (``convert("RGB")``); ValueError when the image is not ``width x height`` (never resized)."""
+def decode_into(data: bytes, out: np.ndarray) -> None:
+    """Decode image bytes into ``out`` (RGB uint8 ``[height, width, 3]``, e.g. a slice of the row's
+    image buffer) as the processor's PIL path does (``convert("RGB")``): libjpeg-turbo straight into the
+    buffer for a plain JPEG (the same pixels), Pillow otherwise. ValueError when the image is not
+    ``width x height`` (never resized)."""
+    if codec.decode_jpeg_into(data, out):
+        return
+    height, width = out.shape[:2]
     with Image.open(io.BytesIO(data)) as im:
         if im.size != (width, height):
             raise ValueError(f"the image is {im.size[0]}x{im.size[1]}, the json says {width}x{height}")
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+        out[...] = np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def decode_exact(data: bytes, height: int, width: int) -> np.ndarray:
+    """Decode image bytes to RGB uint8 ``[height, width, 3]`` (:func:`decode_into` a new array)."""
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    decode_into(data, out)
+    return out
 
 
 def decode_frame(data: bytes, height: int, width: int, patch_size: int = 14, merge_size: int = 2) -> np.ndarray:
