@@ -13,7 +13,7 @@ import torch
 
 from mmdata.loader.pixels import decode_into
 from mmdata.models.patches import PatchProcessor, pixel_values_from_images
-from mmdata.models.rope import mrope_position_ids, text_position_ids
+from mmdata.models.rope import mrope_position_ids_row
 
 IGNORE = -100
 
@@ -73,12 +73,13 @@ def decode_images(docs: list[Document], shared_memory: bool = False) -> tuple[to
     return buf[:at], failed
 
 
-def _positions(doc: Document, spec: RowSpec) -> np.ndarray:
-    n = len(doc.input_ids)
+def _positions(docs: list[Document], lens: np.ndarray, ids: np.ndarray, local: np.ndarray,
+               spec: RowSpec) -> np.ndarray:
+    """M-RoPE positions ``[3, real]`` of the row's documents, each from 0 (vectorised over the row)."""
     if spec.vision_start_id is None or spec.image_pad_id is None:
-        return np.broadcast_to(text_position_ids(n), (3, n))
-    grid = np.asarray(doc.grids, dtype=np.int64).reshape(-1, 3)
-    return mrope_position_ids(doc.input_ids, grid, spec.merge_size, spec.vision_start_id, spec.image_pad_id)
+        return np.broadcast_to(local, (3, local.shape[0]))
+    return mrope_position_ids_row(ids, lens, [d.grids for d in docs], spec.merge_size, spec.vision_start_id,
+                                  spec.image_pad_id)
 
 
 def collate_row(docs: list[Document], spec: RowSpec, images: torch.Tensor | None = None,
@@ -101,14 +102,14 @@ def collate_row(docs: list[Document], spec: RowSpec, images: torch.Tensor | None
     labels = np.full(total, IGNORE, dtype=np.int64)
     pos3 = np.zeros((3, total), dtype=np.int64)
     pos1 = np.zeros(total, dtype=np.int64)
-    at = 0
-    for d, n in zip(docs, lens.tolist()):
-        ids[at:at + n] = d.input_ids
-        labels[at:at + n] = d.labels
-        labels[at] = IGNORE  # every document's first token: no loss (also after truncation)
-        pos3[:, at:at + n] = _positions(d, spec)
-        pos1[at:at + n] = np.arange(n)
-        at += n
+    starts = np.zeros(len(docs), dtype=np.int64)
+    np.cumsum(lens[:-1], out=starts[1:])
+    np.concatenate([d.input_ids for d in docs], out=ids[:real], casting="unsafe")
+    np.concatenate([d.labels for d in docs], out=labels[:real], casting="unsafe")
+    labels[starts] = IGNORE  # every document's first token: no loss (also after truncation)
+    local = np.arange(real, dtype=np.int64) - np.repeat(starts, lens)
+    pos1[:real] = local
+    pos3[:, :real] = _positions(docs, lens, ids[:real], local, spec)
     attn = np.zeros(total, dtype=np.int64)
     attn[:real] = 1
 
