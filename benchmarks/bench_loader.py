@@ -283,6 +283,9 @@ def bench_pretokenized(work: Path, records: int, rounds: int = 3) -> None:
     from mmdata.loader import load_tokenizer
     from mmdata.shard.writer import write_shards
 
+    # The loader's DataLoader workers run the tokenizer without its thread pool; do the same in this one
+    # process, so its CPU time is what a worker spends per sample.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     tok = load_tokenizer(None)
     rec_json, images, shards = make_llava_shards(work, records)
     pre = work / "shards-pretok"
@@ -291,7 +294,8 @@ def bench_pretokenized(work: Path, records: int, rounds: int = 3) -> None:
                      template="qwen2vl")
     run_loader(shards, tok, 0, 4096, limit_rows=2, cache=work / "cache")  # count text tokens once (cached)
     print(f"pre-tokenised shards: {records} LLaVA-like records (640x480 sources, stored 448x336); PackedLoader "
-          f"seq_len 4096, pixel_dtype uint8, 1 process; runs alternate {rounds}x, best pass counts; page cache warm")
+          f"seq_len 4096, pixel_dtype uint8 / images, 1 process, CPU time; runs alternate {rounds}x, best pass counts; "
+          f"page cache warm")
     fns = {"webdataset decode only": lambda: baseline_wds_decode_only(shards, records),
            "PackedLoader uint8": lambda: run_loader(shards, tok, 0, 4096, cache=work / "cache", pixel_dtype="uint8")[:3],
            "PackedLoader uint8 pretok": lambda: run_loader(pre, tok, 0, 4096, cache=work / "cache",
