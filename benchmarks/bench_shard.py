@@ -5,12 +5,14 @@ against an exact full-decode LANCZOS resize.
 Run: .venv/bin/python benchmarks/bench_shard.py [--n 200] [--data DIR] [--repeat 2]
 Same files, same run, one process; rates are images per CPU-second of the process (per core),
 so they hold on a loaded machine. Pipelines:
-  ours   mmdata.shard.resize_image (passthrough / draft to the smallest DCT scale >= target /
-         EXIF / RGB / antialiased bicubic / JPEG q90), file read included
+  ours   mmdata.shard.resize_image (passthrough / libjpeg-turbo decode at the smallest DCT scale >=
+         target / ATen antialiased bicubic / EXIF / libjpeg-turbo JPEG q90), file read included
   shard  the whole `write_shards(..., workers=1)` (adds records, tar, index, manifest)
   (a)    naive Pillow: full decode, EXIF transpose, RGB, LANCZOS, JPEG q90
   (b)    img2dataset's path: cv2.imdecode (full), INTER_AREA, cv2.imencode q90
-  (c)    floor: DCT-scaled decode alone (draft to the same scale as ours, load), no resize/encode
+  (d)    the resizer before issue 13: Pillow draft decode, EXIF, Pillow BICUBIC, Pillow JPEG q90
+  (c)    floor: DCT-scaled decode alone (Pillow draft to the same scale as ours, load), no resize/encode
+  (c')   the same floor decoded through simplejpeg (libjpeg-turbo without Pillow's per-image overhead)
 Every pipeline resizes to the same size (the qwen2vl rule's fit at 448 / 1280 tokens).
 """
 
@@ -30,6 +32,7 @@ from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mmdata import codec
 from mmdata.images import exif_orientation
 from mmdata.models.rules import get_rule
 from mmdata.shard import resize as R
@@ -97,14 +100,46 @@ def ours_staged(path: Path, t: dict[str, float]) -> bytes:
     ow, oh = (rh, rw) if o in TRANSPOSED else (rw, rh)
     fit = RULE.fit(ow, oh, SPEC.max_res, SPEC.max_image_tokens)
     tw, th = fit.width, fit.height
-    if img.format == "JPEG" and o == 1 and img.mode in ("RGB", "L") and (tw, th) == (ow, oh):
-        img.draft(img.mode, (max(1, rw // 8), max(1, rh // 8)))
-        img.load()
+    if R.is_passthrough(img.format, o, img.mode, (tw, th), (ow, oh)):
+        R._check_decodes(img)
         t["decode"] += c() - t1
         t["io"] += t1 - t0
         return data
     rtw, rth = (th, tw) if o in TRANSPOSED else (tw, th)
-    img.draft("RGB" if img.mode in ("RGB", "YCbCr") else img.mode, (rtw, rth))
+    a = R._pixels(data, img, img.format, (rtw, rth))
+    t2 = c()
+    if a.shape[:2] != (rth, rtw):
+        a = codec.resize_bicubic(a, rtw, rth)
+    t3 = c()
+    out = codec.encode_jpeg(codec.orient(a, o), SPEC.quality)
+    t4 = c()
+    t["io"] += t1 - t0
+    t["decode"] += t2 - t1
+    t["resize"] += t3 - t2
+    t["encode"] += t4 - t3
+    return out
+
+
+def previous_staged(path: Path, t: dict[str, float] | None = None) -> bytes:
+    """The resizer before issue 13 (Pillow draft decode, EXIF transpose, Pillow BICUBIC, Pillow
+    encode), in timed stages: the before of the time shares, measured in the same run."""
+    t = t if t is not None else dict.fromkeys(("io", "decode", "resize", "encode"), 0.0)
+    c = time.process_time
+    t0 = c()
+    data = path.read_bytes()
+    t1 = c()
+    img = Image.open(io.BytesIO(data))
+    o = exif_orientation(img)
+    rw, rh = img.size
+    ow, oh = (rh, rw) if o in TRANSPOSED else (rw, rh)
+    fit = RULE.fit(ow, oh, SPEC.max_res, SPEC.max_image_tokens)
+    tw, th = fit.width, fit.height
+    if R.is_passthrough(img.format, o, img.mode, (tw, th), (ow, oh)):
+        R._check_decodes(img)
+        t["decode"] += c() - t1
+        t["io"] += t1 - t0
+        return data
+    img.draft("RGB" if img.mode in ("RGB", "YCbCr") else img.mode, (th, tw) if o in TRANSPOSED else (tw, th))
     img.load()
     if o != 1:
         img = ImageOps.exif_transpose(img)
@@ -115,13 +150,22 @@ def ours_staged(path: Path, t: dict[str, float]) -> bytes:
     t3 = c()
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=SPEC.quality, subsampling=2, optimize=False, progressive=False)
-    out = buf.getvalue()
     t4 = c()
     t["io"] += t1 - t0
     t["decode"] += t2 - t1
     t["resize"] += t3 - t2
     t["encode"] += t4 - t3
-    return out
+    return buf.getvalue()
+
+
+def floor_simplejpeg(path: Path) -> None:
+    """(c) with libjpeg-turbo called through simplejpeg (what ours decodes with): same scale, same pixels."""
+    data = path.read_bytes()
+    img = Image.open(io.BytesIO(data))
+    tw, th = target(img)
+    if exif_orientation(img) in TRANSPOSED:
+        tw, th = th, tw
+    codec.decode_jpeg_rgb(data, img.size, codec.draft_scale(*img.size, tw, th))
 
 
 def psnr(a: Image.Image, b: Image.Image) -> float:
@@ -140,9 +184,10 @@ def quality(paths: list[Path]) -> dict[str, float]:
         exact = full.resize((tw, th), Image.Resampling.LANCZOS)
         img = Image.open(p)
         o = exif_orientation(img)
-        img.draft("RGB", (th, tw) if o in TRANSPOSED else (tw, th))
-        img = R.to_rgb(ImageOps.exif_transpose(img)).resize((tw, th), R.RESAMPLE)
-        pre.append(psnr(img, exact))
+        rtw, rth = (th, tw) if o in TRANSPOSED else (tw, th)
+        a = R._pixels(p.read_bytes(), img, img.format, (rtw, rth))
+        a = codec.orient(codec.resize_bicubic(a, rtw, rth) if a.shape[:2] != (rth, rtw) else a, o)
+        pre.append(psnr(Image.fromarray(a), exact))
         ours_s.append(psnr(Image.open(io.BytesIO(ours(p))), exact))
         naive_s.append(psnr(Image.open(io.BytesIO(naive(p))), exact))
     return {"resample_mean": float(np.mean(pre)), "resample_min": float(np.min(pre)),
@@ -197,10 +242,12 @@ def main() -> None:
 
     for p in paths:  # warm the page cache, check the staged copy is the real thing
         assert ours_staged(p, {"io": 0, "decode": 0, "resize": 0, "encode": 0}) == ours(p)
-    fns = {"ours (resize_image)": ours, "(a) naive Pillow": naive}
+    fns = {"ours (resize_image)": ours, "(d) before issue 13: all-Pillow resizer": previous_staged,
+           "(a) naive Pillow": naive}
     if cv2 is not None:
         fns["(b) img2dataset (OpenCV)"] = img2dataset
     fns["(c) floor: DCT-scaled decode"] = floor
+    fns["(c') same floor through simplejpeg"] = floor_simplejpeg
     results = rates(fns, paths, args.repeat)
 
     out = Path(tempfile.mkdtemp(prefix="bench_shard_out_"))
@@ -216,8 +263,10 @@ def main() -> None:
     shutil.rmtree(out, ignore_errors=True)
 
     stages = {"io": 0.0, "decode": 0.0, "resize": 0.0, "encode": 0.0}
+    before = dict(stages)
     for p in paths:  # stage shares in CPU time, over all images
         ours_staged(p, stages)
+        previous_staged(p, before)
     total = sum(stages.values())
     passthrough = sum(R.resize_image(p.read_bytes(), SPEC, RULE).passthrough for p in paths)
 
@@ -231,6 +280,9 @@ def main() -> None:
           f"({rep2.images} images, shared machine)")
     print("time shares of ours: " + ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in stages.items())
           + f"  ({1e3 * total / len(paths):.1f} ms/image, {passthrough} passthrough)")
+    tb = sum(before.values())
+    print("time shares of (d), before: " + ", ".join(f"{k} {100 * v / tb:.0f}%" for k, v in before.items())
+          + f"  ({1e3 * tb / len(paths):.1f} ms/image)")
     q = quality(paths[: args.psnr_n])
     print(f"PSNR vs exact full-decode LANCZOS ({min(args.psnr_n, len(paths))} images): resampling mean "
           f"{q['resample_mean']:.1f} dB, min {q['resample_min']:.1f} dB; stored JPEG q{SPEC.quality}: ours "

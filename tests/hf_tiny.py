@@ -3,8 +3,6 @@ loader's batches feed them), for the parity tests of mmtrain's loader, export an
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import torch

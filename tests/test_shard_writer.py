@@ -22,6 +22,7 @@ from PIL import Image
 from mmdata.errors import InputError
 from mmdata.shard import write_shards
 from mmdata.format.names import JOURNAL, STAGING
+from mmdata.shard.resize import created_with
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -201,7 +202,9 @@ def test_manifest_counts_and_sha256(made):
     m = json.loads((out / "manifest.json").read_text())
     assert m["format"] == "mmdata.shards" and m["version"] == 1
     assert m["options"] == {"rule": "qwen2vl", "max_res": 448, "max_image_tokens": 1280, "quality": 90,
-                            "samples_per_shard": 4, "max_shard_bytes": 1_000_000_000, "inputs": ["clean.json"]}
+                            "samples_per_shard": 4, "max_shard_bytes": 1_000_000_000, "inputs": ["clean.json"],
+                            "created_with": created_with()}
+    assert set(created_with()) == {"pillow", "simplejpeg", "torch"}
     assert (m["samples"], m["rejected"]) == (16, 9)
     assert m["image_tokens"] == sum(pq.read_table(out / "index.parquet").column("image_tokens").to_pylist())
     for s in m["shards"]:

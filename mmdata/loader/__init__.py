@@ -15,6 +15,7 @@ _WHERE = {
     "LoaderConfig": "mmdata.loader.dataset",
     "PackedLoader": "mmdata.loader.dataset",
     "normalize_pixels": "mmdata.loader.pixels",
+    "pixel_values_from_images": "mmdata.loader.pixels",
     "load_tokenizer": "mmdata.text.tokenizer",
     "NoSampleFits": "mmdata.loader.plan",
     "mrope_position_ids": "mmdata.loader.rope",

@@ -50,11 +50,17 @@ def _images(batch: dict) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(pixel_values, image_grid_thw), both None for a text-only row.
 
     uint8 rows (``pixel_dtype="uint8"``) are normalised to float32 here, on the tensor's device, since no
-    outside stack knows that convention: move the row to the device first to keep the bandwidth win.
+    outside stack knows that convention; ``pixel_dtype="images"`` rows get their patches made here
+    (:func:`mmdata.models.patches.pixel_values_from_images`). Move the row to the device first to keep
+    the bandwidth win.
     """
     thw = batch.get("image_grid_thw")
     if thw is None or thw.numel() == 0:
         return None, None
+    if "pixel_values" not in batch and "images" in batch:
+        from mmdata.models.patches import pixel_values_from_images
+
+        return pixel_values_from_images(batch["images"], thw), thw
     pv = batch["pixel_values"]
     if pv.dtype == torch.uint8:
         from mmdata.loader.pixels import normalize_pixels

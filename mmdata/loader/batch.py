@@ -11,21 +11,23 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from mmdata.loader.pixels import fill_rows
-from mmdata.models.rope import mrope_position_ids, text_position_ids
+from mmdata.loader.pixels import decode_into
+from mmdata.models.patches import PatchProcessor, pixel_values_from_images
+from mmdata.models.rope import mrope_position_ids_row
 
 IGNORE = -100
 
 
 @dataclass
 class Document:
-    """One encoded sample: ids/labels int32 [L], its images as uint8 patch frames [P, C, p*p]
-    (:func:`mmdata.loader.pixels.decode_frame`) and their (t, h, w) grids."""
+    """One encoded sample: ids/labels int32 [L], its images still encoded with their stored
+    (height, width) (decoded when the row is built: :func:`decode_images`) and their (t, h, w) grids."""
 
     sample_id: str
     input_ids: np.ndarray
     labels: np.ndarray
-    pixels: list[np.ndarray] = field(default_factory=list)
+    images: list[bytes] = field(default_factory=list)
+    sizes: list[tuple[int, int]] = field(default_factory=list)
     grids: list[tuple[int, int, int]] = field(default_factory=list)
 
 
@@ -39,22 +41,57 @@ class RowSpec:
     image_pad_id: int | None
     merge_size: int = 2
     pad_to_seq_len: bool = False
-    pixel_dtype: str = "float32"
+    pixel_dtype: str = "float32"  # "uint8": patch rows to normalise on the device; "images": see collate_row
     temporal_patch_size: int = 2
+    patch_size: int = 14
+
+    def processor(self) -> PatchProcessor:
+        return PatchProcessor(self.patch_size, self.merge_size, self.temporal_patch_size)
 
 
-def _positions(doc: Document, spec: RowSpec) -> np.ndarray:
-    n = len(doc.input_ids)
+def decode_images(docs: list[Document], shared_memory: bool = False) -> tuple[torch.Tensor, list[tuple[int, str]]]:
+    """Every document's images decoded, in order, straight into one uint8 buffer (``[h, w, 3]`` each,
+    back to back; shared memory if asked). A document with an image that does not decode is left out
+    of the buffer: ``(its position in docs, why)`` is returned for it."""
+    total = sum(h * w * 3 for d in docs for h, w in d.sizes)
+    buf = torch.empty(total, dtype=torch.uint8)
+    if shared_memory and total:
+        buf.share_memory_()
+    arr = buf.numpy()
+    at = 0
+    failed: list[tuple[int, str]] = []
+    for j, d in enumerate(docs):
+        start = at
+        for k, (data, (h, w)) in enumerate(zip(d.images, d.sizes)):
+            try:
+                decode_into(data, arr[at:at + h * w * 3].reshape(h, w, 3))
+            except Exception as e:  # PIL raises many types on corrupt data
+                failed.append((j, f"image {k}: {type(e).__name__}: {e}"))
+                at = start
+                break
+            at += h * w * 3
+    return buf[:at], failed
+
+
+def _positions(docs: list[Document], lens: np.ndarray, ids: np.ndarray, local: np.ndarray,
+               spec: RowSpec) -> np.ndarray:
+    """M-RoPE positions ``[3, real]`` of the row's documents, each from 0 (vectorised over the row)."""
     if spec.vision_start_id is None or spec.image_pad_id is None:
-        return np.broadcast_to(text_position_ids(n), (3, n))
-    grid = np.asarray(doc.grids, dtype=np.int64).reshape(-1, 3)
-    return mrope_position_ids(doc.input_ids, grid, spec.merge_size, spec.vision_start_id, spec.image_pad_id)
+        return np.broadcast_to(local, (3, local.shape[0]))
+    return mrope_position_ids_row(ids, lens, [d.grids for d in docs], spec.merge_size, spec.vision_start_id,
+                                  spec.image_pad_id)
 
 
-def collate_row(docs: list[Document], spec: RowSpec, shared_memory: bool = False) -> dict:
+def collate_row(docs: list[Document], spec: RowSpec, images: torch.Tensor | None = None,
+                shared_memory: bool = False) -> dict:
     """Concatenate ``docs`` into one B=1 row. An empty row becomes one pad token with no loss, so
-    every rank still yields a row for every step. ``shared_memory``: build the pixels in shared memory
-    (inside DataLoader workers)."""
+    every rank still yields a row for every step. ``images``: the docs' decoded images
+    (:func:`decode_images`). ``shared_memory``: build the pixels in shared memory (DataLoader workers).
+
+    ``pixel_values`` is built from ``images`` by :func:`mmdata.models.patches.pixel_values_from_images`
+    (float32 or uint8 patch rows); with ``pixel_dtype="images"`` the batch carries ``images`` itself
+    instead (4x fewer bytes than float32 rows and no patch work on the host) and the device runs that
+    same function: the result is bit-identical."""
     if not docs:
         docs = [Document("", np.asarray([spec.pad_id], np.int32), np.asarray([IGNORE], np.int32))]
     lens = np.fromiter((len(d.input_ids) for d in docs), dtype=np.int64, count=len(docs))
@@ -65,14 +102,14 @@ def collate_row(docs: list[Document], spec: RowSpec, shared_memory: bool = False
     labels = np.full(total, IGNORE, dtype=np.int64)
     pos3 = np.zeros((3, total), dtype=np.int64)
     pos1 = np.zeros(total, dtype=np.int64)
-    at = 0
-    for d, n in zip(docs, lens.tolist()):
-        ids[at:at + n] = d.input_ids
-        labels[at:at + n] = d.labels
-        labels[at] = IGNORE  # every document's first token: no loss (also after truncation)
-        pos3[:, at:at + n] = _positions(d, spec)
-        pos1[at:at + n] = np.arange(n)
-        at += n
+    starts = np.zeros(len(docs), dtype=np.int64)
+    np.cumsum(lens[:-1], out=starts[1:])
+    np.concatenate([d.input_ids for d in docs], out=ids[:real], casting="unsafe")
+    np.concatenate([d.labels for d in docs], out=labels[:real], casting="unsafe")
+    labels[starts] = IGNORE  # every document's first token: no loss (also after truncation)
+    local = np.arange(real, dtype=np.int64) - np.repeat(starts, lens)
+    pos1[:real] = local
+    pos3[:, :real] = _positions(docs, lens, ids[:real], local, spec)
     attn = np.zeros(total, dtype=np.int64)
     attn[:real] = 1
 
@@ -81,13 +118,18 @@ def collate_row(docs: list[Document], spec: RowSpec, shared_memory: bool = False
     cu_padded = cu.copy()
     cu_padded[-1] = total  # tail padding folded into the last document
     grids = [g for d in docs for g in d.grids]
-    frames = [p for d in docs for p in d.pixels]
-    n_patch = sum(f.shape[0] for f in frames)
-    width = (frames[0].shape[1] * frames[0].shape[2] if frames else 3 * 196) * spec.temporal_patch_size
-    pixel_values = torch.empty((n_patch, width), dtype=torch.float32 if spec.pixel_dtype == "float32" else torch.uint8)
-    if shared_memory and n_patch:
-        pixel_values.share_memory_()  # a DataLoader worker then hands it over without another copy
-    fill_rows(frames, spec.temporal_patch_size, spec.pixel_dtype, out=pixel_values.numpy())
+    grid_thw = torch.tensor(grids, dtype=torch.int64).reshape(-1, 3)
+    if images is None:
+        images = decode_images(docs)[0]
+    pixels: dict = {"images": images}
+    if spec.pixel_dtype != "images":
+        n_patch = sum(t * h * w for t, h, w in grids)
+        width = 3 * spec.temporal_patch_size * spec.patch_size**2
+        normalize = spec.pixel_dtype == "float32"
+        pixel_values = torch.empty((n_patch, width), dtype=torch.float32 if normalize else torch.uint8)
+        if shared_memory and n_patch:
+            pixel_values.share_memory_()  # a DataLoader worker then hands it over without another copy
+        pixels = {"pixel_values": pixel_values_from_images(images, grid_thw, spec.processor(), normalize, pixel_values)}
     return {
         "input_ids": torch.from_numpy(ids).unsqueeze(0),
         "labels": torch.from_numpy(labels).unsqueeze(0),
@@ -98,8 +140,8 @@ def collate_row(docs: list[Document], spec: RowSpec, shared_memory: bool = False
         "cu_seqlens_padded": torch.from_numpy(cu_padded),
         "max_seqlen": int(np.diff(cu_padded).max()),
         "seqlens": torch.from_numpy(lens),
-        "pixel_values": pixel_values,
-        "image_grid_thw": torch.tensor(grids, dtype=torch.int64).reshape(-1, 3),
+        **pixels,
+        "image_grid_thw": grid_thw,
         "sample_ids": [d.sample_id for d in docs],
         "num_loss_tokens": int(np.count_nonzero(labels != IGNORE)),
         "num_real_tokens": real,

@@ -23,9 +23,8 @@ from mmdata import storage
 from mmdata.errors import InputError, MMDataError
 from mmdata.format.sample import SampleError, ShardSample
 from mmdata.format.tar import TarFormatError, parse_sample
-from mmdata.loader.batch import Document, RowSpec, collate_row
+from mmdata.loader.batch import Document, RowSpec, collate_row, decode_images
 from mmdata.loader.lengths import MANIFEST, ShardIndex, _fix, check_shards, _index_text_tokens_made_with, cache_dir_for, read_index, text_tokens
-from mmdata.loader.pixels import decode_frame
 from mmdata.loader.plan import NoSampleFits, PlanConfig, Planner, SetLengths, iter_positions, normalize_position
 from mmdata.models.family import family_for_rule
 from mmdata.models.patches import PatchProcessor
@@ -48,7 +47,8 @@ class LoaderConfig:
     seed: int = 0
     shuffle: bool = True
     overlong: str = "drop"  # or "truncate": cut the text, never inside an image block
-    pixel_dtype: str = "float32"  # or "uint8": normalise on the device with normalize_pixels
+    pixel_dtype: str = "float32"  # "uint8": normalise on the device (normalize_pixels); "images": decoded
+    # images in the batch, patches made on the device (pixel_values_from_images)
     patch_size: int = 14
     merge_size: int = 2
     temporal_patch_size: int = 2
@@ -61,8 +61,8 @@ class LoaderConfig:
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
-        if self.pixel_dtype not in ("float32", "uint8"):
-            raise ValueError(f"pixel_dtype must be 'float32' or 'uint8', got {self.pixel_dtype!r}")
+        if self.pixel_dtype not in ("float32", "uint8", "images"):
+            raise ValueError(f"pixel_dtype must be 'float32', 'uint8' or 'images', got {self.pixel_dtype!r}")
         if self.bad_sample_budget < 0:
             raise ValueError("bad_sample_budget must be >= 0")
 
@@ -208,7 +208,8 @@ class RowBuilder:
                             vision_start_id=tokenizer.vision_start_id if mrope else None,
                             image_pad_id=tokenizer.image_pad_id if mrope else None,
                             merge_size=config.merge_size, pad_to_seq_len=config.pad_to_seq_len,
-                            pixel_dtype=config.pixel_dtype, temporal_patch_size=config.temporal_patch_size)
+                            pixel_dtype=config.pixel_dtype, temporal_patch_size=config.temporal_patch_size,
+                            patch_size=config.patch_size)
         self._files: dict[tuple[int, int], object] = {}
         self.shared_memory = get_worker_info() is not None
         self.stale_ids = 0  # pre-tokenised ids that did not match (the sample was encoded instead)
@@ -294,14 +295,8 @@ class RowBuilder:
                 return None, True
         elif len(ids) != int(s.lengths[i]):
             raise BadSample("length_mismatch", f"{len(ids)} tokens, the plan counted {int(s.lengths[i])} (index text_tokens stale?)")
-        pixels, grids = [], []
-        for k, ((h, w), data) in enumerate(zip(sizes, img_bytes)):
-            try:
-                pixels.append(decode_frame(data, h, w, cfg.patch_size, cfg.merge_size))
-            except Exception as e:  # PIL raises many types on corrupt data
-                raise BadSample("decode_error", f"image {k}: {type(e).__name__}: {e}") from None
-            grids.append(self.proc.grid(h, w))
-        return Document(str(ix.ids[i]), ids, labels, pixels, grids), cut
+        grids = [self.proc.grid(h, w) for h, w in sizes]  # decoded with the row (build: decode_images)
+        return Document(str(ix.ids[i]), ids, labels, list(img_bytes), sizes, grids), cut
 
     def _pretokenized(self, s: ShardSet, i: int, data: bytes, tokens: list[int]):
         """(input_ids, labels) from the shard's ``ids.npy`` when they are consistent with the json and the
@@ -338,27 +333,39 @@ class RowBuilder:
         return ids[:cut], labels[:cut], kept
 
     def build(self, set_id: int, samples: np.ndarray) -> tuple[dict, dict]:
-        """One row: batch dict plus what happened (bad samples, truncations) for the main process."""
+        """One row: batch dict plus what happened (bad samples, truncations) for the main process.
+        The row's images are decoded together, straight into one buffer, after its text is encoded."""
         docs: list[Document] = []
-        bad: list[tuple[str, str, str, str]] = []
-        truncated = dropped = 0
+        kept: list[tuple[int, int, bool]] = []  # (position in the row, sample, truncated) per doc
+        bad: list[tuple[int, tuple[str, str, str, str]]] = []
+        dropped = 0
         ix = self.sets[set_id].index
         stale0 = self.stale_ids
-        for i in samples.tolist():
+        where = lambda i: (ix.shards[int(ix.shard_idx[i])], str(ix.keys[i]))  # noqa: E731
+        for pos, i in enumerate(samples.tolist()):
             try:
                 doc, cut = self.encode(set_id, i)
             except BadSample as e:
-                bad.append((ix.shards[int(ix.shard_idx[i])], str(ix.keys[i]), e.reason, e.detail))
+                bad.append((pos, (*where(i), e.reason, e.detail)))
                 continue
-            truncated += cut
             if doc is None:
                 dropped += 1
             else:
                 docs.append(doc)
-        batch = collate_row(docs, self.spec, self.shared_memory)
-        info = {"bad": bad, "docs": len(docs), "truncated": truncated, "dropped": dropped, "set": set_id,
-                "real_tokens": batch["num_real_tokens"], "loss_tokens": batch["num_loss_tokens"],
-                "stale_ids": self.stale_ids - stale0}
+                kept.append((pos, i, cut))
+        images, failed = decode_images(docs, self.shared_memory and self.spec.pixel_dtype == "images")
+        for j, detail in failed:
+            pos, i, _ = kept[j]
+            bad.append((pos, (*where(i), "decode_error", detail)))
+        if failed:
+            gone = {j for j, _ in failed}
+            docs = [d for j, d in enumerate(docs) if j not in gone]
+            kept = [k for j, k in enumerate(kept) if j not in gone]
+        bad.sort(key=lambda b: b[0])  # in row order, as the samples were met
+        batch = collate_row(docs, self.spec, images, self.shared_memory)
+        info = {"bad": [b for _, b in bad], "docs": len(docs), "truncated": sum(c for _, _, c in kept),
+                "dropped": dropped, "set": set_id, "real_tokens": batch["num_real_tokens"],
+                "loss_tokens": batch["num_loss_tokens"], "stale_ids": self.stale_ids - stale0}
         return batch, info
 
 

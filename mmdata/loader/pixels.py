@@ -13,51 +13,36 @@ import io
 import numpy as np
 from PIL import Image
 
+from mmdata import codec
 from mmdata.models.patches import (BIAS, CLIP_MEAN, CLIP_STD, MIN_PIXELS, SCALE, frame_patches,  # noqa: F401
-                                   normalize_frame, normalize_numpy, normalize_pixels, patchify, repeat_frames,
-                                   target_size)
+                                   fill_rows, normalize_frame, normalize_numpy, normalize_pixels, patchify,
+                                   pixel_values_from_images, repeat_frames, target_size)
 
 
-def decode_exact(data: bytes, height: int, width: int) -> np.ndarray:
-    """Decode image bytes to RGB uint8 ``[height, width, 3]`` as the processor's PIL path does
-    (``convert("RGB")``); ValueError when the image is not ``width x height`` (never resized)."""
+def decode_into(data: bytes, out: np.ndarray) -> None:
+    """Decode image bytes into ``out`` (RGB uint8 ``[height, width, 3]``, e.g. a slice of the row's
+    image buffer) as the processor's PIL path does (``convert("RGB")``): libjpeg-turbo straight into the
+    buffer for a plain JPEG (the same pixels), Pillow otherwise. ValueError when the image is not
+    ``width x height`` (never resized)."""
+    if codec.decode_jpeg_into(data, out):
+        return
+    height, width = out.shape[:2]
     with Image.open(io.BytesIO(data)) as im:
         if im.size != (width, height):
             raise ValueError(f"the image is {im.size[0]}x{im.size[1]}, the json says {width}x{height}")
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+        out[...] = np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def decode_exact(data: bytes, height: int, width: int) -> np.ndarray:
+    """Decode image bytes to RGB uint8 ``[height, width, 3]`` (:func:`decode_into` a new array)."""
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    decode_into(data, out)
+    return out
 
 
 def decode_frame(data: bytes, height: int, width: int, patch_size: int = 14, merge_size: int = 2) -> np.ndarray:
     """Image bytes -> one uint8 frame of patches ``[P, C, p*p]`` at the exact size (see :func:`fill_rows`)."""
     return frame_patches(decode_exact(data, height, width), patch_size, merge_size)
-
-
-def fill_rows(frames: list[np.ndarray], temporal_patch_size: int, pixel_dtype: str,
-              out: np.ndarray | None = None) -> np.ndarray:
-    """uint8 frames ``[P_i, C, p*p]`` -> one ``pixel_values`` array ``[sum P_i, C*T*p*p]``, normalised
-    (float32) straight into the output (``out`` if given, e.g. a shared-memory tensor's buffer): no
-    per-image float temporaries, no concatenation copy."""
-    total = sum(f.shape[0] for f in frames)
-    c, pp = (frames[0].shape[1], frames[0].shape[2]) if frames else (3, 196)
-    dtype = np.float32 if pixel_dtype == "float32" else np.uint8
-    if out is None:
-        out = np.empty((total, c, temporal_patch_size, pp), dtype=dtype)
-    out = out.reshape(total, c, temporal_patch_size, pp)
-    at = 0
-    step = 256  # patches per block: normalise and repeat while the block is still in cache
-    for f in frames:
-        for a in range(0, f.shape[0], step):
-            src = f[a:a + step]
-            blk = out[at + a:at + a + src.shape[0]]
-            dst = blk[:, :, 0, :]
-            if dtype is np.float32:
-                np.multiply(src, SCALE[None, :, None], out=dst, casting="unsafe")
-                dst += BIAS[None, :, None]
-            else:
-                dst[...] = src
-            blk[:, :, 1:, :] = dst[:, :, None, :]
-        at += f.shape[0]
-    return out.reshape(total, c * temporal_patch_size * pp)
 
 
 def image_rows(data: bytes, height: int, width: int, patch_size: int, merge_size: int, temporal_patch_size: int,

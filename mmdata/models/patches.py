@@ -114,3 +114,76 @@ def normalize_pixels(t):
     scale = torch.as_tensor(SCALE, device=t.device).view(1, 3, 1)
     bias = torch.as_tensor(BIAS, device=t.device).view(1, 3, 1)
     return (t.to(torch.float32).view(n, 3, cols // 3) * scale + bias).view(n, cols)
+
+
+def fill_rows(frames: list[np.ndarray], temporal_patch_size: int, pixel_dtype: str,
+              out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 frames ``[P_i, C, p*p]`` -> one ``pixel_values`` array ``[sum P_i, C*T*p*p]``, normalised
+    (float32) straight into the output (``out`` if given, e.g. a shared-memory tensor's buffer): no
+    per-image float temporaries, no concatenation copy."""
+    total = sum(f.shape[0] for f in frames)
+    c, pp = (frames[0].shape[1], frames[0].shape[2]) if frames else (3, 196)
+    dtype = np.float32 if pixel_dtype == "float32" else np.uint8
+    if out is None:
+        out = np.empty((total, c, temporal_patch_size, pp), dtype=dtype)
+    out = out.reshape(total, c, temporal_patch_size, pp)
+    at = 0
+    step = 256  # patches per block: normalise and repeat while the block is still in cache
+    for f in frames:
+        for a in range(0, f.shape[0], step):
+            src = f[a:a + step]
+            blk = out[at + a:at + a + src.shape[0]]
+            dst = blk[:, :, 0, :]
+            if dtype is np.float32:
+                np.multiply(src, SCALE[None, :, None], out=dst, casting="unsafe")
+                dst += BIAS[None, :, None]
+            else:
+                dst[...] = src
+            blk[:, :, 1:, :] = dst[:, :, None, :]
+        at += f.shape[0]
+    return out.reshape(total, c * temporal_patch_size * pp)
+
+
+def pixel_values_from_images(images, grid_thw, processor: PatchProcessor = QWEN2VL_PROCESSOR, normalize: bool = True,
+                             out=None, host_numpy: bool | None = None):
+    """A row's decoded images -> its ``pixel_values``, on whatever device ``images`` is on (a torch op).
+
+    ``images``: uint8, the images' ``[h, w, 3]`` pixels one after another (``pixel_dtype="images"``
+    batches, the key ``images``); ``grid_thw``: their ``[N, 3]`` grids in the same order. Returns
+    ``[P, C*T*p*p]`` in Hugging Face's patch order: float32 CLIP-normalised (``normalize``), bit-identical
+    to the loader's ``pixel_dtype="float32"`` rows, or uint8, identical to its ``"uint8"`` rows. One
+    normalise pass and one strided copy per image; ``out`` (e.g. shared memory) receives the result.
+    On the CPU (``host_numpy``, the default there) the same arithmetic runs as numpy's
+    :func:`frame_patches` + :func:`fill_rows` on views of ``images`` (2x faster than torch's strided
+    copy, and no intra-op threads); tested bit-identical to the torch op.
+    """
+    import torch
+
+    p, m, t = processor.patch_size, processor.merge_size, processor.temporal_patch_size
+    grid = [tuple(g) for g in torch.as_tensor(grid_thw).reshape(-1, 3).tolist()]
+    n_patch = sum(gh * gw for _, gh, gw in grid)
+    dtype = torch.float32 if normalize else torch.uint8
+    if out is None:
+        out = torch.empty((n_patch, 3 * t * p * p), dtype=dtype, device=images.device)
+    if host_numpy if host_numpy is not None else images.device.type == "cpu":
+        flat, frames, at = images.numpy(), [], 0
+        for _, gh, gw in grid:
+            n = gh * p * gw * p * 3
+            frames.append(frame_patches(flat[at:at + n].reshape(gh * p, gw * p, 3), p, m))
+            at += n
+        fill_rows(frames, t, "float32" if normalize else "uint8", out=out.numpy())
+        return out
+    scale = torch.as_tensor(SCALE, device=images.device)
+    bias = torch.as_tensor(BIAS, device=images.device)
+    at = row = 0
+    for _, gh, gw in grid:
+        h, w, n = gh * p, gw * p, gh * gw
+        img = images[at:at + h * w * 3].view(h, w, 3)
+        if normalize:
+            img = img.to(torch.float32).mul_(scale).add_(bias)  # x / 255 / std - mean / std, as the host path
+        src = img.view(gh // m, m, p, gw // m, m, p, 3).permute(0, 3, 1, 4, 6, 2, 5)  # (gh', gw', m, m, C, p, p)
+        dst = out[row:row + n].view(gh // m, gw // m, m, m, 3, t, p, p)
+        dst.copy_(src.unsqueeze(5).expand(-1, -1, -1, -1, -1, t, -1, -1))
+        at += h * w * 3
+        row += n
+    return out

@@ -1,9 +1,10 @@
 """The resizer: one source image -> the bytes stored in a shard, within the token rule's limits.
 
 Per image: probe the header, ask the rule for the stored size, then either keep the original bytes
-(a JPEG already within every limit: RGB or grey, no EXIF rotation) or decode cheaply (JPEG DCT
-scaling to the smallest scale at or above the target), orient, convert to RGB, resize with a
-high-quality filter and encode a JPEG with fixed settings (the same input gives the same bytes).
+(``is_passthrough``: a JPEG already at exactly its stored size, RGB or grey, no EXIF rotation) or decode
+cheaply (JPEG DCT scaling to the smallest scale at or above the target), resize with antialiased
+bicubic, turn upright (EXIF) and encode a JPEG with fixed settings (mmdata.codec: libjpeg-turbo and
+ATen's SIMD resampler; the same input and library versions give the same bytes).
 """
 
 from __future__ import annotations
@@ -12,19 +13,21 @@ import io
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps
+import numpy as np
+from PIL import Image
+
+from mmdata import codec
 
 from mmdata.images import DEFAULT_MAX_PIXELS, ImageError, exif_orientation, sniff_format
 from mmdata.models.rules import DEFAULT_MAX_IMAGE_TOKENS, MIN_SIDE, Rule, get_rule
 
-__all__ = ["ResizeSpec", "StoredImage", "resize_image", "to_rgb", "over_budget_detail"]
+__all__ = ["ResizeSpec", "StoredImage", "resize_image", "is_passthrough", "created_with", "to_rgb",
+           "over_budget_detail"]
 
 _TRANSPOSED = {5, 6, 7, 8}
-# Draft to a DCT scale that leaves at least this much oversampling before the final filter:
-# 1.0 = the smallest scale >= target (fastest). The final filter is Pillow's antialiased bicubic
-# (what Qwen2-VL's own image processor uses): ~25% cheaper than LANCZOS and, after the DCT-scaled
-# decode, >= 42 dB PSNR against an exact full-decode LANCZOS resize (benchmarks/bench_shard.py).
-DRAFT_MARGIN = 1.0
+# The filter is antialiased bicubic (what Qwen2-VL's image processor uses), after a decode at the
+# smallest DCT scale >= the target: >= 40 dB PSNR against an exact full-decode LANCZOS resize
+# (benchmarks/bench_shard.py). RESAMPLE is Pillow's name for the same filter (benchmark baselines).
 RESAMPLE = Image.Resampling.BICUBIC
 
 
@@ -81,8 +84,6 @@ def to_rgb(img: Image.Image) -> Image.Image:
         return Image.alpha_composite(bg, rgba).convert("RGB")
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # 16/32-bit grey: scale to 8 bits (Pillow's plain convert clips at 255).
-        import numpy as np
-
         a = np.asarray(img, dtype=np.float64)
         hi = 65535.0 if mode.startswith("I;16") else max(float(a.max()), 1.0)
         g = np.clip(a * (255.0 / hi) + 0.5, 0, 255).astype("uint8")
@@ -115,6 +116,34 @@ def over_budget_detail(rule: Rule, w: int, h: int, max_res: int, max_tokens: int
     return rule.why_not(w, h, max_res, max_tokens)
 
 
+def is_passthrough(fmt: str, orientation: int, mode: str, stored: tuple[int, int], orig: tuple[int, int]) -> bool:
+    """Whether the source is kept byte-identical: a JPEG already at exactly its stored size, RGB or
+    grey, with no EXIF rotation to apply."""
+    return fmt == "JPEG" and orientation == 1 and mode in ("RGB", "L") and stored == orig
+
+
+def _check_decodes(img: Image.Image) -> None:
+    """A reduced (1/8) decode of a passed-through JPEG: it still reads every entropy-coded byte, so
+    a truncated file is caught cheaply."""
+    rw, rh = img.size
+    img.draft(img.mode, (max(1, rw // 8), max(1, rh // 8)))
+    img.load()
+
+
+def _pixels(data: bytes, img: Image.Image, fmt: str, raw_target: tuple[int, int]) -> np.ndarray:
+    """RGB pixels of the source in its raw (unrotated) orientation, JPEGs DCT-scaled to the smallest
+    scale >= ``raw_target`` (libjpeg-turbo; Pillow for other formats, CMYK, or what it warns about)."""
+    if fmt == "JPEG" and img.mode in ("RGB", "L"):
+        scale = codec.draft_scale(*img.size, *raw_target)
+        a = codec.decode_jpeg_rgb(data, img.size, scale)
+        if a is not None:
+            return a
+    if fmt == "JPEG":
+        img.draft("RGB" if img.mode in ("RGB", "YCbCr") else img.mode, raw_target)
+    img.load()
+    return np.array(to_rgb(img))
+
+
 def resize_image(data: bytes, spec: ResizeSpec, rule: Rule | None = None) -> StoredImage:
     """Bring one encoded image within ``spec``; raise ImageError with a shard reject reason.
 
@@ -136,27 +165,23 @@ def resize_image(data: bytes, spec: ResizeSpec, rule: Rule | None = None) -> Sto
         raise ImageError("over_token_budget", over_budget_detail(rule, ow, oh, spec.max_res, spec.max_image_tokens))
     tw, th = fit.width, fit.height
     try:
-        if fmt == "JPEG" and orientation == 1 and img.mode in ("RGB", "L") and (tw, th) == (ow, oh):
-            # Already within every limit: keep the original bytes. A reduced decode still reads
-            # every entropy-coded byte, so a truncated file is caught cheaply.
-            img.draft(img.mode, (max(1, rw // 8), max(1, rh // 8)))
-            img.load()
+        if is_passthrough(fmt, orientation, img.mode, (tw, th), (ow, oh)):
+            _check_decodes(img)
             return StoredImage(data, ow, oh, ow, oh, fit.tokens, True)
-        if fmt == "JPEG":
-            # Target in the file's own (unrotated) orientation; DCT-scale to the smallest scale >= it.
-            rtw, rth = (th, tw) if orientation in _TRANSPOSED else (tw, th)
-            m = DRAFT_MARGIN
-            img.draft("RGB" if img.mode in ("RGB", "YCbCr") else img.mode, (int(rtw * m), int(rth * m)))
-        img.load()
-        if orientation != 1:
-            img = ImageOps.exif_transpose(img)
-        img = to_rgb(img)
-        if img.size != (tw, th):
-            img = img.resize((tw, th), RESAMPLE)
-        out = io.BytesIO()
-        img.save(out, "JPEG", quality=spec.quality, subsampling=2, optimize=False, progressive=False)
+        # Resize in the file's own orientation, then turn the result upright.
+        rtw, rth = (th, tw) if orientation in _TRANSPOSED else (tw, th)
+        a = _pixels(data, img, fmt, (rtw, rth))
+        if a.shape[:2] != (rth, rtw):
+            a = codec.resize_bicubic(a, rtw, rth)
+        out = codec.encode_jpeg(codec.orient(a, orientation), spec.quality)
     except ImageError:
         raise
     except Exception as e:  # Pillow raises many types for broken data
         raise ImageError("unreadable_image", f"{fmt} does not decode: {e or type(e).__name__}") from None
-    return StoredImage(out.getvalue(), tw, th, ow, oh, fit.tokens, False)
+    return StoredImage(out, tw, th, ow, oh, fit.tokens, False)
+
+
+def created_with() -> dict[str, str]:
+    """The pixel libraries and versions that, with the options, fix the bytes of re-encoded images
+    (recorded in the shard options, so a --resume under other versions is refused)."""
+    return codec.codec_versions()

@@ -32,7 +32,7 @@ from mmdata.storage.base import WriteError
 from mmdata.io import iter_json_records
 from mmdata.procs import die_with_parent, resolve_workers
 from mmdata.rules import RULES
-from mmdata.shard.resize import ResizeSpec
+from mmdata.shard.resize import ResizeSpec, created_with
 from mmdata.shard.sample import Reject, Sample, SampleMaker, Task
 from mmdata.models.qwen2vl import DEFAULT_MAX_IMAGE_TOKENS
 
@@ -315,6 +315,7 @@ def _run_header(inputs: list[Path], spec: ResizeSpec, samples_per_shard: int | N
         "samples_per_shard": samples_per_shard,
         "max_shard_bytes": max_shard_bytes,
         "inputs": [p.name for p in inputs],
+        "created_with": created_with(),  # the pixel libraries that fix re-encoded images' bytes
     }
     if tok_sha is not None:
         options["text_tokens"] = {"template": template, "tokenizer_sha256": tok_sha}
