@@ -113,13 +113,22 @@ def generate_cmd(
     typer.echo(text)
 
 
+def _exit_now(code: int) -> None:
+    """Leave at once after a user error: native thread pools (pyarrow's, torch's) torn down by the
+    interpreter's exit can abort the process ("terminate called without an active exception"),
+    turning a clean exit 2 into SIGABRT. Nothing is left to flush but stdio."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     try:
         app(standalone_mode=False)
     except MMDataError as e:
         typer.echo(f"error: {e}", err=True)
-        sys.exit(e.exit_code)
+        _exit_now(e.exit_code)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
