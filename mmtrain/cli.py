@@ -59,14 +59,25 @@ def run_cmd(
     tensorboard_dir: str | None = typer.Option(None, help="Write TensorBoard scalars here."),
     metrics: str | None = typer.Option(None, help="Append one JSON object per log line to this file."),
     fsdp: bool = typer.Option(False, "--fsdp", help="FSDP2 instead of DDP under torchrun."),
+    ckpt_format: str | None = typer.Option(None, help="torch (full tensors, rank 0) | torch_dcp (sharded, every "
+                                           "rank; resumable on any number of ranks). Default: torch_dcp with --fsdp."),
+    profile: bool = typer.Option(False, "--profile", help="Profile iterations --profile-step-start..end-1."),
+    profile_step_start: int = typer.Option(10, help="First profiled iteration."),
+    profile_step_end: int = typer.Option(12, help="Profiling stops before this iteration."),
+    profile_ranks: list[int] = typer.Option([0], help="Ranks to profile (repeat: --profile-ranks 0 --profile-ranks 1)."),
 ) -> None:
     """Stream the shards through the sequence-packed loader into a vision-language model and train it."""
     from mmtrain.args import TrainArgs, check_shards, validate
 
     args = TrainArgs(**{k: v for k, v in locals().items() if k not in ("TrainArgs", "check_shards", "validate")})
     args.shards = list(shards)
+    args.profile_ranks = list(profile_ranks)
     validate(args, int(os.environ.get("WORLD_SIZE", "1")))  # before torch is imported: fast errors
     check_shards(args.shards)
+    if args.save:
+        from mmtrain.preflight import check_save_dir
+
+        check_save_dir(args.save, int(os.environ.get("RANK", "0")))
     import torch.distributed as dist
 
     from mmtrain.run import train
@@ -81,7 +92,7 @@ def run_cmd(
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     try:
-        app(standalone_mode=False)
+        app(args=expand_multi(sys.argv[1:], ("--profile-ranks",)), standalone_mode=False)
     except MMDataError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
@@ -91,12 +102,41 @@ def main() -> None:
         typer.echo("interrupted", err=True)
         sys.exit(130)
     except Exception as e:
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+        if isinstance(e, _click_exceptions()):  # a usage error: typer's message, no traceback
             e.show()
             sys.exit(e.exit_code)
         raise
+
+
+def expand_multi(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """Megatron's `--profile-ranks 0 1 2` (several values after one flag) as typer's repeated flag."""
+    out: list[str] = []
+    flag = None
+    for a in argv:
+        if a in flags:
+            flag = a
+        elif flag and a.lstrip("-").isdigit() and not a.startswith("--"):
+            if out[-1] != flag:
+                out.append(flag)
+            out.append(a)
+            continue
+        else:
+            flag = None
+        out.append(a)
+    return out
+
+
+def _click_exceptions() -> tuple[type, ...]:
+    """ClickException of the click bundled in typer (typer >= 0.16) and of a standalone click."""
+    import importlib
+
+    out = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            out.append(importlib.import_module(name).ClickException)
+        except ImportError:
+            pass
+    return tuple(out)
 
 
 if __name__ == "__main__":
