@@ -11,10 +11,12 @@ checkpoint as the latest one and never a half-written folder under a final name.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,17 +105,37 @@ def _dcp_kw() -> dict:
     return {} if _distributed() else {"no_dist": True}
 
 
+@contextlib.contextmanager
+def _quiet_dcp():
+    """DCP warns that it runs in one process each time it is told so (no_dist); that is the intent."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
 def _write_model(d: Path, fmt: str, wrapped, model, opt, fsdp: bool, rank: int) -> None:
     """Collective: the model and optimizer into `d` in format `fmt`."""
     if fmt == "torch_dcp":
         import torch.distributed.checkpoint as dcp
 
-        dcp.save(_sharded_states(wrapped, opt), checkpoint_id=str(d / DCP_DIR), **_dcp_kw())
+        with _quiet_dcp():
+            dcp.save(_sharded_states(wrapped, opt), checkpoint_id=str(d / DCP_DIR), **_dcp_kw())
         return
     msd, osd = full_states(wrapped, model, opt, fsdp)
     if rank == 0:
         _save(msd, d / "model.pt")
         _save(osd, d / "optim.pt")
+
+
+def _reason(e: BaseException) -> str:
+    """One line for an exception; for DCP's CheckpointException, the first rank's own error."""
+    failures = getattr(e, "failures", None)
+    if failures:
+        rank, wrapped = next(iter(failures.items()))
+        inner = getattr(wrapped, "exc", wrapped)
+        return f"rank {rank}: {_reason(inner)}"
+    msg = getattr(e, "strerror", None) or str(e) or type(e).__name__
+    return f"{type(e).__name__}: {msg}".splitlines()[0][:300]
 
 
 def _gather_errors(err: str | None) -> list[str]:
@@ -167,7 +189,7 @@ def save(root: str | Path, iteration: int, wrapped: torch.nn.Module, model: torc
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as e:  # OSError, torch's RuntimeError, WriteError, DCP's CheckpointException (a BaseException)
-        err = f"{type(e).__name__}: {getattr(e, 'strerror', None) or e}".splitlines()[0][:300]
+        err = _reason(e)
     errors = _gather_errors(err)
     if errors:
         if rank == 0:
@@ -275,7 +297,8 @@ def restore_states(cp: Checkpoint, wrapped: torch.nn.Module, model: torch.nn.Mod
 
         sd = _sharded_states(wrapped, opt)  # this layout's shards; DCP fills them from any saved layout
         try:
-            dcp.load(sd, checkpoint_id=str(cp.dcp), **_dcp_kw())
+            with _quiet_dcp():
+                dcp.load(sd, checkpoint_id=str(cp.dcp), **_dcp_kw())
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as e:  # DCP's CheckpointException
@@ -347,5 +370,6 @@ def _dcp_model_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise InputError(path, f"cannot read sharded checkpoint metadata: {e}") from None
     sd = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in meta.items()
           if k.startswith("model.") and isinstance(m, TensorStorageMetadata)}
-    dcp.load(sd, checkpoint_id=str(path), no_dist=True)
+    with _quiet_dcp():
+        dcp.load(sd, checkpoint_id=str(path), no_dist=True)
     return {k[len("model."):]: v for k, v in sd.items()}
