@@ -74,9 +74,10 @@ def run_cmd(
     args.profile_ranks = list(profile_ranks)
     validate(args, int(os.environ.get("WORLD_SIZE", "1")))  # before torch is imported: fast errors
     check_shards(args.shards)
-    if args.save:
-        from mmtrain.preflight import check_save_dir
+    from mmtrain.preflight import check_save_dir, check_shard_files
 
+    check_shard_files(args.shards)  # every listed shard there at its size: found now, not mid-run
+    if args.save:
         check_save_dir(args.save, int(os.environ.get("RANK", "0")))
     import torch.distributed as dist
 
@@ -89,10 +90,39 @@ def run_cmd(
             dist.destroy_process_group()
 
 
+@app.command("doctor")
+def doctor_cmd(
+    shards: list[str] = typer.Option([], "--shards", help="Shard folder(s) to check (quick form of inspect --verify)."),
+    save: str | None = typer.Option(None, help="Checkpoint folder: write access and free space."),
+    nnodes: int = typer.Option(1, help="Nodes of the run (> 1: pdsh and passwordless ssh are checked)."),
+    nproc_per_node: int | None = typer.Option(None, help="Ranks per node (default: one per visible device)."),
+    hostfile: str | None = typer.Option(None, help="One node per line: try passwordless ssh to each."),
+    model: str = typer.Option("tiny", help="Preset (or HF folder) the run trains, for the fit and memory checks."),
+    tokenizer: str | None = typer.Option(None, help="As in `mmtrain run` (its vocabulary sizes the estimate)."),
+    seq_len: int = typer.Option(2048),
+    micro_batch_size: int = typer.Option(1),
+    recompute_granularity: str | None = typer.Option(None, help="full"),
+    recompute_method: str | None = typer.Option(None, help="block | uniform"),
+    recompute_num_layers: int = typer.Option(0),
+    fsdp: bool = typer.Option(False, "--fsdp"),
+    bf16: bool = typer.Option(False, "--bf16"),
+    device: str = typer.Option("auto", help="auto | npu | cuda | cpu."),
+    timeout: float = typer.Option(30.0, help="Seconds the backend all-reduce may take."),
+) -> None:
+    """Check what breaks runs before they start: one line per check (ok / warn / FAIL + the fix); exit 1 on FAIL."""
+    from mmtrain.doctor import DoctorArgs, doctor
+
+    a = DoctorArgs(**{k: v for k, v in locals().items() if k not in ("DoctorArgs", "doctor")})
+    a.shards = list(shards)
+    raise typer.Exit(doctor(a, lambda line: print(line, flush=True)))
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     try:
-        app(args=expand_multi(sys.argv[1:], ("--profile-ranks",)), standalone_mode=False)
+        rc = app(args=expand_multi(sys.argv[1:], ("--profile-ranks",)), standalone_mode=False)
+        if isinstance(rc, int) and rc:  # a command's typer.Exit(code) comes back as the return value here
+            sys.exit(rc)
     except MMDataError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)

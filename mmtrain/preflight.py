@@ -57,3 +57,39 @@ def check_free_space(root: str | Path, need: int) -> None:
     if free < need:
         raise InputError(root, f"not enough free space for a checkpoint: needs about {human(need)}, "
                                f"{human(free)} free: make room or choose another --save")
+
+
+def shard_file_problems(folder: str | Path) -> tuple[list[str], dict]:
+    """Each shard manifest.json lists is there at its size, and no unlisted one: (problems, manifest).
+    Stat calls only, so `mmtrain run` can afford it before it starts."""
+    from mmdata.shard.manifest import FORMAT, read_manifest
+
+    folder = Path(folder)
+    try:
+        man = read_manifest(folder / "manifest.json")
+    except Exception as e:
+        return [f"{folder / 'manifest.json'}: {getattr(e, 'message', None) or e}"], {}
+    probs = [] if man.get("format") == FORMAT else [f"{folder / 'manifest.json'}: not an mmdata shard manifest"]
+    listed = {s["name"]: s for s in man.get("shards", [])}
+    for name, s in listed.items():
+        f = folder / name
+        if not f.is_file():
+            probs.append(f"{f}: listed in manifest.json but missing")
+        elif f.stat().st_size != s["bytes"]:
+            probs.append(f"{f}: {f.stat().st_size} bytes, manifest.json says {s['bytes']}")
+    extra = sorted(p.name for p in folder.glob("*.tar") if p.name not in listed)
+    if extra:
+        probs.append(f"{folder}: {len(extra)} shard(s) not in manifest.json, e.g. {extra[0]}")
+    return probs, man
+
+
+def check_shard_files(folders: list[str]) -> None:
+    """InputError (exit 2) naming the first shard that is missing or not the size its manifest says."""
+    for folder in folders:
+        if not (Path(folder) / "manifest.json").is_file():
+            continue  # a folder of bare tars: the loader reads what is there
+        probs, _ = shard_file_problems(folder)
+        if probs:
+            more = f" (+{len(probs) - 1} more)" if len(probs) > 1 else ""
+            raise InputError(None, f"{probs[0]}{more}: `mmdata inspect {folder} --verify` lists all; "
+                                   "re-run `mmdata shard ... --resume` to restore the shards")

@@ -141,3 +141,15 @@ def test_unknown_command_is_a_usage_error_without_traceback():
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     assert "No such command 'frobnicate'" in r.stderr and "Usage:" in r.stderr
+
+
+def test_a_missing_shard_is_found_before_the_run_starts(shards, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(shards, bad)
+    (bad / "shard-000001.tar").unlink()
+    r = _cli("--shards", str(bad), "--max-steps", "1", *RUN)
+    line = _one_line_error(r)
+    assert f"{bad / 'shard-000001.tar'}: listed in manifest.json but missing" in line
+    assert r.stdout == ""
