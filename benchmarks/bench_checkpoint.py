@@ -94,10 +94,13 @@ def main() -> None:
     ap.add_argument("--model", default="100m")
     ap.add_argument("--nproc", type=int, default=2)
     ap.add_argument("--dir", default="/tmp/ckbench")
+    ap.add_argument("--skip", nargs="*", default=[], help="format.phase to leave out, e.g. torch.load (memory)")
     args = ap.parse_args()
     gib = 1 << 30
     for fmt in ("torch", "torch_dcp"):
         for phase in ("save", "load"):
+            if f"{fmt}.{phase}" in args.skip:
+                continue
             recs = launch(args, fmt, phase)
             size = sum(f.stat().st_size for f in (Path(args.dir) / fmt).rglob("*") if f.is_file())
             print(f"{args.model} {fmt:<9} {phase}: {max(r['seconds'] for r in recs):6.1f} s | peak RSS rise per rank "
