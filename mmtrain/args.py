@@ -54,6 +54,7 @@ class TrainArgs:
     profile_step_start: int = 10
     profile_step_end: int = 12
     profile_ranks: list[int] = field(default_factory=lambda: [0])
+    tensor_model_parallel_size: int = 1
 
 
 def check_shards(shards: list[str]) -> None:
@@ -78,9 +79,18 @@ def validate(args: TrainArgs, world_size: int) -> None:
     for name in ("seq_len", "micro_batch_size", "global_batch_size", "max_steps", "log_interval"):
         if getattr(args, name) < 1:
             bad(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.global_batch_size % (args.micro_batch_size * world_size):
+    tp = args.tensor_model_parallel_size
+    if tp < 1 or world_size % tp:
+        bad(f"--tensor-model-parallel-size {tp} must divide the number of ranks ({world_size})")
+    dp = world_size // tp
+    if args.global_batch_size % (args.micro_batch_size * dp):
         bad(f"--global-batch-size {args.global_batch_size} is not divisible by --micro-batch-size "
-            f"{args.micro_batch_size} x data-parallel size {world_size}")
+            f"{args.micro_batch_size} x data-parallel size {dp}")
+    if tp > 1 and dp > 1 and not args.fsdp:
+        bad(f"--tensor-model-parallel-size {tp} with data-parallel size {dp} needs --fsdp (DDP cannot hold "
+            "the tensor-parallel DTensor parameters; FSDP2 shards them over the data-parallel ranks)")
+    if tp > 1 and args.ckpt_format == "torch":
+        bad("--tensor-model-parallel-size > 1 saves sharded checkpoints: use --ckpt-format torch_dcp (the default)")
     if not (args.lr > 0 and 0 <= args.min_lr <= args.lr):
         bad(f"need 0 <= --min-lr <= --lr and --lr > 0, got --lr {args.lr} --min-lr {args.min_lr}")
     if args.lr_warmup_iters < 0 or args.lr_warmup_iters > args.max_steps:

@@ -41,7 +41,8 @@ def iter_dir(root: str | Path, iteration: int) -> Path:
 def resolve_format(args: Any) -> str:
     """--ckpt-format, defaulting to sharded (`torch_dcp`) under FSDP2 and full (`torch`) otherwise."""
     fmt = getattr(args, "ckpt_format", None)
-    return fmt or ("torch_dcp" if args.fsdp else "torch")
+    sharded = args.fsdp or getattr(args, "tensor_model_parallel_size", 1) > 1
+    return fmt or ("torch_dcp" if sharded else "torch")
 
 
 def _save(obj: Any, path: Path) -> None:

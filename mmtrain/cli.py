@@ -65,6 +65,8 @@ def run_cmd(
     profile_step_start: int = typer.Option(10, help="First profiled iteration."),
     profile_step_end: int = typer.Option(12, help="Profiling stops before this iteration."),
     profile_ranks: list[int] = typer.Option([0], help="Ranks to profile (repeat: --profile-ranks 0 --profile-ranks 1)."),
+    tensor_model_parallel_size: int = typer.Option(1, help="Split each decoder layer over N ranks (DTensor TP); "
+                                                   "data parallelism runs over world / N."),
 ) -> None:
     """Stream the shards through the sequence-packed loader into a vision-language model and train it."""
     from mmtrain.args import TrainArgs, check_shards, validate

@@ -287,9 +287,10 @@ def train(args: TrainArgs, data_factory: DataFactory | None = None, out=None) ->
     return _train(args, data_factory or loader_data, rank, world, local_rank, out)
 
 
-def _all_reduce(t: torch.Tensor, world: int) -> torch.Tensor:
+def _all_reduce(t: torch.Tensor, world: int, group: Any = None) -> torch.Tensor:
+    """Sum over the data-parallel ranks (tensor-parallel ranks hold the same batch)."""
     if world > 1:
-        dist.all_reduce(t)
+        dist.all_reduce(t, group=group)
     return t
 
 
@@ -300,6 +301,7 @@ class Run:
     args: TrainArgs
     rank: int
     world: int
+    dp: int  # data-parallel size = world / --tensor-model-parallel-size
     accel: Accel
     log: Logger
     data: Data
@@ -308,6 +310,7 @@ class Run:
     opt: torch.optim.Optimizer
     n_micro: int
     peak_flops: float
+    dp_group: Any = None  # None: the whole world
     iteration: int = 0
     skipped_total: int = 0
     nan_total: int = 0
@@ -383,17 +386,25 @@ def _setup(args: TrainArgs, data_factory: DataFactory, rank: int, world: int, lo
     _set_cpu_threads(args, accel)
     log = Logger(args, rank, out)
     seed_everything(args.seed)
-    data = data_factory(args, rank, world)
+    tp = args.tensor_model_parallel_size
+    dp = world // tp
+    data = data_factory(args, rank // tp, dp)  # a tensor-parallel group reads one data-parallel share
     model = build_model(args.model, data.vocab_size, data.image_token_id, accel=accel)
     if args.recompute_granularity == "full":
         model.set_recompute(args.recompute_method, args.recompute_num_layers)
-    wrapped = wrap_model(model, accel, world, args.fsdp)
+    dp_group = None
+    if tp > 1:
+        from mmtrain.tp import parallelize
+
+        wrapped, dp_group = parallelize(model, accel.kind, world, tp)
+    else:
+        wrapped = wrap_model(model, accel, world, args.fsdp)
     opt = torch.optim.AdamW(param_groups(wrapped, args.weight_decay), lr=args.lr,
                             betas=(args.adam_beta1, args.adam_beta2), eps=1e-8,
-                            foreach=None if accel.kind != "npu" else False)
-    n_micro = args.global_batch_size // (args.micro_batch_size * world)
-    return Run(args=args, rank=rank, world=world, accel=accel, log=log, data=data, model=model, wrapped=wrapped,
-               opt=opt, n_micro=n_micro, peak_flops=accel.peak_flops(args.bf16))
+                            foreach=None if accel.kind != "npu" and tp == 1 else False)
+    n_micro = args.global_batch_size // (args.micro_batch_size * dp)
+    return Run(args=args, rank=rank, world=world, dp=dp, dp_group=dp_group, accel=accel, log=log, data=data,
+               model=model, wrapped=wrapped, opt=opt, n_micro=n_micro, peak_flops=accel.peak_flops(args.bf16))
 
 
 def _resume(r: Run) -> None:
@@ -417,7 +428,7 @@ def _announce(r: Run) -> None:
     args, model = r.args, r.model
     r.log.info(f"model {args.model}: {num_params(model) / 1e6:.1f}M parameters ({num_params(model, True) / 1e6:.1f}M "
                f"without embeddings) | device {r.accel.kind} ({r.accel.attn_impl} attention) | data-parallel "
-               f"{r.world} | {r.n_micro} micro-batches of {args.micro_batch_size} x {args.seq_len} tokens per iteration")
+               f"{r.dp} | tensor-parallel {args.tensor_model_parallel_size} | {r.n_micro} micro-batches of {args.micro_batch_size} x {args.seq_len} tokens per iteration")
     if r.data.plan is not None:
         for line in plan_note(r.data.plan):
             r.log.info(line)
@@ -430,7 +441,7 @@ def _counts(r: Run, micro: list[dict], n_rows: int) -> torch.Tensor:
     counts = torch.tensor([sum(s.loss_tokens for s in stats), sum(s.real_tokens for s in stats), capacity,
                            sum(row_flops(r.model.cfg, s.doc_lens, s.loss_tokens, s.frame_patches) for s in stats)],
                           dtype=torch.float64 if r.accel.kind != "npu" else torch.float32)
-    return _all_reduce(counts.to(r.accel.device), r.world).cpu()
+    return _all_reduce(counts.to(r.accel.device), r.dp, r.dp_group).cpu()
 
 
 def _forward_backward(r: Run, micro: list[dict], n_global: float) -> torch.Tensor:
@@ -441,13 +452,17 @@ def _forward_backward(r: Run, micro: list[dict], n_global: float) -> torch.Tenso
         mb = to_device(mb, r.accel.device)
         with grad_sync(r.wrapped, j == r.n_micro - 1), r.accel.autocast(r.args.bf16):
             ls, _ = r.wrapped(mb)
-            # DDP / FSDP average gradients over ranks: scale by the world size to get a plain sum.
-            (ls * (r.world / n_global)).backward()
+            # DDP / FSDP average gradients over the data-parallel ranks: scale by their number for a plain sum.
+            (ls * (r.dp / n_global)).backward()
         loss_sum += ls.detach().to(loss_sum.dtype)
     return loss_sum
 
 
 def _grad_norm(r: Run) -> float:
+    if r.args.tensor_model_parallel_size > 1:  # sharded and replicated gradients side by side
+        from mmtrain.tp import grad_norm_and_clip
+
+        return grad_norm_and_clip(list(r.wrapped.parameters()), r.args.clip_grad)
     params = r.wrapped.parameters()
     if r.args.clip_grad > 0:
         gn = torch.nn.utils.clip_grad_norm_(params, r.args.clip_grad)
@@ -473,7 +488,7 @@ def _step(r: Run, rows_it: Iterator[dict], prof: Any) -> Step:
         g["lr"] = lr
     loss_sum = _forward_backward(r, micro, n_global)
     gn = _grad_norm(r)
-    loss = float(_all_reduce(loss_sum, r.world)) / n_global
+    loss = float(_all_reduce(loss_sum, r.dp, r.dp_group)) / n_global
     finite = math.isfinite(gn) and math.isfinite(loss)
     with prof.region("optimizer"):
         if finite:

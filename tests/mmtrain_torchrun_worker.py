@@ -28,6 +28,7 @@ def main() -> None:
         with open(out, "w") as f:
             json.dump({"losses": results, "ranks_agree": all(r == results for r in every),
                        "world": dist.get_world_size(), "backend": dist.get_backend()}, f)
+    dist.barrier()  # no rank tears the group down while another still uses it
     dist.destroy_process_group()
 
 

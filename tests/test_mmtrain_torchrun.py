@@ -1,6 +1,8 @@
 """mmtrain under a real `torchrun` (not mp.spawn): 2 and 4 CPU processes with gloo, DDP and FSDP2, give
 the losses of 1 process on the same global batch; an FSDP2 run's sharded (DCP) checkpoint, written by
-2 ranks with no rank holding the full model, resumes on 4 ranks and on 1 with the uninterrupted losses."""
+2 ranks with no rank holding the full model, resumes on 4 ranks and on 1 with the uninterrupted losses.
+Tensor parallelism (DTensor): TP=2 and TP=2 x FSDP2 data-parallel 2 give the TP=1 losses; a TP=2
+checkpoint resumes in one process."""
 
 from __future__ import annotations
 
@@ -49,10 +51,13 @@ def launches(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("torchrun")
     save = tmp / "dcp_from_2_ranks"
     with_save = dict(fsdp=True, max_steps=4, save=str(save), exit_interval=2)
-    two = torchrun(2, [dict(max_steps=3), dict(max_steps=3, fsdp=True), with_save], tmp)
+    tp_save = tmp / "dcp_from_tp2"
+    two = torchrun(2, [dict(max_steps=3), dict(max_steps=3, fsdp=True), with_save,
+                       dict(max_steps=4, tensor_model_parallel_size=2, save=str(tp_save), exit_interval=2)], tmp)
     four = torchrun(4, [dict(max_steps=3), dict(max_steps=3, fsdp=True),
-                        dict(fsdp=True, max_steps=4, load=str(save))], tmp)
-    return {"two": two, "four": four, "save": save}
+                        dict(fsdp=True, max_steps=4, load=str(save)),
+                        dict(max_steps=3, tensor_model_parallel_size=2, fsdp=True)], tmp)
+    return {"two": two, "four": four, "save": save, "tp_save": tp_save}
 
 
 def test_ddp_and_fsdp2_on_2_and_4_processes_equal_one_process(launches):
@@ -99,3 +104,27 @@ def test_full_model_state_dict_straight_from_the_sharded_checkpoint(launches, tm
     for k, t in full.items():
         assert sharded[k].shape == t.shape and sharded[k].device.type == "cpu"
         torch.testing.assert_close(sharded[k], t, atol=1e-5, rtol=0, msg=k)
+
+
+def test_tensor_parallel_2_alone_and_with_fsdp2_gives_the_losses_of_one_process(launches):
+    one = _run(max_steps=3)
+    tp2 = launches["two"][3]  # 4 iterations, lr schedule over 4: compare its first against a 4-step run
+    tp2_fsdp2 = launches["four"][3]
+    full4 = _run(max_steps=4)
+    for it in (1, 2):
+        assert tp2[it] == pytest.approx(full4[it], abs=2e-5), it
+    for it in (1, 2, 3):
+        assert tp2_fsdp2[it] == pytest.approx(one[it], abs=2e-5), it
+    on1 = _run(max_steps=4, load=str(launches["tp_save"]))  # the TP=2 DCP checkpoint in one process
+    for it in (3, 4):
+        assert on1[it] == pytest.approx(full4[it], abs=2e-5), it
+
+
+def test_tensor_parallel_flags_are_checked():
+    from mmdata.errors import InputError
+    from mmtrain.args import validate
+
+    with pytest.raises(InputError, match="must divide the number of ranks"):
+        validate(TrainArgs(**{**BASE, "tensor_model_parallel_size": 3}), 4)
+    with pytest.raises(InputError, match="needs --fsdp"):
+        validate(TrainArgs(**{**BASE, "tensor_model_parallel_size": 2}), 4)
