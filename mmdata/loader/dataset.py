@@ -13,7 +13,7 @@ import logging
 import os
 import re
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmdata import storage
 from mmdata.errors import InputError, MMDataError
+from mmdata.procs import die_with_parent
 from mmdata.format.sample import SampleError, ShardSample
 from mmdata.format.tar import TarFormatError, parse_sample
 from mmdata.loader.batch import Document, RowSpec, collate_row, decode_images
@@ -398,6 +399,11 @@ def _identity(x):
     return x
 
 
+def _worker_init(parent: int, worker_id: int) -> None:
+    """A loader worker dies with the process that started it (SIGKILLed trainer: no orphan left)."""
+    die_with_parent(parent)
+
+
 @dataclass
 class _Counters:
     rows: int = 0
@@ -451,7 +457,8 @@ class _Progress:
 
 def _stream(ds: RowDataset, num_workers: int, prefetch_factor: int, progress: _Progress):
     kwargs = {"prefetch_factor": prefetch_factor, "persistent_workers": False} if num_workers > 0 else {}
-    dl = DataLoader(ds, batch_size=None, num_workers=num_workers, collate_fn=_identity, **kwargs)
+    dl = DataLoader(ds, batch_size=None, num_workers=num_workers, collate_fn=_identity,
+                    worker_init_fn=partial(_worker_init, os.getpid()), **kwargs)
     for batch, meta in dl:
         progress.account(meta)
         yield batch
