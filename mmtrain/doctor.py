@@ -426,7 +426,8 @@ def _model_rule(model: str) -> str | None:
 def quick_verify(folder: Path) -> tuple[list[str], dict]:
     """`inspect --verify`'s quick form: manifest, index rows, every listed shard present at its size.
     Returns (problems, facts) with facts = the manifest's options plus per-sample image tokens."""
-    from mmdata.shard.index import read_index
+    from mmdata import storage
+    from mmdata.format.index import read_table
     from mmtrain.preflight import shard_file_problems
 
     probs, man = shard_file_problems(folder)
@@ -434,7 +435,7 @@ def quick_verify(folder: Path) -> tuple[list[str], dict]:
         return probs, {}
     facts = dict(man.get("options", {}))
     try:
-        idx = read_index(folder / "index.parquet")
+        idx = read_table(storage.read_bytes(folder / "index.parquet"))
     except Exception as e:
         probs.append(f"{folder / 'index.parquet'}: cannot read: {e}")
         return probs, facts
