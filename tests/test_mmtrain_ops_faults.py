@@ -77,7 +77,7 @@ def test_full_disk_at_save_is_one_line_keeps_the_previous_checkpoint_and_leaves_
     line = _one_line_error(r)
     assert f"{save}: cannot write checkpoint iteration 2" in line and "previous checkpoint is kept" in line
     assert "iteration        2/" in r.stdout  # the iteration trained; only its save failed
-    assert sorted(p.name for p in save.iterdir()) == before == ["iter_0000001", ckpt.TRACKER]
+    assert sorted(p.name for p in save.iterdir()) == before == ["hf_files", "iter_0000001", ckpt.TRACKER]
     assert ckpt.latest_iteration(save) == 1
 
 
@@ -151,5 +151,5 @@ def test_a_missing_shard_is_found_before_the_run_starts(shards, tmp_path):
     (bad / "shard-000001.tar").unlink()
     r = _cli("--shards", str(bad), "--max-steps", "1", *RUN)
     line = _one_line_error(r)
-    assert f"{bad / 'shard-000001.tar'}: listed in manifest.json but missing" in line
+    assert f"{bad / 'shard-000001.tar'}: shard file is missing (index.parquet lists" in line
     assert r.stdout == ""
