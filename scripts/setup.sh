@@ -11,7 +11,8 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   echo "[setup] installing $TORCH_SPEC" >&2
-  .venv/bin/python -m pip install -q "$TORCH_SPEC"
+  # TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu picks the CPU wheel where the default index would pull CUDA.
+  .venv/bin/python -m pip install -q "$TORCH_SPEC" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 fi
 echo "[setup] installing mmdata[dev] (editable)" >&2
 log=$(mktemp)
@@ -20,3 +21,4 @@ if ! .venv/bin/python -m pip install -q -e ".[dev]" >"$log" 2>&1; then
 fi
 rm -f "$log"
 .venv/bin/python -c "import mmdata, mmtrain, torch; print(f'[setup] ok: mmdata {mmdata.__version__}, torch {torch.__version__}')" >&2
+echo "[setup] the commands are in .venv/bin: run 'source .venv/bin/activate' to put mmdata and mmtrain on your PATH" >&2
