@@ -1,4 +1,4 @@
-"""The storage seam's shared parts: the Backend protocol every scheme implements, and StorageError."""
+"""The storage seam's contract: the ``Backend`` protocol every scheme implements, and its errors."""
 
 from __future__ import annotations
 
@@ -7,17 +7,21 @@ from typing import BinaryIO, Protocol, runtime_checkable
 
 from mmdata.errors import InputError
 
-__all__ = ["Backend", "StorageError"]
+__all__ = ["Backend", "StorageError", "WriteError"]
 
 
 class StorageError(InputError):
-    """A storage problem the user fixes (unreachable endpoint, credentials, missing bucket): one line
-    naming the url and the fix, exit 2."""
+    """Bytes that cannot be read or written: one line naming the url and the fix (exit 2)."""
+
+
+class WriteError(StorageError, OSError):
+    """A file that cannot be written: one line and exit 2 like any InputError, and still an OSError
+    for callers that treat an unwritable cache as a miss."""
 
 
 @runtime_checkable
 class Backend(Protocol):
-    """What a storage scheme provides; every method takes the url (or local path) string as given."""
+    """What ``mmdata.storage`` needs from one scheme (local files, s3, ...); urls are passed as given."""
 
     def open_input(self, url: str) -> BinaryIO: ...
 
