@@ -354,16 +354,28 @@ def write_shards(
     tokenizer: str | Path | None = None,
     template: str = "qwen2vl",
     progress: Callable[[int, int, int], None] | None = None,
+    records_per_shard: int | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> ShardReport:
     """Shard cleaned conversation files into ``out_dir`` (see docs/shard.md and CONTRACT s.3).
 
     Same inputs and options give byte-identical outputs whatever ``workers`` is; ``resume`` keeps
     the complete shards of a killed run and ends with the bytes an uninterrupted run gives.
     ``progress(records_done, samples, rejected)`` is called after each chunk of records.
+    ``records_per_shard`` plans the shards by input records instead (``mmdata.shard.planned``): the
+    only mode for ``engine="ray"`` and for an ``s3://`` ``out_dir``, and the same bytes on either.
     """
     t0 = time.perf_counter()
     inputs = [Path(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)]
-    images_root, out_dir = Path(images_root), Path(out_dir)
+    images_root = Path(images_root)
+    if records_per_shard is not None or engine != "local" or storage.is_remote(out_dir):
+        return _write_planned(inputs, images_root, os.fspath(out_dir), t0, max_res=max_res,
+                              max_image_tokens=max_image_tokens, rule=rule, samples_per_shard=samples_per_shard,
+                              max_shard_bytes=max_shard_bytes, quality=quality, workers=workers, resume=resume,
+                              tokenizer=tokenizer, template=template, progress=progress,
+                              records_per_shard=records_per_shard, engine=engine, ray_address=ray_address)
+    out_dir = Path(out_dir)
     spec = ResizeSpec(rule=rule, max_res=max_res, max_image_tokens=max_image_tokens, quality=quality)
     _check_options(inputs, images_root, spec, samples_per_shard, max_shard_bytes, quality)
     workers = resolve_workers(workers)
@@ -396,3 +408,41 @@ def write_shards(
     report.bytes = sum(s.bytes for s in report.shards)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _write_planned(inputs: list[Path], images_root: Path, out: str, t0: float, *, max_res: int, max_image_tokens: int,
+                   rule: str, samples_per_shard: int | None, max_shard_bytes: int, quality: int, workers: int | None,
+                   resume: bool, tokenizer: str | Path | None, template: str,
+                   progress: Callable[[int, int, int], None] | None, records_per_shard: int | None, engine: str,
+                   ray_address: str | None) -> ShardReport:
+    """``write_shards`` with planned membership (``--records-per-shard``) on ``--engine local|ray``."""
+    from mmdata.engine import open_engine
+    from mmdata.shard.planned import write_planned_shards
+
+    if records_per_shard is None:
+        why = f"--engine {engine}" if engine != "local" else f"--out {out} (object storage)"
+        raise InputError(None, f"{why} needs --records-per-shard N: shards are then planned by input records, so "
+                               "any engine and any storage give the same bytes (the same flag locally gives them too)")
+    if samples_per_shard is not None:
+        raise InputError(None, "--samples-per-shard does not apply with --records-per-shard (a shard holds the "
+                               "samples of N input records)")
+    spec = ResizeSpec(rule=rule, max_res=max_res, max_image_tokens=max_image_tokens, quality=quality)
+    _check_options(inputs, images_root, spec, None, max_shard_bytes, quality)
+    tok_sha = _tokenizer_sha(tokenizer, template)
+    header = _run_header(inputs, spec, None, max_shard_bytes, tok_sha, template)
+    header["options"]["records_per_shard"] = records_per_shard
+    header["options"].pop("max_shard_bytes", None)  # not used: membership is by records
+    if not storage.is_remote(out):
+        _make_out_dir(Path(out))
+    with open_engine(engine, workers=workers, ray_address=ray_address) as eng:
+        manifest, kept, _ = write_planned_shards(
+            inputs, images_root, out, spec=spec, records_per_shard=records_per_shard, header=header,
+            tokenizer=None if tokenizer is None else str(tokenizer), template=template, resume=resume,
+            engine=eng, progress=progress)
+    shards = [ShardInfo(**s) for s in manifest["shards"]]
+    return ShardReport(
+        out_dir=out if storage.is_remote(out) else Path(out), records=manifest["samples"] + manifest["rejected"],
+        samples=manifest["samples"], rejected=manifest["rejected"], images=manifest["images"],
+        passthrough=manifest["passthrough_images"], image_tokens=manifest["image_tokens"],
+        bytes=sum(s.bytes for s in shards), shards=shards, reasons=dict(manifest["reject_reasons"]),
+        resumed_shards=kept, seconds=time.perf_counter() - t0, text_tokens=tok_sha is not None)

@@ -219,6 +219,11 @@ class S3Backend:
             infos = self.fs.get_file_info(pafs.FileSelector(self._path(url), allow_not_found=True))
         return sorted(i.base_name for i in infos)
 
+    def arrow_source(self, url: str) -> tuple[str, Any]:
+        """``(path, filesystem)`` for pyarrow's readers (index.parquet read in place, no copy)."""
+        self.check(url)
+        return self._path(url), self.fs
+
     # -- writes ------------------------------------------------------------------------------
 
     def makedirs(self, url: str) -> None:
