@@ -17,26 +17,15 @@ from mmdata.errors import InputError
 
 ray = pytest.importorskip("ray")
 
-from ray.cluster_utils import Cluster  # noqa: E402
-
 from mmdata.engine.ray_engine import RayEngine, wait_for_nodes  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """Two nodes of one CPU each; the driver connects through RayEngine.connect like the CLI does."""
+def cluster(ray_cluster):
     from ray import cloudpickle
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import this test file
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 80 << 20,
-                                                      "include_dashboard": False})
-    c.add_node(num_cpus=1, object_store_memory=80 << 20)
-    try:
-        yield c
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        c.shutdown()
+    return ray_cluster
 
 
 @pytest.fixture

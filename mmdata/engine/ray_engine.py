@@ -65,6 +65,11 @@ def _probe(given: str, host_port: str, timeout: float = CONNECT_TIMEOUT_S) -> No
         raise _no_cluster(given, f"cannot connect to {hp}: {e.strerror or e}") from None
 
 
+def _apply(fn: Callable[[T], R], item: T) -> R:
+    """The one Ray task: ``fn(item)`` (``fn`` arrives once per job through the object store)."""
+    return fn(item)
+
+
 class RayEngine:
     """An ordered map over Ray tasks; ``workers`` is the cluster's CPU count when connected."""
 
@@ -74,7 +79,7 @@ class RayEngine:
         self.address = address
         self.max_retries = max_retries
         self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        self._remotes: dict[Callable, Any] = {}
+        self._apply: Any = None
 
     @classmethod
     def connect(cls, address: str | None = None, max_retries: int = MAX_RETRIES) -> RayEngine:
@@ -97,21 +102,23 @@ class RayEngine:
             raise _no_cluster(given, why) from None
         return cls(resolved, max_retries)
 
-    def _remote(self, fn: Callable) -> Any:
+    def _remote(self) -> Any:
         import ray
 
-        r = self._remotes.get(fn)
-        if r is None:
+        if self._apply is None:
             # max_retries covers system failures (worker or node death); exceptions are not retried.
-            r = self._remotes[fn] = ray.remote(max_retries=self.max_retries, retry_exceptions=False)(fn)
-        return r
+            self._apply = ray.remote(max_retries=self.max_retries, retry_exceptions=False)(_apply)
+        return self._apply
 
     def map(self, fn: Callable[[T], R], items: Iterable[T], in_flight: int | None = None) -> Iterator[R]:
         """``fn`` over ``items`` as Ray tasks; results in submission order, ``in_flight`` tasks at most
-        (default twice the cluster's CPUs)."""
-        remote = self._remote(fn)
+        (default twice the cluster's CPUs). ``fn`` is any picklable callable (a function, a partial)."""
+        import ray
+
+        remote = self._remote()
+        fn_ref = ray.put(fn)
         limit = in_flight or 2 * self.workers
-        yield from _bounded(lambda x: remote.remote(x), self._get, items, limit)
+        yield from _bounded(lambda x: remote.remote(fn_ref, x), self._get, items, limit)
 
     def _get(self, ref: Any) -> Any:
         import ray
