@@ -49,11 +49,21 @@ class TrainArgs:
     tensorboard_dir: str | None = None
     metrics: str | None = None
     fsdp: bool = False
+    cache_dir: str | None = None  # --cache-dir: local cache of shards read from object storage
+    cache_limit: str = "10GB"  # --cache-limit
 
 
 def check_shards(shards: list[str]) -> None:
     """Every --shards folder exists and holds shards."""
+    from mmdata import storage
+
     for s in shards:
+        if storage.is_remote(s):  # one request each; a bad endpoint, key or bucket fails here in seconds
+            if not storage.isdir(s):
+                raise InputError(s, "shards folder not found")
+            if not storage.exists(storage.join(s, "manifest.json")):
+                raise InputError(s, "no manifest.json here (expected the output folder of `mmdata shard`)")
+            continue
         p = Path(s)
         if p.is_file():
             raise InputError(p, "--shards takes the shard folder (holding index.parquet), not a file in it")
@@ -67,6 +77,8 @@ def validate(args: TrainArgs, world_size: int) -> None:
     """Reject bad option combinations with one clear line (InputError -> exit 2)."""
     def bad(msg: str) -> None:
         raise InputError(None, msg)
+
+    cache_limit_bytes(args.cache_limit)
 
     if args.model not in MODEL_NAMES:
         bad(f"--model must be one of {', '.join(MODEL_NAMES)}, got {args.model!r}")
@@ -97,3 +109,13 @@ def validate(args: TrainArgs, world_size: int) -> None:
         bad(f"--overlong must be drop or truncate, got {args.overlong!r}")
     if not args.shards:
         bad("--shards is required")
+
+
+def cache_limit_bytes(text: str) -> int:
+    """``--cache-limit`` in bytes (the syntax of ``--max-shard-bytes``: 10GB, 500MB, 512MiB)."""
+    from mmdata.shard.command import parse_size
+
+    try:
+        return parse_size(text)
+    except InputError:
+        raise InputError(None, f"--cache-limit: cannot read {text!r} (use e.g. 10GB, 500MB, 512MiB)") from None

@@ -59,6 +59,8 @@ def run_cmd(
     tensorboard_dir: str | None = typer.Option(None, help="Write TensorBoard scalars here."),
     metrics: str | None = typer.Option(None, help="Append one JSON object per log line to this file."),
     fsdp: bool = typer.Option(False, "--fsdp", help="FSDP2 instead of DDP under torchrun."),
+    cache_dir: str | None = typer.Option(None, "--cache-dir", help="Local cache of shards read from s3:// (default: $MMDATA_CACHE or ~/.cache/mmdata)."),
+    cache_limit: str = typer.Option("10GB", "--cache-limit", help="At most this many bytes under --cache-dir, partial downloads included."),
 ) -> None:
     """Stream the shards through the sequence-packed loader into a vision-language model and train it."""
     from mmtrain.args import TrainArgs, check_shards, validate

@@ -95,3 +95,31 @@ def test_cache_limit_below_one_shard_is_one_line(sets, tok, s3env, tmp_path):
     _, url = sets
     with pytest.raises(InputError, match="--cache-limit 1,000 bytes is smaller than one shard"):
         all_rows(loader(url, tok, shard_cache_dir=str(tmp_path / "c"), cache_limit=1000, epochs=1), 1)
+
+
+def _mmtrain(*argv: str, env: dict | None = None):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "mmtrain.cli", "run", "--device", "cpu", "--num-workers", "0",
+                           "--seq-len", str(SEQ), "--global-batch-size", "1", "--log-interval", "1", *argv],
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_mmtrain_trains_from_s3_with_cache_flags(sets, s3env, tmp_path):
+    _, url = sets
+    cache = tmp_path / "cache"
+    p = _mmtrain("--shards", url, "--max-steps", "2", "--cache-dir", str(cache), "--cache-limit", "1MB",
+                 env=dict(os.environ))
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "lm loss:" in p.stdout + p.stderr
+    assert any(n.name.endswith(".tar") for n in cache.iterdir())
+
+
+def test_mmtrain_s3_errors_are_one_line(sets, s3env, tmp_path):
+    _, url = sets
+    p = _mmtrain("--shards", url, "--max-steps", "1", "--cache-limit", "lots", env=dict(os.environ))
+    assert p.returncode == 2 and p.stderr.strip() == "error: --cache-limit: cannot read 'lots' (use e.g. 10GB, 500MB, 512MiB)"
+    p = _mmtrain("--shards", "s3://no-bucket/set", "--max-steps", "1", env=dict(os.environ))
+    assert p.returncode == 2
+    assert p.stderr.strip().startswith("error: s3://no-bucket/set: bucket 'no-bucket' does not exist")
