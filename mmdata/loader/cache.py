@@ -231,7 +231,8 @@ class ShardCache:
             self._unused.discard(name)
             self._mu.notify_all()
         if fut is not None:
-            fut.result()
+            with contextlib.suppress(Exception):  # a failed prefetch is retried (and reported) right here
+                fut.result()
         return self._fetch(url, pin=True, keep=self._keep())
 
     def release(self, url: str, drop: bool = False) -> None:
