@@ -98,7 +98,7 @@ class TarFormatError(Exception):
         super().__init__(f"at byte {offset}: {message}")
 
 
-@dataclass
+@dataclass(slots=True)
 class Member:
     """One regular file in the archive: its name, the offset of its (first) header, and its bytes."""
 
@@ -199,7 +199,7 @@ def _pax(data: bytes) -> dict[str, str]:
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Header:
     """A checked 512-byte header: the member name (ustar prefix joined), data size and type flag."""
 

@@ -2,15 +2,19 @@
 hashing, the resume journal, the index and the manifest, so ``mmdata.shard`` only decides what the
 samples are. Deterministic: same samples in the same order -> same bytes.
 
-Each shard is written to ``.shard-NNNNNN.tar.tmp`` and renamed when complete; after each rename a
-line goes to the journal, so a killed run resumes from its last complete shard with identical bytes.
-The journal is removed once the manifest is written.
+A run writes into ``OUTDIR/.mmdata-staging/``: each shard as ``.shard-NNNNNN.tar.tmp``, renamed when
+complete, then a journal line, so a killed run resumes from its last complete shard with identical
+bytes. The previous output in OUTDIR stays as it was until the new run is complete; ``finish`` then
+moves the new files into place (the manifest last: a folder with a manifest is a finished run) and
+removes the staging folder. ``abort`` after a user error (bad input, full disk) removes it too; after
+any other failure (an interrupt, a crash) it keeps the journal and complete shards for ``--resume``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +125,7 @@ class ShardWriter:
     def __init__(self, out_dir: Path, header: dict[str, Any], *, samples_per_shard: int | None,
                  max_shard_bytes: int, with_text_tokens: bool):
         self.out_dir = Path(out_dir)
+        self.stage = self.out_dir / names.STAGING
         self.header = header
         self.samples_per_shard = samples_per_shard
         self.max_shard_bytes = max_shard_bytes
@@ -141,8 +146,9 @@ class ShardWriter:
     def start(self, resume: bool, check_header) -> tuple[int, int]:
         """Keep the verified shards of a killed run (``resume``), clear everything else this writer
         owns, open the journal; returns the input position to continue from."""
-        path = self.out_dir / names.JOURNAL
-        entries = read_journal(self.out_dir, path, check_header) if resume else []
+        path = self.stage / names.JOURNAL
+        entries = read_journal(self.stage, path, check_header) if resume else []
+        storage.makedirs(self.stage)
         self._clear(keep=len(entries))
         for e in entries:
             self.shards.append(ShardInfo(**e["shard"]))
@@ -162,13 +168,12 @@ class ShardWriter:
         return self.position
 
     def _clear(self, keep: int) -> None:
-        """Remove shards numbered >= keep, temp shards and stale outputs of an earlier run."""
-        for n in storage.listdir(self.out_dir):
+        """Empty the staging folder but for the ``keep`` verified shards (and the journal)."""
+        for n in storage.listdir(self.stage):
             num = names.shard_number(n)
-            if names.TMP_RE.match(n) or (num is not None and num >= keep):
-                storage.remove(self.out_dir / n)
-        for n in (names.MANIFEST, names.INDEX, names.REJECTS):
-            storage.remove(self.out_dir / n)
+            if n != names.JOURNAL and (num is None or num >= keep):
+                p = self.stage / n
+                shutil.rmtree(p) if storage.isdir(p) else storage.remove(p)
 
     # ---- samples --------------------------------------------------------------------------------
     def reject(self, reject: dict[str, Any]) -> None:
@@ -185,7 +190,7 @@ class ShardWriter:
         if self._shard is not None and tar.archive_size(self._shard.size + len(data)) > self.max_shard_bytes:
             self._close_shard()
         if self._shard is None:
-            self._shard = _OpenShard(self.out_dir, len(self.shards), key)
+            self._shard = _OpenShard(self.stage, len(self.shards), key)
         sh = self._shard
         offset = sh.add(key, data)
         self._add_row(s, key, sh, offset, len(data))
@@ -229,30 +234,57 @@ class ShardWriter:
         if self._shard is not None:
             self._close_shard()
 
-    def abort(self) -> None:
-        """A failed run: drop the open shard's temp file and close the journal (kept for --resume)."""
+    def abort(self, keep_for_resume: bool) -> None:
+        """A failed run: drop the open shard's temp file; keep the journal and complete shards for
+        ``--resume`` (``keep_for_resume``) or remove the whole staging folder. OUTDIR is untouched."""
         if self._shard is not None:
             self._shard.discard()
             self._shard = None
         if self._journal is not None:
             self._journal.close()
+        if not keep_for_resume:
+            self.discard_stage()
+
+    def discard_stage(self) -> None:
+        """Remove the staging folder and everything in it (it is this writer's own)."""
+        shutil.rmtree(self.stage, ignore_errors=True)
 
     def finish(self) -> dict[str, Any]:
-        """Write index, rejects and manifest (in that order: the manifest marks a finished run), then
-        remove the journal. Returns the manifest."""
+        """Write index, rejects and manifest beside the new shards, then move the whole new output into
+        OUTDIR in place of the old one and remove the staging folder. Returns the manifest."""
         assert self._journal is not None
         self._journal.close()
-        write_index(self.out_dir / names.INDEX, self.tables, with_text_tokens=self.with_text_tokens)
-        with storage.atomic_output(self.out_dir / names.REJECTS) as f:
+        write_index(self.stage / names.INDEX, self.tables, with_text_tokens=self.with_text_tokens)
+        with storage.atomic_output(self.stage / names.REJECTS) as f:
             for r in self.rejects:
                 f.write(orjson.dumps({k: v for k, v in r.items() if k != "_file"}) + b"\n")
         t = self.totals
         manifest = build_manifest(self.header["options"], self.shards, self.n, len(self.rejects), t.image_tokens,
                                   dict(sorted(t.reasons.items())), t.passthrough, t.images,
                                   input_sha256=self.header["input_sha256"])
-        write_manifest(self.out_dir / names.MANIFEST, manifest)
+        write_manifest(self.stage / names.MANIFEST, manifest)
+        self._swap()
+        return manifest
+
+    def _swap(self) -> None:
+        """Replace OUTDIR's previous output by the staged one. The old manifest goes first and the new
+        one comes last, so an interrupted swap never looks like a finished run (rerun to redo it)."""
+        out, st = self.out_dir, self.stage
+        storage.remove(out / names.MANIFEST)
+        fsync_dir(out)
+        for info in self.shards:
+            os.replace(st / info.name, out / info.name)
+        for n in storage.listdir(out):  # the old run's extra shards and temp files
+            num = names.shard_number(n)
+            if (num is not None and num >= len(self.shards)) or names.TMP_RE.match(n) or n == names.JOURNAL:
+                storage.remove(out / n)
+        for n in (names.INDEX, names.REJECTS):
+            os.replace(st / n, out / n)
+        fsync_dir(out)
+        os.replace(st / names.MANIFEST, out / names.MANIFEST)
         # The manifest (options, input sha256, shards) now records the finished run; --resume on this
         # folder checks it instead, so the journal is not needed any more.
+        assert self._journal is not None
         self._journal.remove()
-        fsync_dir(self.out_dir)
-        return manifest
+        self.discard_stage()
+        fsync_dir(out)

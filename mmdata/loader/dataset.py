@@ -25,7 +25,7 @@ from mmdata.format.sample import SampleError, ShardSample
 from mmdata.format.tar import TarFormatError, parse_sample
 from mmdata.loader.batch import Document, RowSpec, collate_row
 from mmdata.loader.pack import DEFAULT_PACKER
-from mmdata.loader.lengths import MANIFEST, ShardIndex, _index_text_tokens_made_with, cache_dir_for, read_index, text_tokens
+from mmdata.loader.lengths import MANIFEST, ShardIndex, _fix, check_shards, _index_text_tokens_made_with, cache_dir_for, read_index, text_tokens
 from mmdata.loader.pixels import decode_frame, target_size
 from mmdata.loader.plan import NoSampleFits, PlanConfig, Planner, SetLengths, iter_positions, normalize_position
 
@@ -109,8 +109,26 @@ def open_shard_set(root: str | Path, tokenizer, config: LoaderConfig) -> ShardSe
     max_pixels = max(max_tokens * factor * factor, int(index.image_tokens.max(initial=0)) * factor * factor)
     made_with = _index_text_tokens_made_with(index.manifest)
     pretokenized = made_with == (getattr(tokenizer, "sha256", None), config.template)
-    return ShardSet(index, text_tokens(index, tokenizer, config.template, config.cache_dir), max_pixels,
-                    pretokenized)
+    lost = check_shards(index)  # a missing or replaced shard is an InputError here
+    tt = text_tokens(index, tokenizer, config.template, config.cache_dir)
+    if lost:
+        tt = _leave_out_truncated(tt, lost, config.bad_sample_budget)
+    return ShardSet(index, tt, max_pixels, pretokenized)
+
+
+def _leave_out_truncated(tt: np.ndarray, lost: dict[str, np.ndarray], budget: int) -> np.ndarray:
+    """Leave the samples cut off truncated shards out of the plan, within the bad-sample budget."""
+    n = sum(len(rows) for rows in lost.values())
+    path, rows = max(lost.items(), key=lambda kv: len(kv[1]))
+    if n > budget:
+        raise InputError(path, f"truncated: {n} sample(s) past the end of damaged shards, over bad_sample_budget "
+                               f"{budget}; {_fix(Path(path).parent)}")
+    for p, r in lost.items():
+        log.warning("%s is truncated: %d sample(s) past its end left out (within bad_sample_budget %d)", p, len(r), budget)
+    tt = tt.copy()
+    for r in lost.values():
+        tt[r] = -1
+    return tt
 
 
 class BadSample(Exception):

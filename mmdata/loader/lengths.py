@@ -23,7 +23,7 @@ from mmdata.format import names
 from mmdata.format.index import REQUIRED, read_table
 from mmdata.format.manifest import read_manifest
 from mmdata.format.sample import SampleError, ShardSample
-from mmdata.format.tar import TarFormatError, read_first_member
+from mmdata.format.tar import TarFormatError, parse_header, read_first_member
 
 INDEX = names.INDEX
 MANIFEST = names.MANIFEST
@@ -142,6 +142,7 @@ def text_tokens(index: ShardIndex, tokenizer, template: str, cache_dir: str | Pa
         except (OSError, ValueError):
             pass
     out = np.full(len(index), -1, dtype=np.int64)
+    damaged = False  # a sample could not be read: not cached, so a repaired shard is counted again
     batch_i: list[int] = []
     batch_r: list[dict] = []
 
@@ -171,18 +172,22 @@ def text_tokens(index: ShardIndex, tokenizer, template: str, cache_dir: str | Pa
         try:
             f = storage.open_input(storage.join(index.root, name_))
         except OSError:
+            damaged = True
             continue  # every sample of a missing shard stays -1 (counted as bad at planning)
         with f:
             for i in rows.tolist():
                 try:
                     sample = ShardSample.from_json(read_first_member(f, int(index.offset[i])))
                 except (TarFormatError, SampleError, OSError):
+                    damaged = True
                     continue
                 batch_i.append(i)
                 batch_r.append(sample.record)
                 if len(batch_r) >= 1024:
                     flush()
     flush()
+    if damaged:
+        return out
     try:
         with storage.atomic_output(cdir / name) as fh:
             np.save(fh, out, allow_pickle=False)
@@ -215,3 +220,52 @@ def _remote_first_members(url: str, index: ShardIndex, rows: np.ndarray) -> list
 
     with ThreadPoolExecutor(32) as pool:
         return list(pool.map(one, rows.tolist()))
+
+
+def _fix(root: Path | str) -> str:
+    return (f"run `mmdata inspect {root} --verify`, then re-shard, or `mmdata shard ... --resume` into the "
+            "same --out to rewrite what is damaged")
+
+
+def _first_member_name(path: str, offset: int) -> str | None:
+    """Name of the member whose header is at ``offset`` (None if no valid header is there)."""
+    try:
+        hdr = storage.read_range(path, offset, 512)
+        return parse_header(hdr, offset).name if len(hdr) == 512 and hdr.count(0) != 512 else None
+    except TarFormatError:
+        return None
+
+
+def check_shards(index: ShardIndex) -> dict[str, np.ndarray]:
+    """Check every shard file the index lists against its rows and the manifest (one stat and one
+    512-byte read per shard). A missing shard, or one holding other bytes (another shard's, or a size
+    over the manifest's) is an InputError naming the shard and the fix. Returns, per truncated shard,
+    the rows cut off (the caller weighs them against the bad-sample budget)."""
+    listed = {s.get("name"): s for s in index.manifest.get("shards", []) if isinstance(s, dict)}
+    bounds = np.searchsorted(index.shard_idx, np.arange(len(index.shards) + 1))
+    lost: dict[str, np.ndarray] = {}
+    for s, name in enumerate(index.shards):
+        rows = np.arange(bounds[s], bounds[s + 1])
+        if not name or len(rows) == 0:
+            continue
+        path = storage.join(index.root, name)
+        if not storage.exists(path):
+            raise InputError(path, f"shard file is missing (index.parquet lists {len(rows)} samples in it): "
+                                   f"{_fix(index.root)}")
+        size = storage.size(path)
+        want = listed.get(name, {}).get("bytes")
+        if isinstance(want, int) and size > want:
+            raise InputError(path, f"{size} bytes, manifest.json says {want}: not the shard the index describes; "
+                                   f"{_fix(index.root)}")
+        key, first = str(index.keys[rows[0]]), int(index.offset[rows[0]])
+        got = _first_member_name(path, first) if first < size else None
+        if got is not None and got.rsplit("/", 1)[-1].split(".", 1)[0] != key:
+            raise InputError(path, f"holds {got!r} where index.parquet puts {key}.json: replaced by another "
+                                   f"shard's bytes? {_fix(index.root)}")
+        cut = rows[index.offset[rows] + index.nbytes[rows] > size]
+        if got is None and len(cut) < len(rows):
+            raise InputError(path, f"no tar header at byte {first} where index.parquet puts {key}.json: "
+                                   f"{_fix(index.root)}")
+        if len(cut) or (isinstance(want, int) and size < want):
+            lost[str(path)] = cut
+    return lost

@@ -10,6 +10,7 @@ The journal is removed once the manifest is written; resuming a finished folder 
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections import deque
@@ -25,7 +26,9 @@ from mmdata import storage
 from mmdata.format import names
 from mmdata.format.journal import sha256_file
 from mmdata.format.manifest import ShardInfo
+from mmdata.format.lock import hold_lock
 from mmdata.format.writer import ShardWriter
+from mmdata.storage.base import WriteError
 from mmdata.io import iter_json_records
 from mmdata.procs import die_with_parent, resolve_workers
 from mmdata.rules import RULES
@@ -338,6 +341,38 @@ def _feed(sw: ShardWriter, report: ShardReport, inputs: list[Path], start: tuple
         ordered.close()  # stops the worker pool now, not when the traceback is collected
 
 
+def _own_output(p: Path, out_dir: Path) -> bool:
+    """Whether ``p`` (resolved) is a file or folder `mmdata shard` writes or deletes in ``out_dir``."""
+    out = os.path.realpath(out_dir)
+    real = os.path.realpath(p)
+    stage = os.path.join(out, names.STAGING)
+    if real == stage or real.startswith(stage + os.sep):
+        return True
+    parent, name = os.path.split(real)
+    return parent == out and (name in names.OUTPUTS or names.SHARD_RE.match(name) is not None
+                              or names.TMP_RE.match(name) is not None)
+
+
+def _check_own_outputs(inputs: list[Path], images_root: Path, out_dir: Path) -> None:
+    """Refuse (exit 2) to run where an input or the image root is a name this run writes in --out."""
+    for p in inputs:
+        if _own_output(p, out_dir):
+            raise InputError(p, f"is in --out {out_dir} under a name `mmdata shard` writes or replaces: "
+                                "move it out first or choose another --out")
+    if _own_output(images_root, out_dir):
+        raise InputError(images_root, f"--images is in --out {out_dir} under a name `mmdata shard` writes or "
+                                      "replaces: choose another --out")
+
+
+def _os_error(e: OSError, out_dir: Path) -> WriteError:
+    """A file-system error of the run as one line naming the file (the previous output is unchanged)."""
+    where = e.filename or out_dir
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return WriteError(where, f"{e.strerror} (disk full or over a file size limit): free space or choose "
+                                 "another --out; the previous output is unchanged")
+    return WriteError(where, f"{e.strerror or e}")
+
+
 def write_shards(
     inputs: list[str | Path] | str | Path,
     images_root: str | Path,
@@ -383,30 +418,50 @@ def write_shards(
     header = _run_header(inputs, spec, samples_per_shard, max_shard_bytes, tok_sha, template)
     options, hashes = header["options"], header["input_sha256"]
 
+    _check_own_outputs(inputs, images_root, out_dir)
     _make_out_dir(out_dir)
-    if resume and not (out_dir / names.JOURNAL).exists():
-        done = _finished_run(out_dir, inputs, options, hashes)
-        if done is not None:  # a finished folder: nothing to do, nothing rewritten
-            done.seconds = time.perf_counter() - t0
-            return done
-    sw = ShardWriter(out_dir, header, samples_per_shard=samples_per_shard, max_shard_bytes=max_shard_bytes,
-                     with_text_tokens=tok_sha is not None)
-    start = sw.start(resume, lambda old: _check_same_run(out_dir, inputs, old, options, hashes))
-    report = ShardReport(out_dir=out_dir, text_tokens=tok_sha is not None, resumed_shards=sw.resumed,
-                         records=sum(s.samples for s in sw.shards) + len(sw.rejects))
-    init_args = (str(images_root), spec, None if tokenizer is None else str(tokenizer), template)
+    with hold_lock(out_dir):
+        if resume and not (out_dir / names.STAGING / names.JOURNAL).exists():
+            done = _finished_run(out_dir, inputs, options, hashes)
+            if done is not None:  # a finished folder: nothing to do, nothing rewritten
+                done.seconds = time.perf_counter() - t0
+                return done
+        sw = ShardWriter(out_dir, header, samples_per_shard=samples_per_shard, max_shard_bytes=max_shard_bytes,
+                         with_text_tokens=tok_sha is not None)
+        init_args = (str(images_root), spec, None if tokenizer is None else str(tokenizer), template)
+        report = _run(sw, resume, inputs, workers, init_args, progress,
+                      lambda old: _check_same_run(out_dir, inputs, old, options, hashes))
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _run(sw: ShardWriter, resume: bool, inputs: list[Path], workers: int, init_args: tuple,
+         progress: Callable[[int, int, int], None] | None, check_header: Callable[[dict], None]) -> ShardReport:
+    """Start (or resume) ``sw``, feed it every record, finish. On a user error (bad input, full disk)
+    nothing of the run is left; on an interrupt or crash the staged shards stay for ``--resume``."""
     try:
+        start = sw.start(resume, check_header)  # refusing a resume changes nothing
+    except OSError as e:
+        raise _os_error(e, sw.out_dir) from None
+    try:
+        report = ShardReport(out_dir=sw.out_dir, text_tokens=sw.with_text_tokens, resumed_shards=sw.resumed,
+                             records=sum(s.samples for s in sw.shards) + len(sw.rejects))
         _feed(sw, report, inputs, start, workers, init_args, progress)
-    except BaseException:
-        sw.abort()
+        manifest = sw.finish()
+    except MMDataError:
+        sw.abort(keep_for_resume=False)
         raise
-    manifest = sw.finish()
+    except OSError as e:
+        sw.abort(keep_for_resume=False)
+        raise _os_error(e, sw.out_dir) from None
+    except BaseException:
+        sw.abort(keep_for_resume=True)
+        raise
     report.samples, report.rejected = manifest["samples"], manifest["rejected"]
     report.images, report.image_tokens = manifest["images"], manifest["image_tokens"]
     report.passthrough, report.reasons = manifest["passthrough_images"], manifest["reject_reasons"]
     report.shards = list(sw.shards)
     report.bytes = sum(s.bytes for s in report.shards)
-    report.seconds = time.perf_counter() - t0
     return report
 
 
