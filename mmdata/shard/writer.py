@@ -10,6 +10,7 @@ The journal is removed once the manifest is written; resuming a finished folder 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
@@ -487,9 +488,12 @@ def _write_planned(inputs: list[Path], images_root: Path, out: str, t0: float, *
     header = _run_header(inputs, spec, None, max_shard_bytes, tok_sha, template)
     header["options"]["records_per_shard"] = records_per_shard
     header["options"].pop("max_shard_bytes", None)  # not used: membership is by records
+    lock = contextlib.nullcontext()  # S3 has no lock: two runs into one s3:// prefix are not prevented
     if not storage.is_remote(out):
+        _check_own_outputs(inputs, images_root, Path(out))
         _make_out_dir(Path(out))
-    with open_engine(engine, workers=workers, ray_address=ray_address) as eng:
+        lock = hold_lock(Path(out))
+    with lock, open_engine(engine, workers=workers, ray_address=ray_address) as eng:
         manifest, kept, _ = write_planned_shards(
             inputs, images_root, out, spec=spec, records_per_shard=records_per_shard, header=header,
             tokenizer=None if tokenizer is None else str(tokenizer), template=template, resume=resume,

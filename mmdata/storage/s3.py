@@ -31,6 +31,8 @@ MAX_ATTEMPTS = 3
 PART_SIZE = 16 << 20  # multipart part size (S3 needs >= 5 MiB for all but the last part)
 PARTS_IN_FLIGHT = 2
 _OPEN_FILES = 64  # cached open readers (saves a HEAD per ranged read of the same object)
+_ENV_KEYS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+             "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION")
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -81,6 +83,7 @@ class S3Backend:
         self._checked: set[str] = set()
         self._lock = threading.Lock()
         self._files: OrderedDict[str, Any] = OrderedDict()
+        self._env: tuple = tuple(os.environ.get(k) for k in _ENV_KEYS)
 
     # -- clients -----------------------------------------------------------------------------
 
@@ -102,8 +105,21 @@ class S3Backend:
                 kw["session_token"] = os.environ["AWS_SESSION_TOKEN"]
         return pafs.S3FileSystem(**kw)
 
+    def _settings_changed(self) -> None:
+        """Drop the clients when the AWS_* variables they were made from change (the backend is
+        cached per process; a test or a library user may point it elsewhere)."""
+        key = tuple(os.environ.get(k) for k in _ENV_KEYS)
+        if key != self._env:
+            self._env, self._fs, self._client = key, None, None
+            self._checked.clear()
+            with self._lock:
+                for f in self._files.values():
+                    f.close()
+                self._files.clear()
+
     @property
     def fs(self) -> Any:
+        self._settings_changed()
         if self._fs is None:
             self._fs = self._filesystem()
         return self._fs
@@ -111,6 +127,7 @@ class S3Backend:
     @property
     def client(self) -> Any:
         """A boto3 S3 client (writes only), with the same endpoint, timeouts and retry limit."""
+        self._settings_changed()
         if self._client is None:
             import boto3
             from botocore.config import Config
@@ -126,6 +143,7 @@ class S3Backend:
         """Fail fast (StorageError, one line) when the endpoint, credentials or bucket of ``url`` are
         unusable; one probe per bucket and process, with no retries so it answers within seconds."""
         bucket, _ = split_url(url)
+        self._settings_changed()
         if bucket in self._checked:
             return
         import pyarrow.fs as pafs
@@ -168,6 +186,7 @@ class S3Backend:
             return self.fs.open_input_file(self._path(url))
 
     def _cached_file(self, url: str) -> Any:
+        self._settings_changed()
         with self._lock:
             f = self._files.get(url)
             if f is not None:
