@@ -123,3 +123,15 @@ def square(x: int) -> int:
 def test_local_engine_is_ordered(workers):
     with open_engine("local", workers=workers) as eng:
         assert list(eng.map(square, range(20), in_flight=3)) == [x * x for x in range(20)]
+
+
+def test_executor_for_pool_shaped_code(engine):
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    ex = engine.executor()
+    futs = [ex.submit(pow, x, 2) for x in range(6)]
+    done, _ = wait(futs, return_when=FIRST_COMPLETED)
+    assert done
+    assert [f.result() for f in futs] == [x * x for x in range(6)]
+    with pytest.raises(InputError, match="invalid JSON"):
+        ex.submit(bad_input, 1).result()

@@ -13,12 +13,13 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 
 from mmdata.engine.base import _bounded
 from mmdata.errors import InputError, MMDataError
 
-__all__ = ["RayEngine", "resolve_address", "forwarded_env", "CONNECT_TIMEOUT_S"]
+__all__ = ["RayEngine", "RayExecutor", "resolve_address", "forwarded_env", "CONNECT_TIMEOUT_S"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -135,11 +136,48 @@ class RayEngine:
             raise RuntimeError(f"a Ray task's worker died {self.max_retries + 1} times; giving up: "
                                f"{str(e).splitlines()[0]}") from None
 
+    def executor(self) -> RayExecutor:
+        """A ``concurrent.futures.Executor`` on this cluster, for code written against a process pool
+        (``submit`` / ``wait``); the same retries as ``map``."""
+        return RayExecutor(self.max_retries)
+
     def close(self) -> None:
         import ray
 
         if ray.is_initialized():
             ray.shutdown()
+
+
+def _call(fn: Callable[..., R], args: tuple, kwargs: dict) -> R:
+    return fn(*args, **kwargs)
+
+
+class RayExecutor(Executor):
+    """``submit(fn, *args)`` as a Ray task; its future is a plain ``concurrent.futures.Future``
+    (``ObjectRef.future()``), so ``wait(..., FIRST_COMPLETED)`` and ``as_completed`` work unchanged.
+    An ``MMDataError`` raised by ``fn`` reaches the caller as itself."""
+
+    def __init__(self, max_retries: int = MAX_RETRIES):
+        import ray
+
+        self._remote = ray.remote(max_retries=max_retries, retry_exceptions=False)(_call)
+
+    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future:  # type: ignore[override]
+        inner = self._remote.remote(fn, args, kwargs).future()
+        outer: Future = Future()
+
+        def done(f: Future) -> None:
+            try:
+                outer.set_result(f.result())
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                cause = getattr(e, "cause", None)
+                outer.set_exception(cause if isinstance(cause, MMDataError) else e)
+
+        inner.add_done_callback(done)
+        return outer
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Nothing to stop: the tasks belong to the Ray job (``RayEngine.close`` ends it)."""
 
 
 def wait_for_nodes(n: int, timeout: float = 60.0) -> None:
