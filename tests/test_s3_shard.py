@@ -163,3 +163,41 @@ def test_cli_missing_bucket_is_one_line(data, s3env):
     assert p.returncode == 2
     assert p.stderr.strip() == (f"error: s3://no-bucket/x: bucket 'no-bucket' does not exist at {s3env.endpoint}: "
                                 "create it or fix the URL")
+
+
+@pytest.fixture(scope="module")
+def remote_inputs(data, server):
+    """The cleaned records and the image folder, uploaded under s3://bucket/in/."""
+    root, src, img = data
+    c = server.client()
+    c.put_object(Bucket=server.bucket, Key=f"in/{src.name}", Body=src.read_bytes())
+    for p in img.rglob("*"):
+        if p.is_file():
+            c.put_object(Bucket=server.bucket, Key=f"in/img/{p.relative_to(img).as_posix()}", Body=p.read_bytes())
+    return f"s3://{server.bucket}/in/{src.name}", f"s3://{server.bucket}/in/img"
+
+
+def test_inputs_and_images_on_s3_give_the_same_shards(data, local_out, s3env, remote_inputs, tmp_path):
+    root, src, img = data
+    src_url, img_url = remote_inputs
+    planned = tmp_path / "planned"
+    write_shards([src_url], img_url, planned, records_per_shard=7, workers=2)
+    assert tree_bytes(planned) == tree_bytes(local_out)
+    default_local, default_s3 = tmp_path / "dl", tmp_path / "ds"
+    write_shards([src], img, default_local, samples_per_shard=4, workers=1)
+    write_shards([src_url], img_url, default_s3, samples_per_shard=4, workers=1)
+    assert tree_bytes(default_s3) == tree_bytes(default_local)
+    rejects = (default_s3 / "rejects.jsonl").read_text()
+    assert '"reason":"missing_image"' in rejects and '"reason":"unsafe_path"' in rejects
+
+
+def test_cli_all_on_s3(data, local_out, s3env, remote_inputs):
+    src_url, img_url = remote_inputs
+    url = f"s3://{s3env.bucket}/planned/all-s3"
+    p = subprocess.run([*MMDATA, "shard", src_url, "--images", img_url, "--out", url, "--records-per-shard", "7",
+                        "-q"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert s3_tree(url) == tree_bytes(local_out)
+    p = subprocess.run([*MMDATA, "shard", f"s3://{s3env.bucket}/in/nope.json", "--images", img_url, "--out", url,
+                        "--records-per-shard", "7", "-q"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and p.stderr.strip() == f"error: s3://{s3env.bucket}/in/nope.json: no such file"

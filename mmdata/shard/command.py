@@ -26,8 +26,8 @@ def parse_size(text: str) -> int:
 
 
 def shard_cmd(
-    inputs: List[Path] = typer.Argument(..., help="Cleaned conversation files (JSON array or JSON Lines), in order."),
-    images: Path = typer.Option(..., "--images", help="Root folder the image paths are relative to."),
+    inputs: List[str] = typer.Argument(..., help="Cleaned conversation files (JSON array or JSON Lines; local or s3://), in order."),
+    images: str = typer.Option(..., "--images", help="Root folder (local or s3://bucket/prefix) the image paths are relative to."),
     out: str = typer.Option(..., "--out", help="Output folder (local or s3://bucket/prefix) for shard-NNNNNN.tar, index.parquet, manifest.json."),
     max_res: int = typer.Option(448, "--max-res", help="Longer side of every stored image at most this."),
     max_image_tokens: int = typer.Option(1280, "--max-image-tokens", help="Visual-token budget per image under --rule."),

@@ -82,7 +82,10 @@ class SampleMaker:
     """Turns tasks into samples under fixed options; one instance per worker process."""
 
     def __init__(self, images_root: str | os.PathLike, spec: ResizeSpec, rule: Rule | None = None):
-        self.root = os.path.realpath(images_root)
+        from mmdata import storage
+
+        self.remote = storage.is_remote(images_root)  # s3://...: images read through the storage seam
+        self.root = os.fspath(images_root).rstrip("/") if self.remote else os.path.realpath(images_root)
         self.root_prefix = self.root.rstrip(os.sep) + os.sep
         self.spec = spec
         self.rule = rule or spec.get_rule()
@@ -90,6 +93,8 @@ class SampleMaker:
     def _resolve(self, p: str) -> str | None:
         if unsafe_path_reason(p) is not None or os.path.isabs(p):
             return None
+        if self.remote:  # no links on object storage: a relative key without '..' stays under the root
+            return f"{self.root}/{p}"
         real = os.path.realpath(os.path.join(self.root, p))
         return real if real.startswith(self.root_prefix) else None
 
@@ -114,8 +119,7 @@ class SampleMaker:
             if real is None:
                 return Reject("unsafe_path", f"{p!r} is absolute, has '..' or leaves the image root", sid)
             try:
-                with open(real, "rb") as f:
-                    data = f.read()
+                data = _read_image(real, self.remote)
             except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
                 return Reject("missing_image", f"no such file: {p}", sid)
             except OSError as e:
@@ -142,3 +146,13 @@ class SampleMaker:
             source=source if isinstance(source, str) else task.stem,
             record=clean,
         )
+
+
+def _read_image(path: str, remote: bool) -> bytes:
+    """The bytes of one source image, from a local file or through the storage seam (``s3://``)."""
+    if remote:
+        from mmdata import storage
+
+        return storage.read_bytes(path)
+    with open(path, "rb") as f:
+        return f.read()

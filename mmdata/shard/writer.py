@@ -277,7 +277,7 @@ def _check_options(inputs: list[Path], images_root: Path, spec: ResizeSpec, samp
             raise InputError(p, "no such file")
         if p.is_dir():
             raise InputError(p, "is a directory, expected a JSON or JSON Lines file")
-    if not images_root.is_dir():
+    if not storage.isdir(images_root):
         raise InputError(images_root, "--images: no such directory")
 
 
@@ -374,7 +374,45 @@ def _os_error(e: OSError, out_dir: Path) -> WriteError:
     return WriteError(where, f"{e.strerror or e}")
 
 
-def write_shards(
+def write_shards(inputs: list[str | Path] | str | Path, images_root: str | Path, out_dir: str | Path,
+                 **kw: Any) -> ShardReport:
+    """Shard cleaned conversation files into ``out_dir`` (see ``_write_shards``). Inputs on object
+    storage (``s3://``) are first copied to a temporary folder under their own base names (the
+    manifest names inputs by base name, so the output does not change)."""
+    with _local_inputs([inputs] if isinstance(inputs, (str, Path)) else list(inputs)) as local:
+        return _write_shards(local, images_root, out_dir, **kw)
+
+
+@contextlib.contextmanager
+def _local_inputs(inputs: list[str | Path]) -> Iterator[list[str | Path]]:
+    remote = [p for p in inputs if storage.is_remote(p)]
+    if not remote:
+        yield inputs
+        return
+    import shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="mmdata-inputs-"))
+    try:
+        out: list[str | Path] = []
+        for i, p in enumerate(inputs):
+            if not storage.is_remote(p):
+                out.append(p)
+                continue
+            url = os.fspath(p)
+            if not storage.exists(url) or storage.isdir(url):
+                raise InputError(url, "no such file")
+            dst = tmp / str(i) / url.rstrip("/").rsplit("/", 1)[-1]
+            dst.parent.mkdir()
+            with storage.open_input(url) as src, open(dst, "wb") as f:
+                shutil.copyfileobj(src, f, 8 << 20)
+            out.append(dst)
+        yield out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_shards(
     inputs: list[str | Path] | str | Path,
     images_root: str | Path,
     out_dir: str | Path,
@@ -404,7 +442,7 @@ def write_shards(
     """
     t0 = time.perf_counter()
     inputs = [Path(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)]
-    images_root = Path(images_root)
+    images_root = storage.as_path(images_root)  # an s3:// URL stays one (Path would collapse its '//')
     if records_per_shard is not None or engine != "local" or storage.is_remote(out_dir):
         return _write_planned(inputs, images_root, os.fspath(out_dir), t0, max_res=max_res,
                               max_image_tokens=max_image_tokens, rule=rule, samples_per_shard=samples_per_shard,
