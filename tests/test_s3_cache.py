@@ -154,3 +154,16 @@ def test_cache_from_s3(tmp_path, monkeypatch):
         with ShardCache(tmp_path / "c", 64 << 20, storage=be) as c:
             assert c.local(url).read_bytes() == data
             assert c.downloaded_bytes == len(data)
+
+
+def test_prefetch_further_than_the_limit_never_stalls_the_reader(tmp_path, shards):
+    """Room for 2 shards, 8 prefetched ahead: the reader evicts prefetched-unused shards when it must
+    and the prefetcher waits for released ones, so reading in plan order (twice) never waits out."""
+    with ShardCache(tmp_path / "c", 2100, storage=LocalStore(), ahead=8, wait_s=5) as c:
+        c.prefetch(shards + shards)
+        t = time.monotonic()
+        for u in shards + shards:
+            assert c.local(u).read_bytes() == Path(u).read_bytes()
+            c.release(u)
+            assert c.usage() <= 2100
+        assert time.monotonic() - t < 5

@@ -39,6 +39,10 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MMDATA_CACHE") or Path.home() / ".cache" / "mmdata")
 
 
+class _Cancelled(Exception):
+    """A prefetch given up because the cache is closing."""
+
+
 def _try_lock(fd: int, kind: int) -> bool:
     try:
         fcntl.flock(fd, kind | fcntl.LOCK_NB)
@@ -77,6 +81,7 @@ class ShardCache:
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="shard-cache")
         self._feeder: threading.Thread | None = None
         self._stop = threading.Event()
+        self._closing = False
         self.downloaded_bytes = 0
 
     # -- naming and accounting -----------------------------------------------------------------
@@ -169,8 +174,11 @@ class ShardCache:
                     os.close(fd)
         return False
 
-    def _fetch(self, url: str, pin: bool, keep: set[str]) -> Path:
-        """Make ``url`` present in the cache (downloading it if no one else is), optionally pinned."""
+    def _fetch(self, url: str, pin: bool) -> Path:
+        """Make ``url`` present in the cache (downloading it if no one else is). ``pin`` (``local``):
+        pin it, and evict anything unpinned, this process's prefetched shards included, waiting at
+        most ``wait_s`` for room. Otherwise (a prefetch): never evict a shard this process pinned or
+        prefetched, and wait for room as long as the cache is open."""
         name = self.name(url)
         final = self.dir / name
         size = None
@@ -190,13 +198,16 @@ class ShardCache:
                             os.utime(final)
                     return final
                 if size is not None and not self._busy_elsewhere(name):
-                    if self._make_room(size, keep | {name}):
+                    keep = set(self._pins) | ({name} if pin else self._unused | {name})
+                    if self._make_room(size, keep):
                         part = self.dir / f".{name}.{os.getpid()}.{threading.get_ident()}.part"
                         fd = os.open(part, os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o644)
                         fcntl.flock(fd, fcntl.LOCK_EX)
                         os.ftruncate(fd, size)  # reserve: the partial counts at its full size
                         break
-            if time.monotonic() > deadline:
+            if not pin and self._closing:
+                raise _Cancelled(url)
+            if pin and time.monotonic() > deadline:
                 raise InputError(self.dir, f"--cache-limit {self.limit:,} bytes cannot hold the shards in use at "
                                            f"once (waited {self.wait_s:.0f} s for room for {url}): raise --cache-limit")
             time.sleep(_POLL_S)
@@ -209,7 +220,7 @@ class ShardCache:
         finally:
             os.close(fd)
         self.downloaded_bytes += size
-        return self._fetch(url, pin, keep) if pin else final
+        return self._fetch(url, pin) if pin else final
 
     def _download(self, url: str, fd: int, size: int) -> None:
         with self.storage.open_input(url) as src:
@@ -227,13 +238,11 @@ class ShardCache:
         """The local path of ``url``, pinned until ``release(url)``; blocks until it is downloaded."""
         name = self.name(url)
         with self._mu:
-            fut = self._inflight.get(name)
             self._unused.discard(name)
             self._mu.notify_all()
-        if fut is not None:
-            with contextlib.suppress(Exception):  # a failed prefetch is retried (and reported) right here
-                fut.result()
-        return self._fetch(url, pin=True, keep=self._keep())
+        # No waiting on a prefetch of it: one mid-download shows as a locked partial (waited for);
+        # one still waiting for room is overtaken (this call may evict to make room).
+        return self._fetch(url, pin=True)
 
     def release(self, url: str, drop: bool = False) -> None:
         """Unpin ``url``; with ``drop`` (the plan no longer needs it) delete it now unless another
@@ -251,10 +260,6 @@ class ShardCache:
             if drop:
                 with self._dir_locked():
                     self._remove_if_free(self.dir / name)
-
-    def _keep(self) -> set[str]:
-        with self._mu:
-            return set(self._pins) | self._unused
 
     def prefetch(self, urls_in_plan_order: Iterable[str]) -> None:
         """Download these shards in the background, in order, at most ``ahead`` of what ``local``
@@ -278,17 +283,20 @@ class ShardCache:
                 if name in self._inflight or name in self._pins:
                     continue
                 self._unused.add(name)
-                fut = self._pool.submit(self._fetch, url, False, self._keep())
+                fut = self._pool.submit(self._fetch, url, False)
                 self._inflight[name] = fut
-            fut.add_done_callback(lambda f, n=name: self._done(n))
+            fut.add_done_callback(lambda f, n=name: self._done(n, f))
 
-    def _done(self, name: str) -> None:
+    def _done(self, name: str, fut: Future) -> None:
         with self._mu:
             self._inflight.pop(name, None)
+            if fut.cancelled() or fut.exception() is not None:
+                self._unused.discard(name)  # local() will fetch it (and report a real error)
             self._mu.notify_all()
 
     def close(self) -> None:
         """Stop prefetching, unpin everything (files stay for the next run, within the limit)."""
+        self._closing = True
         self._stop.set()
         with self._mu:
             self._mu.notify_all()
