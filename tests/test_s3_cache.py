@@ -161,9 +161,7 @@ def test_prefetch_further_than_the_limit_never_stalls_the_reader(tmp_path, shard
     and the prefetcher waits for released ones, so reading in plan order (twice) never waits out."""
     with ShardCache(tmp_path / "c", 2100, storage=LocalStore(), ahead=8, wait_s=5) as c:
         c.prefetch(shards + shards)
-        t = time.monotonic()
-        for u in shards + shards:
+        for u in shards + shards:  # a stall would end in InputError after wait_s
             assert c.local(u).read_bytes() == Path(u).read_bytes()
             c.release(u)
             assert c.usage() <= 2100
-        assert time.monotonic() - t < 5
