@@ -57,11 +57,21 @@ class TrainArgs:
     profile_step_end: int = 12
     profile_ranks: list[int] = field(default_factory=lambda: [0])
     tensor_model_parallel_size: int = 1
+    cache_dir: str | None = None  # --cache-dir: local cache of shards read from object storage
+    cache_limit: str = "10GB"  # --cache-limit
 
 
 def check_shards(shards: list[str]) -> None:
     """Every --shards folder exists and holds shards."""
+    from mmdata import storage
+
     for s in shards:
+        if storage.is_remote(s):  # one request each; a bad endpoint, key or bucket fails here in seconds
+            if not storage.isdir(s):
+                raise InputError(s, "shards folder not found")
+            if not storage.exists(storage.join(s, "manifest.json")):
+                raise InputError(s, "no manifest.json here (expected the output folder of `mmdata shard`)")
+            continue
         p = Path(s)
         if p.is_file():
             raise InputError(p, "--shards takes the shard folder (holding index.parquet), not a file in it")
@@ -80,6 +90,8 @@ def validate(args: TrainArgs, world_size: int) -> None:
     """Reject bad option combinations with one clear line (InputError -> exit 2)."""
     def bad(msg: str) -> None:
         raise InputError(None, msg)
+
+    cache_limit_bytes(args.cache_limit)
 
     if args.model not in MODEL_NAMES and not Path(args.model).expanduser().is_dir():
         if "/" in args.model:
@@ -150,3 +162,13 @@ def validate_profile(args: TrainArgs, world_size: int) -> None:
         bad(f"--profile-ranks {' '.join(map(str, args.profile_ranks))}: ranks run from 0 to {world_size - 1}")
     if not (args.tensorboard_dir or args.save):
         bad("--profile writes its trace under --tensorboard-dir (or --save): give one of them")
+
+
+def cache_limit_bytes(text: str) -> int:
+    """``--cache-limit`` in bytes (the syntax of ``--max-shard-bytes``: 10GB, 500MB, 512MiB)."""
+    from mmdata.shard.command import parse_size
+
+    try:
+        return parse_size(text)
+    except InputError:
+        raise InputError(None, f"--cache-limit: cannot read {text!r} (use e.g. 10GB, 500MB, 512MiB)") from None

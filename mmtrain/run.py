@@ -79,8 +79,11 @@ def loader_data(args: TrainArgs, rank: int, world_size: int, pixel_dtype: str = 
     image_id = tok.image_placeholder_id
     if image_id is None:
         raise InputError(tok.path, "the tokenizer has no <|image_pad|> (or <image>) token")
+    from mmtrain.args import cache_limit_bytes
+
     cfg = LoaderConfig(seq_len=args.seq_len, template=args.template, seed=args.seed, overlong=args.overlong,
-                       pixel_dtype=pixel_dtype)
+                       pixel_dtype=pixel_dtype, shard_cache_dir=args.cache_dir,
+                       cache_limit=cache_limit_bytes(args.cache_limit))
     shards = args.shards[0] if len(args.shards) == 1 else list(args.shards)
     try:
         loader = PackedLoader(shards, tokenizer=tok, config=cfg, rank=rank, world_size=world_size,

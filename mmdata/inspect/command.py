@@ -188,8 +188,11 @@ def run(paths: list[Path], *, as_json: bool = False, verify: bool = False, sampl
     from rich.console import Console
     from rich.text import Text
 
+    from mmdata.storage import as_path
+
     console = Console(soft_wrap=True)
     err = Console(stderr=True)
+    paths = [as_path(p) for p in paths]  # an s3:// URL stays a URL (Path would collapse its '//')
     recs = [p for p in paths if _is_records(p)]
     if recs and len(recs) != len(paths):
         raise InputError(None, "give either shard folders / tars, or cleaned JSON / JSONL files, not both")
@@ -293,7 +296,7 @@ def _emit_json(obj: dict[str, Any]) -> None:
 
 
 def inspect_cmd(
-    paths: list[Path] = typer.Argument(..., help="Shard folder(s) or .tar shards; or cleaned JSON/JSONL files to plan."),
+    paths: list[str] = typer.Argument(..., help="Shard folder(s) or .tar shards (local or s3://); or cleaned JSON/JSONL files to plan."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (and nothing else) on stdout."),
     verify: bool = typer.Option(False, "--verify", help="Read every member, decode every image, check every json "
                                 "and the manifest's counts and sha256. Exit 1 on any problem."),

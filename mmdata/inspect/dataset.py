@@ -85,7 +85,7 @@ def resolve(paths: list[str | Path]) -> list[ShardSet]:
         raise InputError(None, "give a shard folder or one or more .tar files")
     sets: list[ShardSet] = []
     by_parent: dict[Path, ShardSet] = {}
-    for p in map(Path, paths):
+    for p in map(storage.as_path, paths):
         if p.name in (MANIFEST, INDEX) and is_file(p):
             p = p.parent  # `inspect out/manifest.json` means the data set
         if storage.isdir(p):
@@ -119,7 +119,8 @@ def index_batches(s: ShardSet, columns: tuple[str, ...] = INDEX_COLUMNS, batch_s
 
     assert s.index is not None
     try:
-        d = ds.dataset(str(s.index), format="parquet")
+        src, fs = storage.arrow_source(s.index)
+        d = ds.dataset(src, filesystem=fs, format="parquet")
     except Exception as e:
         raise InputError(s.index, f"cannot read the index: {e}") from None
     cols = [c for c in columns if c in d.schema.names]

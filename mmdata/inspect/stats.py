@@ -202,7 +202,7 @@ def cheap_checks(s: ShardSet, acc_rows_per_shard: Counter[str], index_rows: int 
     for tar in s.tars:
         entry = ms.get(tar.name)
         try:
-            size = tar.stat().st_size
+            size = storage.size(tar)
         except FileNotFoundError:
             out.append(Problem(tar.name, None, "shard listed in manifest.json is missing", "missing_shard"))
             continue

@@ -49,7 +49,10 @@ class ShardResult:
 
 
 def _index_rows(index: str, name: str) -> dict[str, dict[str, Any]]:
-    s = ShardSet(root=Path(index).parent, manifest=None, index=Path(index), tars=[], selected=[name])
+    from mmdata.storage import as_path
+
+    ix = as_path(index)
+    s = ShardSet(root=ix.parent, manifest=None, index=ix, tars=[], selected=[name])
     cols = ("key", "offset", "nbytes", "id", "n_images", "image_tokens", "image_tokens_list", "widths", "heights",
             "text_tokens")
     rows: dict[str, dict[str, Any]] = {}

@@ -60,12 +60,20 @@ class LoaderConfig:
     epochs: int | None = None  # None: endless
     prefetch_factor: int = 2
     cache_dir: str | None = None
+    # Shard sets on object storage (s3://): "cache" downloads whole shards ahead of the plan into
+    # shard_cache_dir (--cache-dir; None: $MMDATA_CACHE or ~/.cache/mmdata), at most cache_limit
+    # bytes (--cache-limit); "ranges" fetches the next rows' samples with concurrent ranged reads.
+    remote_read: str = "cache"
+    shard_cache_dir: str | None = None
+    cache_limit: int = 10 * 10**9
 
     def __post_init__(self) -> None:
         if self.pixel_dtype not in ("float32", "uint8", "images"):
             raise ValueError(f"pixel_dtype must be 'float32', 'uint8' or 'images', got {self.pixel_dtype!r}")
         if self.bad_sample_budget < 0:
             raise ValueError("bad_sample_budget must be >= 0")
+        if self.remote_read not in ("cache", "ranges"):
+            raise ValueError(f"remote_read must be 'cache' or 'ranges', got {self.remote_read!r}")
 
     def processor(self) -> PatchProcessor:
         """The Qwen2-VL-style patch processor these patch sizes describe."""
@@ -213,6 +221,7 @@ class RowBuilder:
                             patch_size=config.patch_size)
         self._files: dict[tuple[int, int], object] = {}
         self.shared_memory = get_worker_info() is not None
+        self.remote = None  # RemoteReads when a set is on object storage (set by RowDataset)
         self.stale_ids = 0  # pre-tokenised ids that did not match (the sample was encoded instead)
 
     def _file(self, set_id: int, shard: int):
@@ -222,7 +231,10 @@ class RowBuilder:
                 old = next(iter(self._files))
                 self._files.pop(old).close()
             ix = self.sets[set_id].index
-            f = storage.open_input(storage.join(ix.root, ix.shards[shard]))
+            if self.remote is not None and self.remote.cache is not None and self.remote.remote[set_id]:
+                f = self.remote.open(set_id, shard)  # a local copy in the shard cache
+            else:
+                f = storage.open_input(storage.join(ix.root, ix.shards[shard]))
             self._files[(set_id, shard)] = f
         return f
 
@@ -234,9 +246,11 @@ class RowBuilder:
     def read(self, set_id: int, i: int) -> tuple[ShardSample, list[bytes], bytes | None]:
         ix = self.sets[set_id].index
         try:
-            f = self._file(set_id, int(ix.shard_idx[i]))
-            f.seek(int(ix.offset[i]))
-            buf = f.read(int(ix.nbytes[i]))
+            buf = self.remote.take(set_id, i) if self.remote is not None else None
+            if buf is None:
+                f = self._file(set_id, int(ix.shard_idx[i]))
+                f.seek(int(ix.offset[i]))
+                buf = f.read(int(ix.nbytes[i]))
         except OSError as e:
             raise BadSample("unreadable_member", f"cannot read: {e.strerror or e}") from None
         if len(buf) < int(ix.nbytes[i]):
@@ -363,6 +377,8 @@ class RowBuilder:
             docs = [d for j, d in enumerate(docs) if j not in gone]
             kept = [k for j, k in enumerate(kept) if j not in gone]
         bad.sort(key=lambda b: b[0])  # in row order, as the samples were met
+        if self.remote is not None:
+            self.remote.row_done(self._files)
         batch = collate_row(docs, self.spec, images, self.shared_memory)
         info = {"bad": [b for _, b in bad], "docs": len(docs), "truncated": sum(c for _, _, c in kept),
                 "dropped": dropped, "set": set_id, "real_tokens": batch["num_real_tokens"],
@@ -384,14 +400,22 @@ class RowDataset(IterableDataset):
         if info is not None:  # our own process: many tiny encodes, no thread pool per worker
             os.environ["TOKENIZERS_PARALLELISM"] = "false"
         builder = RowBuilder(self.sets, self.tokenizer, self.config)
+        start, stride = self.row + self.rank + j * self.world_size, self.world_size * w
+        positions = iter_positions(self.planner, self.epoch, start, stride, self.config.epochs)
         try:
-            for e, r in iter_positions(self.planner, self.epoch, self.row + self.rank + j * self.world_size,
-                                       self.world_size * w, self.config.epochs):
+            if any(storage.is_remote(s.index.root) for s in self.sets):
+                from mmdata.loader.remote import remote_rows
+
+                positions = remote_rows(builder, self.sets, self.config, self.planner, positions, self.epoch, start,
+                                        stride)
+            for e, r in positions:
                 set_id, samples = self.planner.epoch(e).row(r)
                 batch, meta = builder.build(set_id, samples)
                 meta["epoch"], meta["row"] = e, r
                 yield batch, meta
         finally:
+            if builder.remote is not None:
+                builder.remote.close()
             builder.close()
 
 

@@ -27,9 +27,9 @@ def parse_size(text: str) -> int:
 
 
 def shard_cmd(
-    inputs: List[Path] = typer.Argument(..., help="Cleaned conversation files (JSON array or JSON Lines), in order."),
-    images: Path = typer.Option(..., "--images", help="Root folder the image paths are relative to."),
-    out: Path = typer.Option(..., "--out", help="Output folder for shard-NNNNNN.tar, index.parquet, manifest.json."),
+    inputs: List[str] = typer.Argument(..., help="Cleaned conversation files (JSON array or JSON Lines; local or s3://), in order."),
+    images: str = typer.Option(..., "--images", help="Root folder (local or s3://bucket/prefix) the image paths are relative to."),
+    out: str = typer.Option(..., "--out", help="Output folder (local or s3://bucket/prefix) for shard-NNNNNN.tar, index.parquet, manifest.json."),
     max_res: int = typer.Option(448, "--max-res", help="Longer side of every stored image at most this."),
     max_image_tokens: int = typer.Option(DEFAULT_MAX_IMAGE_TOKENS, "--max-image-tokens", help="Visual-token budget per image under --rule."),
     rule: str = typer.Option("qwen2vl", "--rule", help="Token rule: qwen2vl, qwen-vl, llava, internvl."),
@@ -41,6 +41,9 @@ def shard_cmd(
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Local tokenizer.json or folder (the loader's): pre-tokenise each sample ({key}.ids.npy) and fill the index's text_tokens, so the loader does not tokenise at train time."),
     template: str = typer.Option("qwen2vl", "--template", help="Chat template of the pre-tokenised ids and text_tokens (with --tokenizer)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary."),
+    records_per_shard: Optional[int] = typer.Option(None, "--records-per-shard", help="Plan shards by input records: shard k holds the samples of records k*N..k*N+N-1, keys are record positions. Needed by --engine ray and s3:// output; gives the same bytes on any engine and storage."),
+    engine: str = typer.Option("local", "--engine", help="local (a process pool) or ray (tasks on a Ray cluster; needs --records-per-shard)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join with --engine ray: auto (default) or HOST:PORT."),
 ) -> None:
     """Write webdataset shards capped to a visual-token budget, with an index and a manifest."""
     from rich.console import Console
@@ -50,7 +53,8 @@ def shard_cmd(
     console = Console(stderr=True)
     kw = dict(max_res=max_res, max_image_tokens=max_image_tokens, rule=rule, samples_per_shard=samples_per_shard,
               max_shard_bytes=parse_size(max_shard_bytes), quality=quality, workers=workers, resume=resume,
-              tokenizer=tokenizer, template=template)
+              tokenizer=tokenizer, template=template, records_per_shard=records_per_shard, engine=engine,
+              ray_address=ray_address)
     if quiet:
         report = write_shards(inputs, images, out, **kw)
     else:

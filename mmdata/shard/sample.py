@@ -83,13 +83,18 @@ class SampleMaker:
     """Turns tasks into samples under fixed options; one instance per worker process."""
 
     def __init__(self, images_root: str | os.PathLike, spec: ResizeSpec, rule: Rule | None = None):
-        self.root = ImageRoot(images_root)
+        from mmdata import storage
+
+        self.remote = storage.is_remote(images_root)  # s3://...: images read through the storage seam
+        self.root = os.fspath(images_root).rstrip("/") if self.remote else ImageRoot(images_root)
         self.spec = spec
         self.rule = rule or spec.get_rule()
 
     def _resolve(self, p: str) -> str | None:
         if unsafe_path_reason(p) is not None or os.path.isabs(p):
             return None
+        if self.remote:  # no links on object storage: a relative key without '..' stays under the root
+            return f"{self.root}/{p}"
         return self.root.resolve(p)
 
     def make(self, task: Task) -> Sample | Reject:
@@ -113,8 +118,7 @@ class SampleMaker:
             if real is None:
                 return Reject("unsafe_path", f"{p!r} is absolute, has '..' or leaves the image root", sid)
             try:
-                with open(real, "rb") as f:
-                    data = f.read()
+                data = _read_image(real, self.remote)
             except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
                 return Reject("missing_image", f"no such file: {p}", sid)
             except OSError as e:
@@ -141,3 +145,13 @@ class SampleMaker:
             source=source if isinstance(source, str) else task.stem,
             record=clean,
         )
+
+
+def _read_image(path: str, remote: bool) -> bytes:
+    """The bytes of one source image, from a local file or through the storage seam (``s3://``)."""
+    if remote:
+        from mmdata import storage
+
+        return storage.read_bytes(path)
+    with open(path, "rb") as f:
+        return f.read()

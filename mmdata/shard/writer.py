@@ -10,6 +10,7 @@ The journal is removed once the manifest is written; resuming a finished folder 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
@@ -277,7 +278,7 @@ def _check_options(inputs: list[Path], images_root: Path, spec: ResizeSpec, samp
             raise InputError(p, "no such file")
         if p.is_dir():
             raise InputError(p, "is a directory, expected a JSON or JSON Lines file")
-    if not images_root.is_dir():
+    if not storage.isdir(images_root):
         raise InputError(images_root, "--images: no such directory")
 
 
@@ -375,7 +376,45 @@ def _os_error(e: OSError, out_dir: Path) -> WriteError:
     return WriteError(where, f"{e.strerror or e}")
 
 
-def write_shards(
+def write_shards(inputs: list[str | Path] | str | Path, images_root: str | Path, out_dir: str | Path,
+                 **kw: Any) -> ShardReport:
+    """Shard cleaned conversation files into ``out_dir`` (see ``_write_shards``). Inputs on object
+    storage (``s3://``) are first copied to a temporary folder under their own base names (the
+    manifest names inputs by base name, so the output does not change)."""
+    with _local_inputs([inputs] if isinstance(inputs, (str, Path)) else list(inputs)) as local:
+        return _write_shards(local, images_root, out_dir, **kw)
+
+
+@contextlib.contextmanager
+def _local_inputs(inputs: list[str | Path]) -> Iterator[list[str | Path]]:
+    remote = [p for p in inputs if storage.is_remote(p)]
+    if not remote:
+        yield inputs
+        return
+    import shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="mmdata-inputs-"))
+    try:
+        out: list[str | Path] = []
+        for i, p in enumerate(inputs):
+            if not storage.is_remote(p):
+                out.append(p)
+                continue
+            url = os.fspath(p)
+            if not storage.exists(url) or storage.isdir(url):
+                raise InputError(url, "no such file")
+            dst = tmp / str(i) / url.rstrip("/").rsplit("/", 1)[-1]
+            dst.parent.mkdir()
+            with storage.open_input(url) as src, open(dst, "wb") as f:
+                shutil.copyfileobj(src, f, 8 << 20)
+            out.append(dst)
+        yield out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_shards(
     inputs: list[str | Path] | str | Path,
     images_root: str | Path,
     out_dir: str | Path,
@@ -391,16 +430,28 @@ def write_shards(
     tokenizer: str | Path | None = None,
     template: str = "qwen2vl",
     progress: Callable[[int, int, int], None] | None = None,
+    records_per_shard: int | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> ShardReport:
     """Shard cleaned conversation files into ``out_dir`` (see docs/shard.md and CONTRACT s.3).
 
     Same inputs and options give byte-identical outputs whatever ``workers`` is; ``resume`` keeps
     the complete shards of a killed run and ends with the bytes an uninterrupted run gives.
     ``progress(records_done, samples, rejected)`` is called after each chunk of records.
+    ``records_per_shard`` plans the shards by input records instead (``mmdata.shard.planned``): the
+    only mode for ``engine="ray"`` and for an ``s3://`` ``out_dir``, and the same bytes on either.
     """
     t0 = time.perf_counter()
     inputs = [Path(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)]
-    images_root, out_dir = Path(images_root), Path(out_dir)
+    images_root = storage.as_path(images_root)  # an s3:// URL stays one (Path would collapse its '//')
+    if records_per_shard is not None or engine != "local" or storage.is_remote(out_dir):
+        return _write_planned(inputs, images_root, os.fspath(out_dir), t0, max_res=max_res,
+                              max_image_tokens=max_image_tokens, rule=rule, samples_per_shard=samples_per_shard,
+                              max_shard_bytes=max_shard_bytes, quality=quality, workers=workers, resume=resume,
+                              tokenizer=tokenizer, template=template, progress=progress,
+                              records_per_shard=records_per_shard, engine=engine, ray_address=ray_address)
+    out_dir = Path(out_dir)
     spec = ResizeSpec(rule=rule, max_res=max_res, max_image_tokens=max_image_tokens, quality=quality)
     _check_options(inputs, images_root, spec, samples_per_shard, max_shard_bytes, quality)
     workers = resolve_workers(workers)
@@ -453,3 +504,44 @@ def _run(sw: ShardWriter, resume: bool, inputs: list[Path], workers: int, init_a
     report.shards = list(sw.shards)
     report.bytes = sum(s.bytes for s in report.shards)
     return report
+
+
+def _write_planned(inputs: list[Path], images_root: Path, out: str, t0: float, *, max_res: int, max_image_tokens: int,
+                   rule: str, samples_per_shard: int | None, max_shard_bytes: int, quality: int, workers: int | None,
+                   resume: bool, tokenizer: str | Path | None, template: str,
+                   progress: Callable[[int, int, int], None] | None, records_per_shard: int | None, engine: str,
+                   ray_address: str | None) -> ShardReport:
+    """``write_shards`` with planned membership (``--records-per-shard``) on ``--engine local|ray``."""
+    from mmdata.engine import open_engine
+    from mmdata.shard.planned import write_planned_shards
+
+    if records_per_shard is None:
+        why = f"--engine {engine}" if engine != "local" else f"--out {out} (object storage)"
+        raise InputError(None, f"{why} needs --records-per-shard N: shards are then planned by input records, so "
+                               "any engine and any storage give the same bytes (the same flag locally gives them too)")
+    if samples_per_shard is not None:
+        raise InputError(None, "--samples-per-shard does not apply with --records-per-shard (a shard holds the "
+                               "samples of N input records)")
+    spec = ResizeSpec(rule=rule, max_res=max_res, max_image_tokens=max_image_tokens, quality=quality)
+    _check_options(inputs, images_root, spec, None, max_shard_bytes, quality)
+    tok_sha = _tokenizer_sha(tokenizer, template)
+    header = _run_header(inputs, spec, None, max_shard_bytes, tok_sha, template)
+    header["options"]["records_per_shard"] = records_per_shard
+    header["options"].pop("max_shard_bytes", None)  # not used: membership is by records
+    lock = contextlib.nullcontext()  # S3 has no lock: two runs into one s3:// prefix are not prevented
+    if not storage.is_remote(out):
+        _check_own_outputs(inputs, images_root, Path(out))
+        _make_out_dir(Path(out))
+        lock = hold_lock(Path(out))
+    with lock, open_engine(engine, workers=workers, ray_address=ray_address) as eng:
+        manifest, kept, _ = write_planned_shards(
+            inputs, images_root, out, spec=spec, records_per_shard=records_per_shard, header=header,
+            tokenizer=None if tokenizer is None else str(tokenizer), template=template, resume=resume,
+            engine=eng, progress=progress)
+    shards = [ShardInfo(**s) for s in manifest["shards"]]
+    return ShardReport(
+        out_dir=out if storage.is_remote(out) else Path(out), records=manifest["samples"] + manifest["rejected"],
+        samples=manifest["samples"], rejected=manifest["rejected"], images=manifest["images"],
+        passthrough=manifest["passthrough_images"], image_tokens=manifest["image_tokens"],
+        bytes=sum(s.bytes for s in shards), shards=shards, reasons=dict(manifest["reject_reasons"]),
+        resumed_shards=kept, seconds=time.perf_counter() - t0, text_tokens=tok_sha is not None)

@@ -16,10 +16,11 @@ from typing import BinaryIO
 
 from mmdata.storage.base import Backend, StorageError, WriteError
 from mmdata.storage.local import to_path
+from mmdata.storage.urlpath import UrlPath, as_path
 
 __all__ = ["Backend", "StorageError", "WriteError", "is_remote", "join", "open_input", "read_range", "read_bytes",
            "size", "exists", "isdir", "listdir", "makedirs", "remove", "atomic_output", "local_path",
-           "backend_for", "REGISTRY"]
+           "backend_for", "REGISTRY", "UrlPath", "as_path", "arrow_source"]
 
 # scheme -> "module:Class", imported on first use (s3.py may not exist on every branch)
 REGISTRY: dict[str, str] = {
@@ -111,3 +112,11 @@ def remove(url: str | os.PathLike) -> None:
 def atomic_output(url: str | os.PathLike) -> AbstractContextManager[BinaryIO]:
     """A binary writer visible under ``url`` only when the with-block exits cleanly."""
     return backend_for(url).atomic_output(os.fspath(url))
+
+
+def arrow_source(url: str | os.PathLike) -> tuple[str, object | None]:
+    """``(path, filesystem)`` for pyarrow readers (``pyarrow.dataset.dataset(path, filesystem=fs)``):
+    a local path and None, or the remote backend's own pyarrow filesystem (same endpoint and keys)."""
+    if not is_remote(url):
+        return str(to_path(url)), None
+    return backend_for(url).arrow_source(os.fspath(url))  # type: ignore[attr-defined]
