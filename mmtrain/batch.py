@@ -43,13 +43,20 @@ def concat_rows(rows: list[dict]) -> dict:
         "cu_seqlens": torch.tensor(cu_log, dtype=torch.int32),
         "cu_seqlens_padded": torch.tensor(cu_pad, dtype=torch.int32),
         "max_seqlen": max(int(r["max_seqlen"]) for r in rows),
-        "pixel_values": torch.cat([r["pixel_values"] for r in rows], 0),
+        **_pixels(rows),
         "image_grid_thw": torch.cat([r["image_grid_thw"].reshape(-1, 3) for r in rows], 0),
         "num_real_tokens": sum(real_tokens(r) for r in rows),
     }
     if all("attention_mask" in r for r in rows):
         out["attention_mask"] = torch.cat([r["attention_mask"] for r in rows], 1)
     return out
+
+
+def _pixels(rows: list[dict]) -> dict:
+    """The rows' images (``pixel_dtype="images"``: flat uint8, patched on the device) or pixel rows, in order."""
+    if all("images" in r for r in rows):
+        return {"images": torch.cat([r["images"].reshape(-1) for r in rows], 0)}
+    return {"pixel_values": torch.cat([r["pixel_values"] for r in rows], 0)}
 
 
 def real_tokens(row: dict) -> int:
@@ -103,6 +110,11 @@ MODEL_KEYS = ("input_ids", "labels", "position_ids", "cu_seqlens", "cu_seqlens_p
 def to_device(row: dict, device: torch.device) -> dict:
     """The keys the model reads, on the device; segment bounds and the grid stay on the host."""
     out = {}
+    if "images" in row and "pixel_values" not in row:  # decoded images: the patch rows are made on the device
+        from mmdata.loader import pixel_values_from_images
+
+        images = row["images"].to(device, non_blocking=True)
+        out["pixel_values"] = pixel_values_from_images(images, row["image_grid_thw"], normalize=False)
     for k in MODEL_KEYS:
         v = row.get(k)
         if v is None:

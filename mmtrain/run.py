@@ -67,7 +67,7 @@ class TrainResult:
 # ------------------------------------------------------------------------------------------- setup
 
 
-def loader_data(args: TrainArgs, rank: int, world_size: int, pixel_dtype: str = "uint8") -> Data:
+def loader_data(args: TrainArgs, rank: int, world_size: int, pixel_dtype: str = "images") -> Data:
     """The real stream: mmdata's PackedLoader over the shard folders, with its tokenizer. Pixels travel as
     uint8 (4x fewer bytes through workers, pinned memory and the host-to-device copy) and the model
     normalises them on its device with the loader's own arithmetic (the same values as float32 rows)."""

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from loader_helpers import make_records, write_shards
+
 from mmdata.errors import InputError, MMDataError
+from mmtrain.batch import to_device
 from mmtrain.run import TrainArgs, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,9 +162,12 @@ def test_uint8_pixels_normalised_on_the_device_match_float32_rows(shards, tmp_pa
     with torch.no_grad():
         a, b = model.token_losses(rows["float32"]), model.token_losses(rows["uint8"])
     torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
-    data = loader_data(_args(shards, seq_len=256), 0, 1)  # what mmtrain streams: uint8
-    assert next(iter(data.loader))["pixel_values"].dtype == torch.uint8
+    data = loader_data(_args(shards, seq_len=256), 0, 1)  # what mmtrain streams: decoded images, uint8
+    row = next(iter(data.loader))
     data.loader.close()
+    assert "pixel_values" not in row and row["images"].dtype == torch.uint8
+    # patched where the model runs (to_device), they are the uint8 rows bit for bit
+    assert torch.equal(to_device(row, torch.device("cpu"))["pixel_values"], rows["uint8"]["pixel_values"])
 
 
 def test_a_tokenizer_path_that_is_not_a_tokenizer_is_an_input_error(shards, tmp_path):
