@@ -137,7 +137,7 @@ def scan(root: Path) -> list[Edge]:
 
 
 def room_edges(edges: list[Edge]) -> dict[tuple[str, str], dict[str, list[Edge]]]:
-    """(src room, dst room) -> kind -> the module-level imports behind that arrow (self-arrows dropped)."""
+    """(src room, dst room) -> kind -> the imports behind that arrow (self-arrows dropped)."""
     out: dict[tuple[str, str], dict[str, list[Edge]]] = defaultdict(lambda: defaultdict(list))
     for e in edges:
         a, b = room_of(e.src), room_of(e.dst)
