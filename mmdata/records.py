@@ -34,6 +34,7 @@ __all__ = [
 ]
 
 from mmdata.text.tokens import IMAGE_TAG as IMAGE_TOKEN  # noqa: E402  (one spelling: mmdata.text.tokens)
+from mmdata.text.tokens import CHAT_ROLES, OUT_ROLES, ROLES  # noqa: E402  (the role maps: one place, re-exported)
 
 # The most characters a record's turns may hold (stripped values, system included): a 200 MB record
 # passes JSON parsing but takes tens of GB to tokenise and pack; a book-length turn is ~1M characters.
@@ -57,11 +58,6 @@ REASONS = (
     "orphan_annotation",
 )
 
-# Input role -> clean role (CONTRACT s.1), and clean role -> the messages shape's role.
-ROLES = {"human": "human", "gpt": "gpt", "user": "human", "assistant": "gpt"}
-OUT_ROLES = {"human": "user", "gpt": "assistant"}
-# Input role -> chat-template role (what a tokenizer's chat template calls it), system included.
-CHAT_ROLES = {**{r: OUT_ROLES[c] for r, c in ROLES.items()}, "system": "system"}
 _SEP = re.compile(r"[\\/]")
 
 # Keys each input shape consumes (everything else is kept, in input order, after the conversation).

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mmdata.format.names import MANIFEST
 from mmdata.errors import InputError
 
 MODEL_NAMES = ("tiny", "100m", "0.5b", "1b", "2b")
@@ -69,7 +70,7 @@ def check_shards(shards: list[str]) -> None:
         if storage.is_remote(s):  # one request each; a bad endpoint, key or bucket fails here in seconds
             if not storage.isdir(s):
                 raise InputError(s, "shards folder not found")
-            if not storage.exists(storage.join(s, "manifest.json")):
+            if not storage.exists(storage.join(s, MANIFEST)):
                 raise InputError(s, "no manifest.json here (expected the output folder of `mmdata shard`)")
             continue
         p = Path(s)
@@ -77,7 +78,7 @@ def check_shards(shards: list[str]) -> None:
             raise InputError(p, "--shards takes the shard folder (holding index.parquet), not a file in it")
         if not p.is_dir():
             raise InputError(p, "shards folder not found")
-        if not (p / "manifest.json").is_file() and not any(p.glob("*.tar")):
+        if not (p / MANIFEST).is_file() and not any(p.glob("*.tar")):
             raise InputError(p, "no shards here (expected manifest.json and shard-*.tar from `mmdata shard`)")
 
 
@@ -166,9 +167,6 @@ def validate_profile(args: TrainArgs, world_size: int) -> None:
 
 def cache_limit_bytes(text: str) -> int:
     """``--cache-limit`` in bytes (the syntax of ``--max-shard-bytes``: 10GB, 500MB, 512MiB)."""
-    from mmdata.shard.command import parse_size
+    from mmdata.units import parse_size
 
-    try:
-        return parse_size(text)
-    except InputError:
-        raise InputError(None, f"--cache-limit: cannot read {text!r} (use e.g. 10GB, 500MB, 512MiB)") from None
+    return parse_size(text, "--cache-limit")

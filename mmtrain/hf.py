@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from mmdata.format.names import MANIFEST
 from mmdata.errors import InputError
 from mmtrain.model import ModelConfig, TextConfig, VisionConfig
 
@@ -341,7 +342,7 @@ def check_shards_fit(shards: list[str], folder: Path) -> None:
     factor = proc["patch_size"] * proc["merge_size"]
     pre = folder / "preprocessor_config.json"
     for s in shards:
-        m = Path(s) / "manifest.json"
+        m = Path(s) / MANIFEST
         if not m.is_file():
             continue
         try:

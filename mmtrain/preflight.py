@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+from mmdata.format.names import MANIFEST
 from mmdata.errors import InputError
 
 BYTES_PER_PARAM = 12  # fp32 weights + AdamW's two fp32 moments
@@ -66,7 +67,7 @@ def shard_file_problems(folder: str | Path) -> tuple[list[str], dict]:
 
     folder = Path(folder)
     try:
-        man = read_manifest(folder / "manifest.json")
+        man = read_manifest(folder / MANIFEST)
     except Exception as e:
         return [f"{folder / 'manifest.json'}: {getattr(e, 'message', None) or e}"], {}
     probs = [] if man.get("format") == FORMAT else [f"{folder / 'manifest.json'}: not an mmdata shard manifest"]
@@ -90,6 +91,6 @@ def check_shard_files(folders: list[str]) -> None:
     from mmdata.loader.lengths import check_shards, read_index
 
     for folder in folders:
-        if not (Path(folder) / "manifest.json").is_file():
+        if not (Path(folder) / MANIFEST).is_file():
             continue  # a folder of bare tars: the loader reads what is there
         check_shards(read_index(folder))

@@ -119,7 +119,7 @@ def test_mmtrain_trains_from_s3_with_cache_flags(sets, s3env, tmp_path):
 def test_mmtrain_s3_errors_are_one_line(sets, s3env, tmp_path):
     _, url = sets
     p = _mmtrain("--shards", url, "--max-steps", "1", "--cache-limit", "lots", env=dict(os.environ))
-    assert p.returncode == 2 and p.stderr.strip() == "error: --cache-limit: cannot read 'lots' (use e.g. 10GB, 500MB, 512MiB)"
+    assert p.returncode == 2 and p.stderr.strip() == "error: --cache-limit: cannot read 'lots' (use e.g. 1GB, 500MB, 512MiB, 1000000)"
     p = _mmtrain("--shards", "s3://no-bucket/set", "--max-steps", "1", env=dict(os.environ))
     assert p.returncode == 2
     assert p.stderr.strip().startswith("error: s3://no-bucket/set: bucket 'no-bucket' does not exist")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 
 from scripts.import_floors import Edge, look, room_of
 
@@ -47,8 +46,6 @@ def test_no_module_imports_itself_back_at_module_level():
     assert look(ROOT).module_cycles == []
 
 
-@pytest.mark.xfail(strict=True, reason="records -> text.tokens (IMAGE_TAG) and text.templates -> records "
-                                      "(CHAT_ROLES): a room-level cycle; drop this mark once one side owns both")
 def test_no_room_cycles():
     assert look(ROOT).cycles == []
 

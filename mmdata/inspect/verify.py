@@ -139,7 +139,7 @@ def _task_rule(task: ShardTask):
     if not task.options.get("rule"):
         return None
     try:
-        from mmdata.rules import get_rule
+        from mmdata.models.rules import get_rule
 
         return get_rule(task.options["rule"])
     except ValueError:

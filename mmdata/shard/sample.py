@@ -16,7 +16,7 @@ from typing import Any
 from mmdata.format.sample import ImageMeta, ShardSample
 from mmdata.images import ImageError, ImageRoot
 from mmdata.records import normalize, unsafe_path_reason, validate_record
-from mmdata.rules import Rule
+from mmdata.models.rules import Rule
 from mmdata.shard.resize import ResizeSpec, resize_image
 from mmdata.text.tokens import IMAGE_TAG, text_chars
 

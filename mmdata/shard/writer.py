@@ -32,7 +32,7 @@ from mmdata.format.writer import ShardWriter
 from mmdata.storage.base import WriteError
 from mmdata.io import iter_json_records
 from mmdata.procs import die_with_parent, resolve_workers
-from mmdata.rules import RULES
+from mmdata.models.rules import RULES
 from mmdata.shard.resize import ResizeSpec, created_with
 from mmdata.shard.sample import Reject, Sample, SampleMaker, Task
 from mmdata.models.qwen2vl import DEFAULT_MAX_IMAGE_TOKENS

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mmdata.errors import InputError, MMDataError
-from mmdata.records import CHAT_ROLES
+from mmdata.text.tokens import CHAT_ROLES
 from mmdata.text.tokenizer import TextTokenizer
 from mmdata.text.tokens import (
     IM_END,

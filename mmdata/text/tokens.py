@@ -17,6 +17,12 @@ VISION_END = "<|vision_end|>"
 IMAGE_PAD = "<|image_pad|>"
 VIDEO_PAD = "<|video_pad|>"
 
+# Input role -> clean role (CONTRACT s.1), and clean role -> the messages shape's role.
+ROLES = {"human": "human", "gpt": "gpt", "user": "human", "assistant": "gpt"}
+OUT_ROLES = {"human": "user", "gpt": "assistant"}
+# Input role -> chat-template role (what a tokenizer's chat template calls it), system included.
+CHAT_ROLES = {**{r: OUT_ROLES[c] for r, c in ROLES.items()}, "system": "system"}
+
 
 def text_chars(values: Iterable[str]) -> int:
     """Characters of the turn values with every ``<image>`` removed (the index's ``text_chars``)."""
