@@ -11,7 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import NamedTuple
 
-from mmdata.clean.pool import worker_pool
+from mmdata.clean.pool import ray_active, worker_pool
 from mmdata.images import DEFAULT_MAX_PIXELS, ImageError, ImageRoot, verify_image_bytes
 from mmdata.records import unsafe_path_reason
 
@@ -114,7 +114,8 @@ class ImageChecker:
         self.checked = 0
         self._pending: list[str] = []
         self._inflight: dict[Future, list[str]] = {}
-        self._own = pool is None and self.workers > 1  # a pool of our own, started at the first chunk
+        # a pool of our own, started at the first chunk (always on Ray: the checks run on the cluster)
+        self._own = pool is None and (self.workers > 1 or ray_active())
         self._pool = pool
 
     def close(self) -> None:
@@ -167,7 +168,7 @@ class ImageChecker:
                 self._store(chunk, check_real(chunk, self.max_pixels))
                 return
             self._pool = worker_pool(self.workers)  # only now: a text-only run never forks
-        while len(self._inflight) >= 3 * self.workers:  # back-pressure: keep the queue short
+        while len(self._inflight) >= 3 * max(self.workers, 2):  # back-pressure: keep the queue short
             self.wait_some()
         fut = self._pool.submit(check_real, chunk, self.max_pixels)
         self._inflight[fut] = chunk

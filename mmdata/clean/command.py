@@ -36,11 +36,22 @@ _INPUT_FORMAT = typer.Option("auto", "--input-format",
 _QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars and no summary.")
 _MAX_TEXT = typer.Option(DEFAULT_MAX_TEXT_CHARS, "--max-text-chars",
                          help="Reject records whose turns hold more characters (text_too_long).")
+_ENGINE = typer.Option("local", "--engine", help="local (a process pool) or ray (image checks as tasks on a "
+                       "running Ray cluster; the same output bytes).")
+_RAY_ADDRESS = typer.Option(None, "--ray-address", help="Ray cluster to join with --engine ray: auto (default) or HOST:PORT.")
 _REKEY = typer.Option(False, "--rekey", help="Make a repeated id unique as <id>-<n> (counted in the report) "
                       "instead of rejecting it as duplicate_id.")
 
 
-def _run(quiet: bool, fn: Callable[..., CleanReport], **kw) -> None:
+def _run(quiet: bool, fn: Callable[..., CleanReport], engine: str = "local", ray_address: str | None = None,
+         **kw) -> None:
+    from mmdata.clean.pool import clean_engine
+
+    with clean_engine(engine, ray_address):
+        _run_here(quiet, fn, **kw)
+
+
+def _run_here(quiet: bool, fn: Callable[..., CleanReport], **kw) -> None:
     if quiet:  # no rich at all: its import is a tenth of a quiet run's fixed cost
         fn(**kw)
         return
@@ -100,12 +111,14 @@ def llava_cmd(
     input_format: str = _INPUT_FORMAT,
     max_text_chars: int = _MAX_TEXT,
     rekey: bool = _REKEY,
+    engine: str = _ENGINE,
+    ray_address: str | None = _RAY_ADDRESS,
     quiet: bool = _QUIET,
 ) -> None:
     """Clean LLaVA / ShareGPT records, or the messages shape of LLaMA-Factory and MindSpeed-MM."""
     from mmdata.clean.sources.llava import clean_llava
 
-    _run(quiet, clean_llava, input_path=input, images_root=images, out_path=out, rejects_path=rejects,
+    _run(quiet, clean_llava, engine, ray_address, input_path=input, images_root=images, out_path=out, rejects_path=rejects,
          report_path=report, min_side=min_side, max_aspect=max_aspect, max_pixels=max_pixels, workers=workers,
          out_format=out_format, input_format=input_format, max_text_chars=max_text_chars, rekey=rekey)
 
@@ -124,13 +137,15 @@ def coco_cmd(
     prompts: Path | None = _PROMPTS,
     workers: int | None = _WORKERS,
     out_format: str = _OUT_FORMAT,
+    engine: str = _ENGINE,
+    ray_address: str | None = _RAY_ADDRESS,
     quiet: bool = _QUIET,
 ) -> None:
     """Clean a COCO captions file into one conversation per image (or per caption)."""
     from mmdata.clean.sources.coco import clean_coco
     from mmdata.clean.prompts import load_prompts
 
-    _run(quiet, clean_coco, captions_path=captions, images_root=images, out_path=out, rejects_path=rejects,
+    _run(quiet, clean_coco, engine, ray_address, captions_path=captions, images_root=images, out_path=out, rejects_path=rejects,
          report_path=report, per_caption=per_caption, prompts=load_prompts(prompts) if prompts else None,
          min_side=min_side, max_aspect=max_aspect, max_pixels=max_pixels, workers=workers, out_format=out_format)
 
@@ -151,12 +166,14 @@ def hf_cmd(
     max_text_chars: int = _MAX_TEXT,
     rekey: bool = _REKEY,
     rows: int = typer.Option(256, "--rows", help="Parquet rows read at a time (memory, not output)."),
+    engine: str = _ENGINE,
+    ray_address: str | None = _RAY_ADDRESS,
     quiet: bool = _QUIET,
 ) -> None:
     """Clean a Hugging Face parquet dataset with embedded images; then `mmdata shard OUT --images OUT.images`."""
     from mmdata.clean.sources.hf import clean_hf
 
-    _run(quiet, clean_hf, input_path=input, out_path=out, images_store=images_store, rejects_path=rejects,
+    _run(quiet, clean_hf, engine, ray_address, input_path=input, out_path=out, images_store=images_store, rejects_path=rejects,
          report_path=report, min_side=min_side, max_aspect=max_aspect, max_pixels=max_pixels, workers=workers,
          out_format=out_format, max_text_chars=max_text_chars, rekey=rekey, rows=rows)
 

@@ -28,7 +28,7 @@ from mmdata.clean.engine import (
     structure_span,
 )
 from mmdata.clean.fastread import NotFast, iter_spans
-from mmdata.clean.pool import worker_pool
+from mmdata.clean.pool import ray_active, worker_pool
 from mmdata.clean.report import CleanReport, Sink, default_paths
 from mmdata.errors import InputError
 from mmdata.images import DEFAULT_MAX_PIXELS
@@ -78,7 +78,7 @@ def clean_llava(
     # A small input is parsed in this process (starting workers and moving batches costs more than it
     # saves); image checks still get a pool of their own, started only if an image is met.
     small = input_path.stat().st_size <= _INLINE_BYTES
-    pool = worker_pool(nworkers) if nworkers > 1 and not small else None
+    pool = worker_pool(nworkers) if nworkers > 1 and not small and not ray_active() else None
     report = CleanReport(kind="llava", source=input_path.name, out=str(out_path), rejects=str(rejects_path),
                          report=str(report_path),
                          options={"min_side": min_side, "max_aspect": max_aspect, "max_pixels": max_pixels,
