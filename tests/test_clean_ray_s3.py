@@ -54,3 +54,66 @@ def test_cli_unknown_engine(data, tmp_path):
     p = subprocess.run([*MMDATA, "clean", "llava", str(src), "--images", str(img), "--out", str(tmp_path / "o.jsonl"),
                         "--engine", "spark", "-q"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "--engine: unknown engine 'spark'" in p.stderr
+
+
+@pytest.fixture(scope="module")
+def server():
+    from s3_server import moto_s3
+
+    with moto_s3() as s:
+        yield s
+
+
+@pytest.fixture
+def s3(server, data, monkeypatch):
+    """The S3 variables set, and the LLaVA file and its images uploaded under s3://bucket/in and /images."""
+    for k, v in server.env().items():
+        monkeypatch.setenv(k, v)
+    src, img, _ = data
+    c = server.client()
+    c.put_object(Bucket=server.bucket, Key=f"in/{src.name}", Body=src.read_bytes())
+    for f in sorted(img.rglob("*")):
+        if f.is_file():
+            c.put_object(Bucket=server.bucket, Key=f"images/{f.relative_to(img).as_posix()}", Body=f.read_bytes())
+    return server
+
+
+def _objects(server, prefix: str) -> dict[str, bytes]:
+    c = server.client()
+    keys = [o["Key"] for o in c.list_objects_v2(Bucket=server.bucket, Prefix=prefix).get("Contents", [])]
+    return {k.rsplit("/", 1)[1]: c.get_object(Bucket=server.bucket, Key=k)["Body"].read() for k in keys}
+
+
+def test_clean_on_s3_gives_the_local_bytes(s3, data):
+    src, _, want = data
+    b = s3.bucket
+    report = clean_llava(f"s3://{b}/in/{src.name}", f"s3://{b}/images", f"s3://{b}/clean/out.jsonl", workers=2)
+    assert report.written > 0 and report.by_reason["missing_image"] == 1 and report.by_reason["unsafe_path"] == 2
+    assert _objects(s3, "clean/") == want
+    assert not s3.client().list_multipart_uploads(Bucket=b).get("Uploads")
+
+
+def test_cli_clean_on_s3_local_input_and_explicit_rejects(s3, data, tmp_path):
+    """The CLI with a local input, images on S3, OUT on S3 and the rejects local: the bytes of a local CLI run."""
+    src, img, _ = data
+    b = s3.bucket
+    local = tmp_path / "local"
+    p = subprocess.run([*MMDATA, "clean", "llava", str(src), "--images", str(img), "--out", str(local / "out.jsonl"), "-q"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    p = subprocess.run([*MMDATA, "clean", "llava", str(src), "--images", f"s3://{b}/images",
+                        "--out", f"s3://{b}/cli/out.jsonl", "--rejects", str(tmp_path / "out.rejects.jsonl"), "-q"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert _objects(s3, "cli/") == {n: (local / n).read_bytes() for n in ("out.jsonl", "out.report.json")}
+    assert (tmp_path / "out.rejects.jsonl").read_bytes() == (local / "out.rejects.jsonl").read_bytes()
+
+
+def test_cli_clean_missing_s3_input_one_line(s3, data):
+    _, img, _ = data
+    b = s3.bucket
+    p = subprocess.run([*MMDATA, "clean", "llava", f"s3://{b}/in/nope.jsonl", "--images", str(img),
+                        "--out", f"s3://{b}/x/out.jsonl", "-q"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.strip() == f"error: s3://{b}/in/nope.jsonl: no such object"
+    assert not _objects(s3, "x/")

@@ -17,8 +17,8 @@ __all__ = ["register"]
 clean_app = typer.Typer(help="Check and normalise raw data into conversation JSON; every record ends in OUT or the rejects file.",
                         no_args_is_help=True)
 
-_IMAGES = typer.Option(..., "--images", help="Root folder the image paths are relative to.")
-_OUT = typer.Option(..., "--out", help="Output: .json (one JSON array) or .jsonl (JSON Lines).")
+_IMAGES = typer.Option(..., "--images", help="Root folder (or s3://bucket/prefix) the image paths are relative to.")
+_OUT = typer.Option(..., "--out", help="Output: .json (one JSON array) or .jsonl (JSON Lines); local or s3://.")
 _REJECTS = typer.Option(None, "--rejects", help="Rejects (JSON Lines). Default: OUT.rejects.jsonl.")
 _REPORT = typer.Option(None, "--report", help="Report (JSON). Default: OUT.report.json.")
 _MIN_SIDE = typer.Option(28, "--min-side", help="Reject images whose shorter side is smaller (after EXIF).")
@@ -98,11 +98,11 @@ def _summary(console, report: CleanReport, seconds: float) -> None:
 
 @clean_app.command("llava")
 def llava_cmd(
-    input: Path = _INPUT,
-    images: Path = _IMAGES,
-    out: Path = _OUT,
-    rejects: Path | None = _REJECTS,
-    report: Path | None = _REPORT,
+    input: str = _INPUT,
+    images: str = _IMAGES,
+    out: str = _OUT,
+    rejects: str | None = _REJECTS,
+    report: str | None = _REPORT,
     min_side: int = _MIN_SIDE,
     max_aspect: float = _MAX_ASPECT,
     max_pixels: int = _MAX_PIXELS,
@@ -125,11 +125,11 @@ def llava_cmd(
 
 @clean_app.command("coco")
 def coco_cmd(
-    captions: Path = _CAPTIONS,
-    images: Path = _IMAGES,
-    out: Path = _OUT,
-    rejects: Path | None = _REJECTS,
-    report: Path | None = _REPORT,
+    captions: str = _CAPTIONS,
+    images: str = _IMAGES,
+    out: str = _OUT,
+    rejects: str | None = _REJECTS,
+    report: str | None = _REPORT,
     min_side: int = _MIN_SIDE,
     max_aspect: float = _MAX_ASPECT,
     max_pixels: int = _MAX_PIXELS,
@@ -152,12 +152,12 @@ def coco_cmd(
 
 @clean_app.command("hf")
 def hf_cmd(
-    input: Path = typer.Argument(..., help="A parquet file, or a folder of them (LLaVA-OneVision-Data or the_cauldron layout)."),
-    out: Path = _OUT,
-    images_store: Path | None = typer.Option(None, "--images-store",
+    input: str = typer.Argument(..., help="A parquet file, or a folder of them (LLaVA-OneVision-Data or the_cauldron layout)."),
+    out: str = _OUT,
+    images_store: str | None = typer.Option(None, "--images-store",
                                              help="Where the embedded images are written, by content (default: OUT.images beside OUT)."),
-    rejects: Path | None = _REJECTS,
-    report: Path | None = _REPORT,
+    rejects: str | None = _REJECTS,
+    report: str | None = _REPORT,
     min_side: int = _MIN_SIDE,
     max_aspect: float = _MAX_ASPECT,
     max_pixels: int = _MAX_PIXELS,
