@@ -117,3 +117,32 @@ def test_cli_clean_missing_s3_input_one_line(s3, data):
     assert p.returncode == 2
     assert p.stderr.strip() == f"error: s3://{b}/in/nope.jsonl: no such object"
     assert not _objects(s3, "x/")
+
+
+def test_clean_hf_on_s3_gives_the_local_bytes_and_store(s3, tmp_path):
+    """A parquet folder on S3 -> OUT, rejects, report and the images store on S3: the local run's bytes."""
+    from test_clean_hf import ONEVISION, onevision_rows, write
+
+    from mmdata.clean import clean_hf
+
+    (tmp_path / "ov").mkdir()
+    src = write(tmp_path / "ov" / "part-0.parquet", onevision_rows(), ONEVISION)
+    local = tmp_path / "local"
+    clean_hf(tmp_path / "ov", local / "clean.jsonl", workers=1, rows=2)
+    b = s3.bucket
+    s3.client().put_object(Bucket=b, Key="hf/ov/part-0.parquet", Body=src.read_bytes())
+    clean_hf(f"s3://{b}/hf/ov", f"s3://{b}/hfout/clean.jsonl", workers=2, rows=2)
+    c = s3.client()
+    keys = [o["Key"] for o in c.list_objects_v2(Bucket=b, Prefix="hfout/").get("Contents", [])]
+    got = {k[len("hfout/"):]: c.get_object(Bucket=b, Key=k)["Body"].read() for k in keys}
+    want = {f.relative_to(local).as_posix(): f.read_bytes() for f in local.rglob("*") if f.is_file()}
+    assert len(want) == 3 + 4  # OUT, rejects, report and four images in the store
+    assert got == want
+
+
+def test_ray_workers_read_s3_images_with_the_driver_credentials(ray_cluster, s3, data):
+    src, _, want = data
+    b = s3.bucket
+    with clean_engine("ray", ray_cluster.address):
+        clean_llava(f"s3://{b}/in/{src.name}", f"s3://{b}/images", f"s3://{b}/rayclean/out.jsonl", workers=2)
+    assert _objects(s3, "rayclean/") == want
