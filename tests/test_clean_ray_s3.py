@@ -146,3 +146,24 @@ def test_ray_workers_read_s3_images_with_the_driver_credentials(ray_cluster, s3,
     with clean_engine("ray", ray_cluster.address):
         clean_llava(f"s3://{b}/in/{src.name}", f"s3://{b}/images", f"s3://{b}/rayclean/out.jsonl", workers=2)
     assert _objects(s3, "rayclean/") == want
+
+
+def test_clean_coco_on_s3_gives_the_local_bytes(s3, data, tmp_path):
+    """A COCO captions file and its images on S3 (one missing, one broken): the local run's bytes."""
+    import json
+
+    from mmdata.clean import clean_coco
+
+    _, img, _ = data
+    names = ["p0.jpg", "p1.jpg", "broken.jpg", "missing.jpg", "./p2.jpg"]
+    caps = {"images": [{"id": i, "file_name": n} for i, n in enumerate(names)],
+            "annotations": [{"id": 10 + i, "image_id": i, "caption": f"A photo {i}."} for i in range(len(names))]}
+    src = tmp_path / "captions_val.json"
+    src.write_text(json.dumps(caps))
+    local = tmp_path / "local"
+    clean_coco(src, img, local / "out.json", workers=1)
+    b = s3.bucket
+    s3.client().put_object(Bucket=b, Key="coco/captions_val.json", Body=src.read_bytes())
+    rep = clean_coco(f"s3://{b}/coco/captions_val.json", f"s3://{b}/images", f"s3://{b}/cocoout/out.json", workers=2)
+    assert rep.by_reason["missing_image"] == 1 and rep.by_reason["unreadable_image"] == 1
+    assert _objects(s3, "cocoout/") == {f.name: f.read_bytes() for f in local.iterdir()}
