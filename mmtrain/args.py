@@ -92,6 +92,12 @@ def validate(args: TrainArgs, world_size: int) -> None:
     def bad(msg: str) -> None:
         raise InputError(None, msg)
 
+    from mmdata.storage import is_remote
+
+    for flag, where in (("--save", args.save), ("--load", args.load)):
+        if where and is_remote(where):
+            bad(f"{flag} {where}: object storage is not supported for checkpoints yet; give a local or "
+                "shared file system folder (and copy it to object storage afterwards)")
     cache_limit_bytes(args.cache_limit)
 
     if args.model not in MODEL_NAMES and not Path(args.model).expanduser().is_dir():

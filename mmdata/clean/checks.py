@@ -7,15 +7,18 @@ draft), image_too_small and bad_aspect_ratio (after EXIF orientation, applied wh
 
 from __future__ import annotations
 
+import os
+import posixpath
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import NamedTuple
 
-from mmdata.clean.pool import worker_pool
+from mmdata import storage
+from mmdata.clean.pool import ray_active, worker_pool
 from mmdata.images import DEFAULT_MAX_PIXELS, ImageError, ImageRoot, verify_image_bytes
 from mmdata.records import unsafe_path_reason
 
-__all__ = ["ImageChecker", "Verdict", "check_bytes", "check_paths", "check_real"]
+__all__ = ["ImageChecker", "Verdict", "check_bytes", "check_paths", "check_real", "check_urls"]
 
 
 class Verdict(NamedTuple):
@@ -79,6 +82,27 @@ def check_real(reals: list[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> list[V
     return out
 
 
+def check_urls(urls: list[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Verdict]:
+    """`check_real` for objects on remote storage (``s3://bucket/images/key``), read through
+    ``mmdata.storage`` (a Ray worker gets the driver's credentials). An endpoint or credentials
+    failure is the run's error, not a verdict."""
+    _init_worker(max_pixels)
+    out: list[Verdict] = []
+    for url in urls:
+        try:
+            data = storage.read_bytes(url)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            out.append(Verdict("missing_image", "no such file", 0, 0))
+            continue
+        except storage.StorageError:
+            raise
+        except OSError as e:
+            out.append(Verdict("unreadable_image", f"cannot read: {e.strerror or e}", 0, 0))
+            continue
+        out.append(check_bytes(data, max_pixels))
+    return out
+
+
 def check_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Verdict:
     """The verdict of image bytes (a full decode; size rules are the checker's)."""
     try:
@@ -101,8 +125,12 @@ class ImageChecker:
     def __init__(self, root: str, *, workers: int, min_side: int, max_aspect: float,
                  max_pixels: int = DEFAULT_MAX_PIXELS, on_done: Callable[[int], None] | None = None,
                  pool: ProcessPoolExecutor | None = None):
-        self.home = ImageRoot(root)
-        self.root = self.home.real
+        # On object storage there are no links: a relative key without '..' (refused by the lexical
+        # test) stays under the prefix, so containment needs no file system.
+        self.remote = storage.is_remote(root)
+        self.home = None if self.remote else ImageRoot(root)
+        self.root = os.fspath(root).rstrip("/") if self.remote else self.home.real  # type: ignore[union-attr]
+        self._check = check_urls if self.remote else check_real
         self._by_real: dict[str, Verdict] = {}  # real path -> verdict (detail without the path)
         self._names: dict[str, list[str]] = {}  # real path in flight -> the paths as written that wait on it
         self.workers = max(1, workers)
@@ -114,7 +142,8 @@ class ImageChecker:
         self.checked = 0
         self._pending: list[str] = []
         self._inflight: dict[Future, list[str]] = {}
-        self._own = pool is None and self.workers > 1  # a pool of our own, started at the first chunk
+        # a pool of our own, started at the first chunk (always on Ray: the checks run on the cluster)
+        self._own = pool is None and (self.workers > 1 or ray_active())
         self._pool = pool
 
     def close(self) -> None:
@@ -139,7 +168,7 @@ class ImageChecker:
         if why is not None:
             self.cache[path] = Verdict("unsafe_path", why, 0, 0)
             return
-        real = self.home.resolve(path)
+        real = f"{self.root}/{posixpath.normpath(path)}" if self.home is None else self.home.resolve(path)
         if real is None:
             self.cache[path] = Verdict("unsafe_path", f"{path}: {_ESCAPES}", 0, 0)
             return
@@ -164,12 +193,12 @@ class ImageChecker:
         chunk, self._pending = self._pending, []
         if self._pool is None:
             if not self._own:
-                self._store(chunk, check_real(chunk, self.max_pixels))
+                self._store(chunk, self._check(chunk, self.max_pixels))
                 return
             self._pool = worker_pool(self.workers)  # only now: a text-only run never forks
-        while len(self._inflight) >= 3 * self.workers:  # back-pressure: keep the queue short
+        while len(self._inflight) >= 3 * max(self.workers, 2):  # back-pressure: keep the queue short
             self.wait_some()
-        fut = self._pool.submit(check_real, chunk, self.max_pixels)
+        fut = self._pool.submit(self._check, chunk, self.max_pixels)
         self._inflight[fut] = chunk
 
     def wait_some(self) -> None:

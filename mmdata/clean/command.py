@@ -17,8 +17,8 @@ __all__ = ["register"]
 clean_app = typer.Typer(help="Check and normalise raw data into conversation JSON; every record ends in OUT or the rejects file.",
                         no_args_is_help=True)
 
-_IMAGES = typer.Option(..., "--images", help="Root folder the image paths are relative to.")
-_OUT = typer.Option(..., "--out", help="Output: .json (one JSON array) or .jsonl (JSON Lines).")
+_IMAGES = typer.Option(..., "--images", help="Root folder (or s3://bucket/prefix) the image paths are relative to.")
+_OUT = typer.Option(..., "--out", help="Output: .json (one JSON array) or .jsonl (JSON Lines); local or s3://.")
 _REJECTS = typer.Option(None, "--rejects", help="Rejects (JSON Lines). Default: OUT.rejects.jsonl.")
 _REPORT = typer.Option(None, "--report", help="Report (JSON). Default: OUT.report.json.")
 _MIN_SIDE = typer.Option(28, "--min-side", help="Reject images whose shorter side is smaller (after EXIF).")
@@ -36,11 +36,22 @@ _INPUT_FORMAT = typer.Option("auto", "--input-format",
 _QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars and no summary.")
 _MAX_TEXT = typer.Option(DEFAULT_MAX_TEXT_CHARS, "--max-text-chars",
                          help="Reject records whose turns hold more characters (text_too_long).")
+_ENGINE = typer.Option("local", "--engine", help="local (a process pool) or ray (image checks as tasks on a "
+                       "running Ray cluster; the same output bytes).")
+_RAY_ADDRESS = typer.Option(None, "--ray-address", help="Ray cluster to join with --engine ray: auto (default) or HOST:PORT.")
 _REKEY = typer.Option(False, "--rekey", help="Make a repeated id unique as <id>-<n> (counted in the report) "
                       "instead of rejecting it as duplicate_id.")
 
 
-def _run(quiet: bool, fn: Callable[..., CleanReport], **kw) -> None:
+def _run(quiet: bool, fn: Callable[..., CleanReport], engine: str = "local", ray_address: str | None = None,
+         **kw) -> None:
+    from mmdata.clean.pool import clean_engine
+
+    with clean_engine(engine, ray_address):
+        _run_here(quiet, fn, **kw)
+
+
+def _run_here(quiet: bool, fn: Callable[..., CleanReport], **kw) -> None:
     if quiet:  # no rich at all: its import is a tenth of a quiet run's fixed cost
         fn(**kw)
         return
@@ -87,11 +98,11 @@ def _summary(console, report: CleanReport, seconds: float) -> None:
 
 @clean_app.command("llava")
 def llava_cmd(
-    input: Path = _INPUT,
-    images: Path = _IMAGES,
-    out: Path = _OUT,
-    rejects: Path | None = _REJECTS,
-    report: Path | None = _REPORT,
+    input: str = _INPUT,
+    images: str = _IMAGES,
+    out: str = _OUT,
+    rejects: str | None = _REJECTS,
+    report: str | None = _REPORT,
     min_side: int = _MIN_SIDE,
     max_aspect: float = _MAX_ASPECT,
     max_pixels: int = _MAX_PIXELS,
@@ -100,23 +111,25 @@ def llava_cmd(
     input_format: str = _INPUT_FORMAT,
     max_text_chars: int = _MAX_TEXT,
     rekey: bool = _REKEY,
+    engine: str = _ENGINE,
+    ray_address: str | None = _RAY_ADDRESS,
     quiet: bool = _QUIET,
 ) -> None:
     """Clean LLaVA / ShareGPT records, or the messages shape of LLaMA-Factory and MindSpeed-MM."""
     from mmdata.clean.sources.llava import clean_llava
 
-    _run(quiet, clean_llava, input_path=input, images_root=images, out_path=out, rejects_path=rejects,
+    _run(quiet, clean_llava, engine, ray_address, input_path=input, images_root=images, out_path=out, rejects_path=rejects,
          report_path=report, min_side=min_side, max_aspect=max_aspect, max_pixels=max_pixels, workers=workers,
          out_format=out_format, input_format=input_format, max_text_chars=max_text_chars, rekey=rekey)
 
 
 @clean_app.command("coco")
 def coco_cmd(
-    captions: Path = _CAPTIONS,
-    images: Path = _IMAGES,
-    out: Path = _OUT,
-    rejects: Path | None = _REJECTS,
-    report: Path | None = _REPORT,
+    captions: str = _CAPTIONS,
+    images: str = _IMAGES,
+    out: str = _OUT,
+    rejects: str | None = _REJECTS,
+    report: str | None = _REPORT,
     min_side: int = _MIN_SIDE,
     max_aspect: float = _MAX_ASPECT,
     max_pixels: int = _MAX_PIXELS,
@@ -124,25 +137,27 @@ def coco_cmd(
     prompts: Path | None = _PROMPTS,
     workers: int | None = _WORKERS,
     out_format: str = _OUT_FORMAT,
+    engine: str = _ENGINE,
+    ray_address: str | None = _RAY_ADDRESS,
     quiet: bool = _QUIET,
 ) -> None:
     """Clean a COCO captions file into one conversation per image (or per caption)."""
     from mmdata.clean.sources.coco import clean_coco
     from mmdata.clean.prompts import load_prompts
 
-    _run(quiet, clean_coco, captions_path=captions, images_root=images, out_path=out, rejects_path=rejects,
+    _run(quiet, clean_coco, engine, ray_address, captions_path=captions, images_root=images, out_path=out, rejects_path=rejects,
          report_path=report, per_caption=per_caption, prompts=load_prompts(prompts) if prompts else None,
          min_side=min_side, max_aspect=max_aspect, max_pixels=max_pixels, workers=workers, out_format=out_format)
 
 
 @clean_app.command("hf")
 def hf_cmd(
-    input: Path = typer.Argument(..., help="A parquet file, or a folder of them (LLaVA-OneVision-Data or the_cauldron layout)."),
-    out: Path = _OUT,
-    images_store: Path | None = typer.Option(None, "--images-store",
+    input: str = typer.Argument(..., help="A parquet file, or a folder of them (LLaVA-OneVision-Data or the_cauldron layout)."),
+    out: str = _OUT,
+    images_store: str | None = typer.Option(None, "--images-store",
                                              help="Where the embedded images are written, by content (default: OUT.images beside OUT)."),
-    rejects: Path | None = _REJECTS,
-    report: Path | None = _REPORT,
+    rejects: str | None = _REJECTS,
+    report: str | None = _REPORT,
     min_side: int = _MIN_SIDE,
     max_aspect: float = _MAX_ASPECT,
     max_pixels: int = _MAX_PIXELS,
@@ -151,12 +166,14 @@ def hf_cmd(
     max_text_chars: int = _MAX_TEXT,
     rekey: bool = _REKEY,
     rows: int = typer.Option(256, "--rows", help="Parquet rows read at a time (memory, not output)."),
+    engine: str = _ENGINE,
+    ray_address: str | None = _RAY_ADDRESS,
     quiet: bool = _QUIET,
 ) -> None:
     """Clean a Hugging Face parquet dataset with embedded images; then `mmdata shard OUT --images OUT.images`."""
     from mmdata.clean.sources.hf import clean_hf
 
-    _run(quiet, clean_hf, input_path=input, out_path=out, images_store=images_store, rejects_path=rejects,
+    _run(quiet, clean_hf, engine, ray_address, input_path=input, out_path=out, images_store=images_store, rejects_path=rejects,
          report_path=report, min_side=min_side, max_aspect=max_aspect, max_pixels=max_pixels, workers=workers,
          out_format=out_format, max_text_chars=max_text_chars, rekey=rekey, rows=rows)
 

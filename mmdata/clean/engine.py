@@ -19,7 +19,9 @@ from typing import Any, NamedTuple
 import orjson
 from xxhash import xxh3_128_digest
 
+from mmdata import storage
 from mmdata.clean.checks import ImageChecker
+from mmdata.clean.remote import check_reachable
 from mmdata.clean.fastread import Span, read_pieces
 from mmdata.clean.report import CleanReport, Sink, dump, out_format_of
 from mmdata.errors import InputError
@@ -41,9 +43,15 @@ def check_common_args(images_root: Path, out_path: Path, inputs: list[Path], min
     """Validate options shared by every source before any work; returns the OUT file format
     (json/jsonl). Every output (OUT and ``others``: the rejects and report paths) must be writable,
     not a directory, not an input and not another output."""
-    if not images_root.is_dir():
+    if storage.is_remote(images_root):
+        check_reachable(images_root)
+        if not storage.isdir(images_root):
+            raise InputError(images_root, "no images under this prefix")
+    elif not images_root.is_dir():
         raise InputError(images_root, "no such images folder" if not images_root.exists() else "not a folder")
     for p in inputs:
+        if storage.is_remote(p):
+            continue  # staged (checked) by the source before this
         if not p.exists():
             raise InputError(p, "no such file")
         if p.is_dir():
@@ -58,6 +66,15 @@ def check_outputs(out_path: Path, inputs: list[Path], others: tuple[Path, ...] =
     fmt = out_format_of(out_path)
     seen: dict[str, Path] = {}
     for o in (out_path, *others):
+        if storage.is_remote(o):
+            check_reachable(o)
+            real = os.fspath(o).rstrip("/")
+            if any(os.fspath(p) == real for p in inputs):
+                raise InputError(o, f"--{_flag(o, out_path, others)} would overwrite the input")
+            if real in seen:
+                raise InputError(o, f"--{_flag(o, out_path, others)} is the same file as {seen[real]}")
+            seen[real] = o
+            continue
         try:
             check_output_path(o, tuple(inputs))
         except InputError as e:

@@ -54,9 +54,13 @@ def out_format_of(path: Path) -> str:
 
 
 def default_paths(out: Path, rejects: Path | None, report: Path | None) -> tuple[Path, Path]:
-    """``OUT.rejects.jsonl`` and ``OUT.report.json`` beside OUT unless given."""
-    stem = out.with_suffix("")
-    return (rejects or Path(f"{stem}.rejects.jsonl"), report or Path(f"{stem}.report.json"))
+    """``OUT.rejects.jsonl`` and ``OUT.report.json`` beside OUT unless given (OUT a local `Path` or
+    an ``s3://`` `UrlPath`; the defaults are of the same kind)."""
+    from mmdata.storage import as_path
+
+    text = str(out)
+    stem = text[:len(text) - len(out.suffix)] if out.suffix else text
+    return (rejects or as_path(f"{stem}.rejects.jsonl"), report or as_path(f"{stem}.report.json"))
 
 
 class Sink:

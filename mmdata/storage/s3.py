@@ -17,7 +17,7 @@ import contextlib
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
 
@@ -333,6 +333,11 @@ class MultipartWriter:
             del self._buf[: self._part_size]
             self._send(part)
         return n
+
+    def writelines(self, parts: Iterable[bytes | bytearray | memoryview]) -> None:
+        """Like ``io.BufferedWriter.writelines`` (clean's Sink hands its buffered parts over at once)."""
+        for part in parts:
+            self.write(part)
 
     def _send(self, part: bytes) -> None:
         if self._upload_id is None:

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 from mmdata.clean.checks import ImageChecker, Verdict
 from mmdata.clean.engine import Decider, Progress, check_common_args, frame, sample_key
+from mmdata.clean.remote import as_path, staged_input
 from mmdata.clean.prompts import DEFAULT_PROMPTS, prompt_for
 from mmdata.clean.report import CleanReport, Sink, default_paths, dump
 from mmdata.errors import InputError
@@ -218,13 +219,14 @@ def clean_coco(
     progress: Progress | None = None,
 ) -> CleanReport:
     """Clean a COCO captions file into OUT + rejects + report (see the module doc for the record)."""
-    captions_path, images_root, out_path = Path(captions_path), Path(images_root), Path(out_path)
-    rejects_path, report_path = default_paths(out_path, Path(rejects_path) if rejects_path else None,
-                                              Path(report_path) if report_path else None)
+    captions_path, images_root, out_path = as_path(captions_path), as_path(images_root), as_path(out_path)
+    rejects_path, report_path = default_paths(out_path, as_path(rejects_path) if rejects_path else None,
+                                              as_path(report_path) if report_path else None)
     fmt = check_common_args(images_root, out_path, [captions_path], min_side, max_aspect, max_pixels, out_format,
                             (rejects_path, report_path))
     prompts = tuple(prompts) if prompts else DEFAULT_PROMPTS
-    images, anns = _read_coco(captions_path)
+    with staged_input(captions_path) as local_captions:  # an s3:// file: a local copy under the same name
+        images, anns = _read_coco(local_captions)
     listed = {L["id"] for L in images if type(L) is dict and _is_key(L.get("id"))}
     by_img, ann_rejects = _group_captions(anns, listed)
     first_at: dict[Any, int] = {}

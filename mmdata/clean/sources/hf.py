@@ -20,7 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from mmdata import storage
 from mmdata.clean.checks import ImageChecker
+from mmdata.clean.remote import as_path, check_reachable
 from mmdata.clean.engine import (
     Decider,
     Item,
@@ -61,12 +63,15 @@ LAYOUTS = (
 
 
 def default_store(out_path: Path) -> Path:
-    """``OUT.images`` beside OUT (``clean.jsonl`` -> ``clean.images/``)."""
-    return Path(f"{out_path.with_suffix('')}.images")
+    """``OUT.images`` beside OUT (``clean.jsonl`` -> ``clean.images/``; on S3 a prefix beside OUT)."""
+    text = str(out_path)
+    return as_path(f"{text[:len(text) - len(out_path.suffix)] if out_path.suffix else text}.images")
 
 
 def parquet_files(path: Path) -> list[Path]:
     """The parquet file, or every ``*.parquet`` under the folder in name order; InputError if none."""
+    if storage.is_remote(path):
+        return _remote_parquet_files(path)
     if not path.exists():
         raise InputError(path, "no such file or folder")
     if path.is_dir():
@@ -77,6 +82,34 @@ def parquet_files(path: Path) -> list[Path]:
     return [path]
 
 
+def _remote_parquet_files(path: Path) -> list[Path]:
+    """`parquet_files` for an ``s3://`` object or prefix (every ``*.parquet`` under it, in key order)."""
+    import pyarrow.fs as pafs
+
+    url = str(path)
+    check_reachable(url)
+    src, fs = storage.arrow_source(url)
+    info = fs.get_file_info(src)  # type: ignore[union-attr]
+    if info.type == pafs.FileType.File:
+        return [path]
+    if info.type == pafs.FileType.NotFound:
+        raise InputError(url, "no such object or prefix")
+    infos = fs.get_file_info(pafs.FileSelector(src, recursive=True))  # type: ignore[union-attr]
+    keys = sorted(i.path[len(src):].lstrip("/") for i in infos
+                  if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
+    if not keys:
+        raise InputError(url, "no .parquet files under this prefix")
+    return [as_path(f"{url.rstrip('/')}/{k}") for k in keys]
+
+
+def _parquet_source(f: Path) -> Any:
+    """What pyarrow's parquet readers take: the local path, or the object opened for random access."""
+    if not storage.is_remote(f):
+        return f
+    src, fs = storage.arrow_source(f)
+    return fs.open_input_file(src)  # type: ignore[union-attr]
+
+
 def _layout(files: list[Path]) -> tuple[Layout, list[str]]:
     """The layout all files share, from their schemas, and the extra scalar columns kept on each record."""
     import pyarrow as pa
@@ -85,7 +118,7 @@ def _layout(files: list[Path]) -> tuple[Layout, list[str]]:
     found: tuple[Layout, list[str]] | None = None
     for f in files:
         try:
-            schema = pq.read_schema(f)
+            schema = pq.read_schema(_parquet_source(f))
         except (pa.ArrowException, OSError) as e:
             raise InputError(f, f"not a readable parquet file: {e}") from None
         names = set(schema.names)
@@ -126,6 +159,12 @@ class ImageStore:
     @staticmethod
     def _write(path: Path, data: bytes) -> None:
         """Write once (a file of the right size is kept), atomically: a killed run leaves no partial file."""
+        if storage.is_remote(path):  # an object appears only when complete (multipart completed last)
+            if storage.exists(path) and storage.size(path) == len(data):
+                return
+            with storage.atomic_output(path) as f:
+                f.write(data)
+            return
         try:
             if path.stat().st_size == len(data):
                 return
@@ -204,7 +243,7 @@ def _items(files: list[Path], layout: Layout, extra: list[str], store: ImageStor
     for f in files:
         # pre_buffer (pyarrow's default) reads every row group's column chunks up front: memory would
         # grow with the file (measured: 313 MB of Arrow memory for a 262 MB file, 80 MB without).
-        pf = pq.ParquetFile(f, pre_buffer=False)
+        pf = pq.ParquetFile(_parquet_source(f), pre_buffer=False)
         cols = [c for c in (*layout.reads, *extra) if c in pf.schema_arrow.names]
         for batch in pf.iter_batches(batch_size=rows, columns=cols):
             recs = []
@@ -238,10 +277,10 @@ def clean_hf(
 ) -> CleanReport:
     """Clean a parquet file (or a folder of them) with embedded images into OUT + rejects + report,
     the images into ``images_store`` (default ``OUT.images``)."""
-    input_path, out_path = Path(input_path), Path(out_path)
-    store_root = Path(images_store) if images_store else default_store(out_path)
-    rejects_path, report_path = default_paths(out_path, Path(rejects_path) if rejects_path else None,
-                                              Path(report_path) if report_path else None)
+    input_path, out_path = as_path(input_path), as_path(out_path)
+    store_root = as_path(images_store) if images_store else default_store(out_path)
+    rejects_path, report_path = default_paths(out_path, as_path(rejects_path) if rejects_path else None,
+                                              as_path(report_path) if report_path else None)
     files = parquet_files(input_path)
     fmt = check_outputs(out_path, files, (rejects_path, report_path))
     check_options(min_side, max_aspect, max_pixels, out_format)
@@ -249,10 +288,14 @@ def clean_hf(
     if rows < 1:
         raise InputError(None, f"--rows must be >= 1 (got {rows})")
     layout, extra = _layout(files)
-    if store_root.exists() and not store_root.is_dir():
-        raise InputError(store_root, "--images-store is not a folder")
-    store_root.mkdir(parents=True, exist_ok=True)
-    stem = input_path.stem if input_path.is_file() else input_path.name
+    if storage.is_remote(store_root):
+        check_reachable(store_root)
+    else:
+        if store_root.exists() and not store_root.is_dir():
+            raise InputError(store_root, "--images-store is not a folder")
+        store_root.mkdir(parents=True, exist_ok=True)
+    single = files == [input_path] if storage.is_remote(input_path) else input_path.is_file()
+    stem = input_path.stem if single else input_path.name
     report = CleanReport(kind="hf", source=input_path.name, out=str(out_path), rejects=str(rejects_path),
                          report=str(report_path),
                          options={"min_side": min_side, "max_aspect": max_aspect, "max_pixels": max_pixels,

@@ -28,7 +28,8 @@ from mmdata.clean.engine import (
     structure_span,
 )
 from mmdata.clean.fastread import NotFast, iter_spans
-from mmdata.clean.pool import worker_pool
+from mmdata.clean.pool import ray_active, worker_pool
+from mmdata.clean.remote import as_path, staged_input
 from mmdata.clean.report import CleanReport, Sink, default_paths
 from mmdata.errors import InputError
 from mmdata.images import DEFAULT_MAX_PIXELS
@@ -65,20 +66,15 @@ def clean_llava(
     ``instruction``/``output``), "llava" or "messages". ``rekey``: a repeated id becomes ``<id>-<n>``
     (counted in the report) instead of a duplicate_id reject. Raises InputError on unusable input.
     """
-    input_path, images_root, out_path = Path(input_path), Path(images_root), Path(out_path)
+    input_path, images_root, out_path = as_path(input_path), as_path(images_root), as_path(out_path)
     shape = input_format or "auto"
     if shape not in ("auto", "llava", "messages"):
         raise InputError(None, f"--input-format must be auto, llava or messages (got {shape!r})")
-    rejects_path, report_path = default_paths(out_path, Path(rejects_path) if rejects_path else None,
-                                              Path(report_path) if report_path else None)
+    rejects_path, report_path = default_paths(out_path, as_path(rejects_path) if rejects_path else None,
+                                              as_path(report_path) if report_path else None)
     fmt = check_common_args(images_root, out_path, [input_path], min_side, max_aspect, max_pixels, out_format,
                             (rejects_path, report_path))
     check_max_text_chars(max_text_chars)
-    nworkers = resolve_workers(workers)
-    # A small input is parsed in this process (starting workers and moving batches costs more than it
-    # saves); image checks still get a pool of their own, started only if an image is met.
-    small = input_path.stat().st_size <= _INLINE_BYTES
-    pool = worker_pool(nworkers) if nworkers > 1 and not small else None
     report = CleanReport(kind="llava", source=input_path.name, out=str(out_path), rejects=str(rejects_path),
                          report=str(report_path),
                          options={"min_side": min_side, "max_aspect": max_aspect, "max_pixels": max_pixels,
@@ -86,6 +82,21 @@ def clean_llava(
                                   "rekey": rekey})
     opts = StructureOptions(input_path.stem, shape, out_format == "messages", fmt == "json", max_text_chars)
     checks = dict(min_side=min_side, max_aspect=max_aspect, max_pixels=max_pixels)
+    with staged_input(input_path) as local_input:  # an s3:// input: a local copy under the same name
+        _clean(local_input, images_root, out_path, rejects_path, fmt, report, opts, checks, workers, progress, rekey)
+    report.write(report_path)
+    return report
+
+
+def _clean(input_path: Path, images_root: Path, out_path: Path, rejects_path: Path, fmt: str, report: CleanReport,
+           opts: StructureOptions, checks: dict[str, Any], workers: int | None, progress: Progress | None,
+           rekey: bool) -> None:
+    """The fast pass, and the exact one when the fast reader cannot vouch for the input."""
+    nworkers = resolve_workers(workers)
+    # A small input is parsed in this process (starting workers and moving batches costs more than it
+    # saves); image checks still get a pool of their own, started only if an image is met.
+    small = input_path.stat().st_size <= _INLINE_BYTES
+    pool = worker_pool(nworkers) if nworkers > 1 and not small and not ray_active() else None
     try:
         try:
             _run(input_path, images_root, out_path, rejects_path, fmt, report, opts, checks, pool, nworkers,
@@ -97,8 +108,6 @@ def clean_llava(
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-    report.write(report_path)
-    return report
 
 
 def _run(input_path: Path, images_root: Path, out_path: Path, rejects_path: Path, fmt: str, report: CleanReport,
