@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,103 @@ class _TextCounter:
         return out
 
 
+@dataclass
+class _Forecast:
+    """What plan_records accumulates chunk by chunk: header cache, reasons, per-sample lengths, histograms."""
+
+    root: Path
+    rule: Any
+    max_res: int
+    max_image_tokens: int
+    text: _TextCounter
+    workers: int = 1
+    pool: ProcessPoolExecutor | None = None
+    cache: dict[str, tuple[int, int] | str] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    reasons: Counter[str] = field(default_factory=Counter)
+    lengths: list[np.ndarray] = field(default_factory=list)
+    h_img: IntHist = field(default_factory=IntHist)
+    h_txt: IntHist = field(default_factory=IntHist)
+    h_len: IntHist = field(default_factory=IntHist)
+    h_per_image: IntHist = field(default_factory=IntHist)
+    long_side: IntHist = field(default_factory=IntHist)
+    sizes: Counter[tuple[int, int]] = field(default_factory=Counter)
+    downscaled: int = 0
+    records: int = 0
+
+    def problem(self, reason: str, where: str, rid: str, detail: str) -> None:
+        self.reasons[reason] += 1
+        if len(self.problems) < MAX_LISTED:
+            self.problems.append(Problem(where, rid, detail, reason))
+
+    def probe(self, chunk: list[tuple[str, int, Any]]) -> None:
+        """Read the headers of the chunk's images not seen yet (in worker processes when there are several)."""
+        want = sorted({str(self.root / p) for _, _, rec in chunk for p in image_paths(rec)} - self.cache.keys())
+        if not want:
+            return
+        if self.pool is not None:
+            step = max(1, len(want) // (self.workers * 4))
+            parts = [want[i: i + step] for i in range(0, len(want), step)]
+            res = [x for part in self.pool.map(_probe_many, parts) for x in part]
+        else:
+            res = _probe_many(want)
+        self.cache.update(zip(want, res))
+
+    def image_tokens(self, rec: dict) -> tuple[list[int], tuple[str, str] | None]:
+        """The record's per-image tokens as the writer would store them, or (reason, detail) of the first
+        image that cannot be stored."""
+        toks = []
+        for p in image_paths(rec):
+            hdr = self.cache[str(self.root / p)]
+            if isinstance(hdr, str):
+                return toks, (hdr, f"{p}: {hdr.replace('_', ' ')}")
+            fit = self.rule.fit(hdr[0], hdr[1], self.max_res, self.max_image_tokens)
+            if fit is None:
+                return toks, ("over_token_budget", f"{p}: {hdr[0]}x{hdr[1]} cannot fit {self.max_image_tokens} tokens")
+            toks.append(fit.tokens)
+            self.long_side.add(np.array([max(fit.width, fit.height)]))
+            self.sizes[(fit.width, fit.height)] += 1
+            self.downscaled += (fit.width, fit.height) != hdr
+        return toks, None
+
+    def add(self, chunk: list[tuple[str, int, Any]]) -> None:
+        """Fold one chunk of records into the forecast."""
+        self.probe(chunk)
+        good_recs, good_chars, good_img = [], [], []
+        for src, idx, rec in chunk:
+            toks, why = self.image_tokens(rec)
+            if why is not None:
+                self.problem(why[0], Path(src).name, str(rec.get("id", f"{Path(src).stem}-{idx}")), why[1])
+                continue
+            self.h_per_image.add(np.array(toks, dtype=np.int64))
+            good_recs.append(rec)
+            good_chars.append(text_chars(rec))
+            good_img.append(sum(toks))
+        if not good_recs:
+            return
+        img = np.array(good_img, dtype=np.int64)
+        txt = self.text.counts(good_recs, np.array(good_chars, dtype=np.int64))
+        self.h_img.add(img)
+        self.h_txt.add(txt)
+        self.h_len.add(txt + img)
+        self.lengths.append(txt + img)
+
+    def read(self, paths: list[str | Path]) -> None:
+        """Every record of ``paths``, in chunks of CHUNK; non-records are counted as malformed."""
+        chunk: list[tuple[str, int, Any]] = []
+        for path in paths:
+            for idx, _line, rec in iter_json_records(path):
+                self.records += 1
+                if not isinstance(rec, dict) or not record_turns(rec):
+                    self.problem("malformed", Path(path).name, str(idx), "not a conversation record")
+                    continue
+                chunk.append((str(path), idx, rec))
+                if len(chunk) >= CHUNK:
+                    self.add(chunk)
+                    chunk = []
+        self.add(chunk)
+
+
 def plan_records(
     paths: list[str | Path] | str | Path,
     images_root: str | Path,
@@ -119,87 +217,22 @@ def plan_records(
         r = get_rule(rule)
     except ValueError as e:
         raise InputError(None, str(e)) from None
-    text = _TextCounter(tokenizer, template)
-    cache: dict[str, tuple[int, int] | str] = {}
-    problems: list[Problem] = []
-    reasons: Counter[str] = Counter()
-    lengths: list[np.ndarray] = []
-    n_imgs: list[np.ndarray] = []
-    h_img, h_txt, h_len, h_per_image = IntHist(), IntHist(), IntHist(), IntHist()
-    long_side, downscaled = IntHist(), 0
-    sizes: Counter[tuple[int, int]] = Counter()
-    records = 0
-    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
-
-    def flush(chunk: list[tuple[str, int, Any]]) -> None:
-        nonlocal downscaled
-        want = sorted({str(root / p) for _, _, rec in chunk for p in image_paths(rec)} - cache.keys())
-        if want:
-            if pool is not None:
-                step = max(1, len(want) // (workers * 4))
-                parts = [want[i: i + step] for i in range(0, len(want), step)]
-                res = [x for part in pool.map(_probe_many, parts) for x in part]
-            else:
-                res = _probe_many(want)
-            cache.update(zip(want, res))
-        good_recs, good_chars, good_img, good_n = [], [], [], []
-        for src, idx, rec in chunk:
-            rid = str(rec.get("id", f"{Path(src).stem}-{idx}"))
-            toks, why = [], None
-            for p in image_paths(rec):
-                hdr = cache[str(root / p)]
-                if isinstance(hdr, str):
-                    why = (hdr, f"{p}: {hdr.replace('_', ' ')}")
-                    break
-                fit = r.fit(hdr[0], hdr[1], max_res, max_image_tokens)
-                if fit is None:
-                    why = ("over_token_budget", f"{p}: {hdr[0]}x{hdr[1]} cannot fit {max_image_tokens} tokens")
-                    break
-                toks.append(fit.tokens)
-                long_side.add(np.array([max(fit.width, fit.height)]))
-                sizes[(fit.width, fit.height)] += 1
-                downscaled += (fit.width, fit.height) != hdr
-            if why is not None:
-                reasons[why[0]] += 1
-                if len(problems) < MAX_LISTED:
-                    problems.append(Problem(Path(src).name, rid, why[1], why[0]))
-                continue
-            h_per_image.add(np.array(toks, dtype=np.int64))
-            good_recs.append(rec)
-            good_chars.append(text_chars(rec))
-            good_img.append(sum(toks))
-            good_n.append(len(toks))
-        if not good_recs:
-            return
-        chars = np.array(good_chars, dtype=np.int64)
-        img = np.array(good_img, dtype=np.int64)
-        txt = text.counts(good_recs, chars)
-        h_img.add(img)
-        h_txt.add(txt)
-        h_len.add(txt + img)
-        lengths.append(txt + img)
-        n_imgs.append(np.array(good_n, dtype=np.int64))
-
+    fc = _Forecast(root, r, max_res, max_image_tokens, _TextCounter(tokenizer, template), workers,
+                   ProcessPoolExecutor(max_workers=workers) if workers > 1 else None)
     try:
-        chunk: list[tuple[str, int, Any]] = []
-        for path in paths:
-            for idx, _line, rec in iter_json_records(path):
-                records += 1
-                if not isinstance(rec, dict) or not record_turns(rec):
-                    reasons["malformed"] += 1
-                    if len(problems) < MAX_LISTED:
-                        problems.append(Problem(Path(path).name, str(idx), "not a conversation record", "malformed"))
-                    continue
-                chunk.append((str(path), idx, rec))
-                if len(chunk) >= CHUNK:
-                    flush(chunk)
-                    chunk = []
-        flush(chunk)
+        fc.read(paths)
     finally:
-        if pool is not None:
-            pool.shutdown()
+        if fc.pool is not None:
+            fc.pool.shutdown()
+    out = {"inputs": [str(p) for p in paths], "images_root": str(root),
+           "options": {"rule": rule, "max_res": max_res, "max_image_tokens": max_image_tokens, "seq_len": seq_len,
+                       "pack_window": pack_window}}
+    return {**out, **_summary(fc, seq_len, pack_window)}
 
-    all_len = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+
+def _summary(fc: _Forecast, seq_len: int, pack_window: int | None) -> dict[str, Any]:
+    """The forecast's figures: counts, token histograms, sizes, the share over seq_len and the packing."""
+    all_len = np.concatenate(fc.lengths) if fc.lengths else np.zeros(0, dtype=np.int64)
     usable = len(all_len)
     over = int((all_len > seq_len).sum())
     fits = all_len[(all_len <= seq_len) & (all_len > 0)]
@@ -207,28 +240,24 @@ def plan_records(
     eff = float(fits.sum()) / (rows * seq_len) if rows else 0.0
     empty = {"min": 0, "p50": 0, "mean": 0.0, "p95": 0, "max": 0}
     return {
-        "inputs": [str(p) for p in paths],
-        "images_root": str(root),
-        "options": {"rule": rule, "max_res": max_res, "max_image_tokens": max_image_tokens, "seq_len": seq_len,
-                    "pack_window": pack_window},
-        "records": records,
+        "records": fc.records,
         "samples": usable,
-        "unusable": dict(sorted(reasons.items())),
-        "images": h_per_image.n,
-        "images_downscaled": downscaled,
-        "text_tokens_method": text.method,
-        "image_tokens": h_img.summary() or empty,
-        "image_tokens_total": h_img.total,
-        "image_tokens_per_image": h_per_image.summary() or empty,
-        "text_tokens": h_txt.summary() or empty,
-        "sample_tokens": h_len.summary() or empty,
-        "total_tokens": h_len.total,
-        "stored_long_side": long_side.summary() or empty,
+        "unusable": dict(sorted(fc.reasons.items())),
+        "images": fc.h_per_image.n,
+        "images_downscaled": fc.downscaled,
+        "text_tokens_method": fc.text.method,
+        "image_tokens": fc.h_img.summary() or empty,
+        "image_tokens_total": fc.h_img.total,
+        "image_tokens_per_image": fc.h_per_image.summary() or empty,
+        "text_tokens": fc.h_txt.summary() or empty,
+        "sample_tokens": fc.h_len.summary() or empty,
+        "total_tokens": fc.h_len.total,
+        "stored_long_side": fc.long_side.summary() or empty,
         "common_sizes": [{"size": f"{w}x{h}", "count": c}
-                         for (w, h), c in sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))[:8]],
+                         for (w, h), c in sorted(fc.sizes.items(), key=lambda kv: (-kv[1], kv[0]))[:8]],
         "over_seq_len": {"samples": over, "share": round(over / usable, 6) if usable else 0.0},
         "packing": {"seq_len": seq_len, "method": method, "samples_packed": int(len(fits)), "rows": rows,
                     "samples_per_row": round(len(fits) / rows, 3) if rows else 0.0,
                     "efficiency": round(eff, 6), "padding_tokens": int(rows * seq_len - fits.sum()) if rows else 0},
-        "errors": [p.to_dict() for p in problems],
+        "errors": [p.to_dict() for p in fc.problems],
     }
