@@ -130,9 +130,10 @@ def generate_cmd(
 
 
 def _exit_now(code: int) -> None:
-    """Leave at once after a user error: native thread pools (pyarrow's, torch's) torn down by the
-    interpreter's exit can abort the process ("terminate called without an active exception"),
-    turning a clean exit 2 into SIGABRT. Nothing is left to flush but stdio."""
+    """Leave at once after a user error: nothing is left to flush but stdio, and no native thread can
+    then abort the interpreter's exit ("terminate called without an active exception", SIGABRT instead
+    of exit 2). The cause seen (an Arrow pool worker releasing the index's bytes) is fixed at its source
+    in `mmdata.format.index.read_table`; this stays as a guard for libraries that do the same."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

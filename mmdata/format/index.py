@@ -62,5 +62,10 @@ def write_index(path: str | os.PathLike, tables: list[pa.Table], with_text_token
 
 
 def read_table(data: bytes) -> pa.Table:
-    """The whole index from its bytes (the caller hashes the same bytes: one read)."""
-    return pq.read_table(pa.BufferReader(data))
+    """The whole index from its bytes (the caller hashes the same bytes: one read).
+
+    Read on the calling thread only. `pq.read_table` scans through Arrow's thread pools, whose workers
+    may drop the last reference to the wrapped Python `bytes` after the call has returned; that drop
+    takes the GIL, and if the interpreter is exiting by then the worker is torn down mid-destructor and
+    the process aborts ("terminate called without an active exception", SIGABRT instead of exit 2)."""
+    return pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
