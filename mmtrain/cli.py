@@ -137,6 +137,18 @@ def _exit_now(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def leave_distributed_run(code: int = 0) -> None:
+    """End a process that ran torch.distributed, after its process group is destroyed and its files are
+    closed. DDP keeps gloo's worker threads (and the tensors they hold) alive past
+    ``destroy_process_group()``; when they release those tensors during the interpreter's exit they take
+    the GIL and CPython ends them mid-unwind, which aborts the process (SIGABRT, "terminate called
+    without an active exception": pytorch/pytorch#179291), so torchrun reports a finished run as failed.
+    Leaving with os._exit after flushing stdio skips only that teardown."""
+    _exit_now(code)
+
+
 @app.command("doctor")
 def doctor_cmd(
     shards: list[str] = typer.Option([], "--shards", help="Shard folder(s) to check (quick form of inspect --verify)."),
@@ -170,6 +182,8 @@ def main() -> None:
         rc = app(args=expand_multi(sys.argv[1:], ("--profile-ranks",)), standalone_mode=False)
         if isinstance(rc, int) and rc:  # a command's typer.Exit(code) comes back as the return value here
             sys.exit(rc)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: see leave_distributed_run
+            leave_distributed_run(0)
     except MMDataError as e:
         typer.echo(f"error: {e}", err=True)
         _exit_now(e.exit_code)

@@ -11,6 +11,7 @@ import sys
 import torch
 import torch.distributed as dist
 
+from mmtrain.cli import leave_distributed_run
 from mmtrain.run import TrainArgs, synthetic_data, train
 
 
@@ -30,6 +31,7 @@ def main() -> None:
                        "world": dist.get_world_size(), "backend": dist.get_backend()}, f)
     dist.barrier()  # no rank tears the group down while another still uses it
     dist.destroy_process_group()
+    leave_distributed_run(0)  # as `mmtrain run` does under torchrun: no SIGABRT from gloo's threads at exit
 
 
 if __name__ == "__main__":
