@@ -106,10 +106,10 @@ def _line_col(text: str, pos: int) -> tuple[int, int]:
 
 
 def read_json(path: str | Path) -> Any:
-    """Read a whole JSON document; a missing file or invalid JSON is an InputError with line:col."""
-    path = Path(path)
+    """Read a whole JSON document (a local path or a URL, through the storage seam); a missing file or
+    invalid JSON is an InputError with line:col."""
     try:
-        data = path.read_bytes()
+        data = storage.read_bytes(path)
     except FileNotFoundError:
         raise InputError(path, "no such file") from None
     except IsADirectoryError:

@@ -10,7 +10,7 @@ import orjson
 
 from mmdata import __version__, storage
 from mmdata.errors import InputError
-from mmdata.io import parse_json
+from mmdata.io import read_json
 
 __all__ = ["FORMAT", "VERSION", "ShardInfo", "build_manifest", "write_manifest", "read_manifest"]
 
@@ -62,15 +62,7 @@ def write_manifest(path: str | os.PathLike, manifest: dict[str, Any]) -> None:
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     """The manifest as a dict; InputError (one line) if it is missing, unreadable or not an object
     with a ``shards`` list of named entries."""
-    try:
-        data = storage.read_bytes(path)
-    except FileNotFoundError:
-        raise InputError(path, "no such file") from None
-    except IsADirectoryError:
-        raise InputError(path, "is a directory, expected a JSON file") from None
-    except OSError as e:
-        raise InputError(path, f"cannot read: {e.strerror or e}") from None
-    m = parse_json(data, path)
+    m = read_json(path)
     if not isinstance(m, dict) or not isinstance(m.get("shards"), list):
         raise InputError(path, "not an mmdata shard manifest (expected an object with a 'shards' list)")
     for i, s in enumerate(m["shards"]):
