@@ -1,0 +1,113 @@
+"""A full disk and unwritable outputs, made for real (CONTRACT s.9): RLIMIT_FSIZE with SIGXFSZ ignored
+(every write past the limit fails with EFBIG), a small tmpfs (ENOSPC), and folders that refuse new
+entries even to root (`chattr +i`, else a read-only bind mount; chmod when not root). Each is one
+line naming the path, exit 2, no traceback, no temp file left, and the previous output untouched."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import SHARD_OPTS
+
+import faultkit as fk
+
+FORMAT = "format branch (issue 14 item 9: disk full during shard is one line, exit 2, no stale tmp)"
+
+
+def _shard(src, out: Path, *extra: str, **kw) -> fk.Run:
+    return fk.mmdata("shard", src["llava_jsonl"], "--images", src["images"], "--out", out, *SHARD_OPTS, *extra, **kw)
+
+
+def _clean(inp: Path, images: Path, out: Path, **kw) -> fk.Run:
+    return fk.mmdata("clean", "llava", inp, "--images", images, "--out", out, "--workers", "1", "-q", **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# full disk
+
+
+@pytest.mark.xfail(strict=True, reason=FORMAT)
+def test_shard_on_a_full_disk_is_one_line_and_keeps_the_previous_output(src, ref_shards, tmp_path):
+    ref, _ = ref_shards
+    out = tmp_path / "out"
+    shutil.copytree(ref, out)
+    before = fk.tree(out)
+    r = _shard(src, out, fsize=50_000)  # every shard is ~90 kB: the first one cannot be written
+    fk.assert_user_error(r, str(out))
+    assert fk.tree(out) == before, fk.diff(fk.tree(out), before)
+
+
+@pytest.mark.xfail(strict=True, reason=FORMAT)
+def test_shard_into_a_small_tmpfs_is_one_line_exit_2_and_leaves_no_temp_file(src, tmp_path):
+    with fk.tiny_fs(tmp_path / "fs", "160k") as fs:
+        out = fs / "out"
+        r = _shard(src, out)
+        fk.assert_user_error(r, str(out))
+        assert fk.strays(out) == []
+
+
+@pytest.mark.xfail(strict=True, reason="not in issue 14's fix list: clean on a full disk is an `OSError: [Errno 27] "
+                   "File too large` traceback, exit 1 (mmdata.io.atomic_write lets a write error raised inside its block "
+                   "through instead of turning it into a WriteError)")
+def test_clean_on_a_full_disk_is_one_line_and_keeps_the_previous_output(clean_src, tmp_path):
+    out = tmp_path / "out.jsonl"
+    first = _clean(clean_src["llava_json"], clean_src["images"], out)  # the .json twin: the same records
+    assert first.rc == 0, first.explain()
+    before = fk.tree(tmp_path)
+    r = _clean(clean_src["llava_jsonl"], clean_src["images"], out, fsize=100_000)  # OUT is ~3 MB
+    fk.assert_user_error(r, str(out))
+    assert fk.tree(tmp_path) == before, fk.diff(fk.tree(tmp_path), before)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 14 item 3: a full disk at `mmtrain run --save` time is a torch "
+                   "traceback and leaves .iter_*.tmp (fix: ops branch)")
+def test_train_save_on_a_full_disk_is_one_line_and_leaves_no_temp_checkpoint(ref_shards, tmp_path):
+    shards, _ = ref_shards
+    ck = tmp_path / "ck"
+    r = fk.mmtrain("run", "--shards", shards, "--seq-len", "512", "--global-batch-size", "2", "--max-steps", "1",
+                   "--device", "cpu", "--num-workers", "0", "--save", ck, fsize=1_000_000)  # model.pt is ~5 MB
+    fk.assert_user_error(r, str(ck))
+    assert fk.strays(ck) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# unwritable outputs
+
+
+def test_clean_into_an_unwritable_folder_is_one_line_exit_2(dirty, tmp_path):
+    out_dir = tmp_path / "ro"
+    out_dir.mkdir()
+    with fk.unwritable(out_dir) as how:
+        r = _clean(dirty["llava_json"], dirty["images"], out_dir / "out.json")
+        fk.assert_user_error(r, str(out_dir / "out.json"))
+    assert fk.tree(out_dir) == {}, how
+
+
+@pytest.mark.xfail(strict=True, reason="issue 14 item 2 (format branch): shard deletes the previous output before "
+                   "writing; in a folder that refuses changes that is a PermissionError traceback from _clean_out_dir")
+def test_shard_into_an_unwritable_folder_is_one_line_exit_2(src, ref_shards, tmp_path):
+    ref, _ = ref_shards
+    out = tmp_path / "out"
+    shutil.copytree(ref, out)
+    before = fk.tree(out)
+    with fk.unwritable(out) as how:
+        r = _shard(src, out)
+        fk.assert_user_error(r, str(out))
+    assert fk.tree(out) == before, f"{how}: {fk.diff(fk.tree(out), before)}"
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 14 item 3: `mmtrain run --save DIR` is not checked up front; an "
+                   "unwritable DIR is a PermissionError traceback after training (fix: ops branch)")
+def test_train_into_an_unwritable_save_folder_fails_before_training(ref_shards, tmp_path):
+    shards, _ = ref_shards
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    with fk.unwritable(ck):
+        r = fk.mmtrain("run", "--shards", shards, "--seq-len", "512", "--global-batch-size", "2", "--max-steps", "2",
+                       "--log-interval", "1", "--device", "cpu", "--num-workers", "0", "--save", ck)
+    fk.assert_user_error(r, str(ck))
+    assert "iteration" not in r.stdout, "trained before finding out that --save cannot be written"
