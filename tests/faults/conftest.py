@@ -48,6 +48,17 @@ def ref_shards(src, tmp_path_factory) -> tuple[Path, fk.Run]:
 
 
 @pytest.fixture(scope="session")
+def train_shards(ref_shards, tmp_path_factory) -> Path:
+    """A copy of the reference shards for `mmtrain`: its loader writes a plan cache (.mmdata-cache/)
+    into the shard folder, which would change the reference that shard scenarios compare against."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("faults-train") / "shards"
+    shutil.copytree(ref_shards[0], out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def dirty(tmp_path_factory) -> dict[str, Path]:
     """The small dirty fixture set (every reject reason; hostile paths and images)."""
     from fixtures.generate import generate

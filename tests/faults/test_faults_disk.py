@@ -64,8 +64,8 @@ def test_clean_on_a_full_disk_is_one_line_and_keeps_the_previous_output(clean_sr
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="issue 14 item 3: a full disk at `mmtrain run --save` time is a torch "
                    "traceback and leaves .iter_*.tmp (fix: ops branch)")
-def test_train_save_on_a_full_disk_is_one_line_and_leaves_no_temp_checkpoint(ref_shards, tmp_path):
-    shards, _ = ref_shards
+def test_train_save_on_a_full_disk_is_one_line_and_leaves_no_temp_checkpoint(train_shards, tmp_path):
+    shards = train_shards
     ck = tmp_path / "ck"
     r = fk.mmtrain("run", "--shards", shards, "--seq-len", "512", "--global-batch-size", "2", "--max-steps", "1",
                    "--device", "cpu", "--num-workers", "0", "--save", ck, fsize=1_000_000)  # model.pt is ~5 MB
@@ -102,8 +102,8 @@ def test_shard_into_an_unwritable_folder_is_one_line_exit_2(src, ref_shards, tmp
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="issue 14 item 3: `mmtrain run --save DIR` is not checked up front; an "
                    "unwritable DIR is a PermissionError traceback after training (fix: ops branch)")
-def test_train_into_an_unwritable_save_folder_fails_before_training(ref_shards, tmp_path):
-    shards, _ = ref_shards
+def test_train_into_an_unwritable_save_folder_fails_before_training(train_shards, tmp_path):
+    shards = train_shards
     ck = tmp_path / "ck"
     ck.mkdir()
     with fk.unwritable(ck):
