@@ -17,6 +17,25 @@ SEED = int(os.environ.get("MMDATA_FAULTS_SEED", "14"))
 SHARD_OPTS = ("--max-res", "448", "--samples-per-shard", "4", "--workers", "2", "-q")
 
 
+def _hypothesis_home_outside_the_repo() -> None:
+    """database=None keeps no examples, but hypothesis still caches constants and unicode tables in
+    ./.hypothesis: point its home at a temp folder (removed at exit) so a run writes nothing into the repo."""
+    try:
+        from hypothesis.configuration import set_hypothesis_home_dir
+    except ImportError:
+        return
+    import atexit
+    import shutil
+    import tempfile
+
+    home = tempfile.mkdtemp(prefix="faults-hypothesis-")
+    atexit.register(shutil.rmtree, home, True)
+    set_hypothesis_home_dir(home)
+
+
+_hypothesis_home_outside_the_repo()
+
+
 def rng_for(name: str) -> random.Random:
     """A seeded generator per scenario, so adding a scenario never moves another's kill points."""
     return random.Random(f"{SEED}:{name}")
