@@ -103,7 +103,7 @@ def survivors(seen: dict[tuple[int, int], Proc], pgid: int) -> list[Proc]:
 class Kill:
     """When to SIGKILL the command (the first condition met wins; None = not used).
 
-    ``after_s``: seconds after start; ``path``: a glob (absolute) that matches a file; ``output``: a
+    ``after_s``: seconds after start; ``path``: a glob (absolute; ``**`` spans hidden folders) that matches a file; ``output``: a
     regex that matches stdout + stderr so far; ``children``: that many descendants alive.
     ``delay_s`` is waited after the condition is met (a seeded offset into the next step).
     """
@@ -207,7 +207,7 @@ def _fires(kill: Kill, now: float, out_p: Path, err_p: Path, n_kids: int) -> boo
     if kill.path is not None:
         import glob
 
-        if glob.glob(kill.path):
+        if glob.glob(kill.path, recursive=True, include_hidden=True):  # `**` also looks in hidden folders
             return True
     if kill.output is not None:
         text = out_p.read_bytes().decode("utf-8", "replace") + err_p.read_bytes().decode("utf-8", "replace")

@@ -85,3 +85,16 @@ def test_resume_of_a_finished_folder_rewrites_nothing(src, ref_shards, ref, tmp_
     assert r.rc == 0, r.explain()
     assert fk.tree(out) == ref[0]
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_shard_killed_again_while_resuming_still_ends_byte_identical(src, src_tree, ref, tmp_path):
+    ref_tree, _ = ref
+    out = tmp_path / "out"
+    first = _shard(src, out, kill=fk.Kill(path=str(out / "shard-000003.tar")))
+    second = _shard(src, out, "--resume", kill=fk.Kill(path=str(out / "shard-000008.tar")))
+    assert first.killed and second.killed, second.explain()
+    _check_killed_state(out, ref_tree, second)
+    again = _shard(src, out, "--resume")
+    assert again.rc == 0, again.explain()
+    assert fk.tree(out) == ref_tree, fk.diff(fk.tree(out), ref_tree)
+    assert fk.tree(src["root"]) == src_tree
