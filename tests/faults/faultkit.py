@@ -228,6 +228,9 @@ def _await_orphans(seen: dict, pgid: int, grace_s: float) -> list[Proc]:
         left = survivors(seen, pgid)
     if left:
         _kill_group(pgid, seen)
+        end = time.monotonic() + 5
+        while any(alive(p) for p in left) and time.monotonic() < end:  # SIGKILL is not instant
+            time.sleep(0.02)
     return left
 
 

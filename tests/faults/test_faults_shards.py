@@ -36,11 +36,13 @@ def delete(out: Path) -> list[str]:
 
 
 def swap(out: Path) -> list[str]:
-    a, b = out / "shard-000004.tar", out / "shard-000005.tar"
-    da, db = a.read_bytes(), b.read_bytes()
-    a.write_bytes(db)
-    b.write_bytes(da)
-    return [a.name, b.name]
+    """Every pair of neighbours swapped (0<->1, 2<->3, ...): whichever shard a run reads first is wrong."""
+    names = sorted(p.name for p in out.glob("shard-*.tar"))
+    for a, b in zip(names[0::2], names[1::2]):
+        da, db = (out / a).read_bytes(), (out / b).read_bytes()
+        (out / a).write_bytes(db)
+        (out / b).write_bytes(da)
+    return names[: len(names) // 2 * 2]
 
 
 DAMAGE: dict[str, Callable[[Path], list[str]]] = {"flipped-byte": flip, "truncated": truncate, "deleted": delete,
