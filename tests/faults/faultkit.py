@@ -103,8 +103,9 @@ def survivors(seen: dict[tuple[int, int], Proc], pgid: int) -> list[Proc]:
 class Kill:
     """When to SIGKILL the command (the first condition met wins; None = not used).
 
-    ``after_s``: seconds after start; ``path``: a glob (absolute; ``**`` spans hidden folders) that matches a file; ``output``: a
-    regex that matches stdout + stderr so far; ``children``: that many descendants alive.
+    ``after_s``: seconds after start; ``path``: a glob (absolute; ``**`` spans hidden folders) that
+    matches a file; ``output``: a regex that matches stdout + stderr so far; ``children``: that many
+    descendants alive.
     ``delay_s`` is waited after the condition is met (a seeded offset into the next step).
     """
 
@@ -133,7 +134,8 @@ class Run:
     orphans: list[Proc] = field(default_factory=list)
 
     def explain(self) -> str:
-        return f"$ {' '.join(self.argv)}\nrc={self.rc}\n--- stdout\n{self.stdout[-3000:]}\n--- stderr\n{self.stderr[-3000:]}"
+        return (f"$ {' '.join(self.argv)}\nrc={self.rc}\n--- stdout\n{self.stdout[-3000:]}\n"
+                f"--- stderr\n{self.stderr[-3000:]}")
 
 
 def _limits(fsize: int | None):

@@ -49,7 +49,8 @@ def test_shard_into_a_small_tmpfs_is_one_line_exit_2_and_leaves_no_temp_file(src
 
 
 @pytest.mark.xfail(strict=True, reason="not in issue 14's fix list: clean on a full disk is an `OSError: [Errno 27] "
-                   "File too large` traceback, exit 1 (mmdata.io.atomic_write lets a write error raised inside its block "
+                   "File too large` traceback, exit 1 (mmdata.io.atomic_write lets a write error raised inside "
+                   "its block "
                    "through instead of turning it into a WriteError)")
 def test_clean_on_a_full_disk_is_one_line_and_keeps_the_previous_output(clean_src, tmp_path):
     out = tmp_path / "out.jsonl"

@@ -42,7 +42,8 @@ JSON = st.recursive(SCALAR, lambda kids: st.one_of(st.lists(kids, max_size=4),
                                                     st.dictionaries(TEXT, kids, max_size=4)), max_leaves=20)
 ROLE = st.one_of(st.sampled_from(["human", "gpt", "user", "assistant", "system", "bot", "Human", ""]), JSON)
 PATH = st.one_of(st.sampled_from(["photo_000.jpg", "photo_001.jpg", "grey.jpg", "missing_001.jpg", "../x.jpg",
-                                  "/etc/passwd", "", "folder.jpg", "tiny_20x20.jpg", "truncated.jpg", "sub/photo_s0.jpg"]),
+                                  "/etc/passwd", "", "folder.jpg", "tiny_20x20.jpg", "truncated.jpg",
+                                  "sub/photo_s0.jpg"]),
                  TEXT)
 IMAGE = st.one_of(st.none(), PATH, st.lists(PATH, max_size=3), JSON)
 ID = st.one_of(st.none(), TEXT, st.integers(-5, 5), st.integers(), JSON)
@@ -228,7 +229,8 @@ def _seeded_record(rng: random.Random) -> object:
     if rng.random() < 0.8:
         rec["id"] = rng.choice([f"i{rng.randrange(400)}", rng.randrange(400), "", None])
     if rng.random() < 0.7:
-        rec["image"] = rng.choice(paths) if rng.random() < 0.8 else [rng.choice(paths) for _ in range(rng.randint(0, 3))]
+        several = [rng.choice(paths) for _ in range(rng.randint(0, 3))]
+        rec["image"] = rng.choice(paths) if rng.random() < 0.8 else several
     if kind == 3:
         rec = {"id": rec.get("id"), "messages": [{"role": t["from"], "content": t["value"]} for t in turns],
                "images": rec.get("image", [])}

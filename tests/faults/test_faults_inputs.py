@@ -52,7 +52,8 @@ def test_coco_listings_sharing_an_id_never_swap_captions(dirty, listings, tmp_pa
 def test_coco_with_a_byte_order_mark_is_read(dirty, listings, tmp_path):
     a, _ = listings
     inp = tmp_path / "captions_bom.json"
-    inp.write_bytes(b"\xef\xbb\xbf" + json.dumps(_coco([a], [{"id": 1, "image_id": a["id"], "caption": "A bear."}])).encode())
+    doc = _coco([a], [{"id": 1, "image_id": a["id"], "caption": "A bear."}])
+    inp.write_bytes(b"\xef\xbb\xbf" + json.dumps(doc).encode())
     out = tmp_path / "out.json"
     r = coco_clean(inp, dirty["images"], out, "-q")
     assert r.rc == 0, r.explain()
@@ -113,7 +114,8 @@ def _qa30x3(path: Path) -> int:
     for i in range(6):
         for kind in ("conv", "detail", "complex"):
             recs.append({"id": f"img{i}", "image": "photo_000.jpg", "conversations": [
-                {"from": "human", "value": f"<image>\n{kind} question {i}?"}, {"from": "gpt", "value": f"{kind} answer."}]})
+                {"from": "human", "value": f"<image>\n{kind} question {i}?"},
+                {"from": "gpt", "value": f"{kind} answer."}]})
     path.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
     return len(recs)
 

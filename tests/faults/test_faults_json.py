@@ -130,7 +130,8 @@ REJECTED_AS = {"unsafe_path", "missing_image", "unreadable_image"}
 
 def test_clean_rejects_every_hostile_image_path_with_a_reason(dirty, tmp_path):
     inp = tmp_path / "in.jsonl"
-    lines = [json.dumps({"id": k, "image": p, "conversations": conv("<image>\nWhat is it?")}) for k, p in HOSTILE.items()]
+    q = conv("<image>\nWhat is it?")
+    lines = [json.dumps({"id": k, "image": p, "conversations": q}) for k, p in HOSTILE.items()]
     lines.append(json.dumps({"id": "fine", "image": "photo_000.jpg", "conversations": conv("<image>\nWhat is it?")}))
     inp.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out.jsonl"

@@ -39,7 +39,7 @@ def _check_killed_state(out: Path, ref: dict[str, str], r: fk.Run) -> None:
     now = fk.tree(out)
     for name, digest in now.items():
         if name.startswith("shard-") or name in ("manifest.json", "index.parquet"):
-            assert digest == ref[name], f"{name} under its final name differs from the uninterrupted run's\n{r.explain()}"
+            assert digest == ref[name], f"{name} under its final name is not the uninterrupted run's\n{r.explain()}"
 
 
 @pytest.fixture(scope="module")

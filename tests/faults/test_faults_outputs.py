@@ -104,8 +104,8 @@ def test_an_output_path_that_is_a_device_node_is_not_replaced(dirty, tmp_path):
         pytest.skip("mknod needs root")
     node = tmp_path / "null"
     os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
-    r = fk.mmdata("clean", "llava", dirty["llava_json"], "--images", dirty["images"], "--out", node.with_suffix(".json"),
-                  "--rejects", node, "-q")
+    r = fk.mmdata("clean", "llava", dirty["llava_json"], "--images", dirty["images"],
+                  "--out", node.with_suffix(".json"), "--rejects", node, "-q")
     assert stat.S_ISCHR(node.lstat().st_mode), f"the device node was replaced by a regular file\n{r.explain()}"
     assert r.rc in (0, 2) and "Traceback" not in r.stderr, r.explain()
 
