@@ -169,3 +169,17 @@ def test_hostile_output_names_give_the_same_bytes(dirty, plain, tmp_path, name):
     assert b.rc == 0, b.explain()
     assert plain.read_bytes() == hostile.read_bytes()
     assert fk.strays(hostile.parent) == []
+
+
+@pytest.mark.xfail(strict=True, reason="issue 14 item 5 (clean branch): shard has no text size limit either; a 12 MB "
+                   "answer becomes a sample instead of a text_too_long reject")
+def test_shard_rejects_an_enormous_text_as_text_too_long(dirty, tmp_path):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"id": "huge", "conversations": conv(a="word " * 2_400_000)}) + "\n"
+                   + json.dumps({"id": "fine", "conversations": conv()}) + "\n")
+    out = tmp_path / "s"
+    r = fk.mmdata("shard", inp, "--images", dirty["images"], "--out", out, "--workers", "1", "-q")
+    assert r.rc == 0 and "Traceback" not in r.stderr, r.explain()
+    rejects = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
+    assert [(x["id"], x["reason"]) for x in rejects] == [("huge", "text_too_long")]
+    assert json.loads((out / "manifest.json").read_text())["samples"] == 1

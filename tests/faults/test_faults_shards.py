@@ -95,3 +95,16 @@ def test_train_on_a_damaged_shard_set_is_one_line_exit_2(ref_shards, tmp_path, k
     assert any(n in r.stderr for n in names), f"{kind}: the error names none of {names}\n{r.explain()}"
     if kind != "swapped":  # a missing file or a wrong size is seen without reading a byte: before training
         assert "iteration" not in r.stdout, "trained before finding the damage"
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="CONTRACT s.9 names `mmtrain run --bad-sample-budget N`; no branch adds the "
+                   "flag, so a user cannot choose to train past a truncated shard")
+def test_train_past_a_truncated_shard_only_with_a_bad_sample_budget(train_shards, tmp_path):
+    out = tmp_path / "shards"
+    shutil.copytree(train_shards, out, ignore=shutil.ignore_patterns(".mmdata-cache"))
+    truncate(out)
+    r = fk.mmtrain("run", "--shards", out, "--seq-len", "512", "--global-batch-size", "2", "--max-steps", "2",
+                   "--log-interval", "1", "--device", "cpu", "--num-workers", "0", "--bad-sample-budget", "8")
+    assert r.rc == 0 and "Traceback" not in r.stderr, r.explain()
+    assert "shard-000002.tar" in r.stdout + r.stderr, "the samples left out were not announced"
