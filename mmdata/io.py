@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import tempfile
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Iterator
 
 import orjson
 
+from mmdata import storage
 from mmdata.errors import InputError
+from mmdata.storage.base import WriteError
+from mmdata.storage.local import atomic_file
 
 __all__ = [
     "atomic_write",
@@ -20,6 +23,7 @@ __all__ = [
     "dumps",
     "loads",
     "read_json",
+    "parse_json",
     "iter_json_records",
     "RecordWriter",
     "WriteError",
@@ -43,48 +47,19 @@ def dumps(obj: Any, *, indent: bool = False, sort_keys: bool = False) -> bytes:
 loads = orjson.loads
 
 
-class WriteError(InputError, OSError):
-    """A file that cannot be written: one line and exit 2 like any InputError, and still an OSError
-    for callers that treat an unwritable cache as a miss."""
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | Path, mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
+def atomic_write(path: str | Path, mode: str = "wb", encoding: str | None = None) -> AbstractContextManager[IO[Any]]:
     """Write to a temp file beside ``path`` and rename it into place only when the block succeeds.
 
     A crash leaves either the old file or none, never a half-written one. A file-system error of the
     write itself (no such folder, permission, a directory in the way, disk full) is an InputError
-    naming ``path``; errors raised by the block pass through unchanged.
+    naming ``path``. One implementation: ``mmdata.storage`` (a remote url gets its backend's
+    ``atomic_output``, binary only).
     """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise WriteError(path, f"cannot write: {e.strerror or e}") from None
-    try:
-        with os.fdopen(fd, mode, encoding=encoding) as f:
-            yield f
-            try:
-                f.flush()
-                os.fsync(f.fileno())
-            except OSError as e:
-                raise WriteError(path, f"cannot write: {e.strerror or e}") from None
-        try:
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
-            os.replace(tmp, path)
-        except OSError as e:
-            raise WriteError(path, f"cannot write: {e.strerror or e}") from None
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    if storage.is_remote(path):
+        if mode != "wb":
+            raise InputError(str(path), "text-mode writes to remote storage are not supported")
+        return storage.atomic_output(path)
+    return atomic_file(path, mode, encoding)
 
 
 def check_output_path(path: str | Path, inputs: tuple[str | Path, ...] = ()) -> Path:
@@ -141,6 +116,11 @@ def read_json(path: str | Path) -> Any:
         raise InputError(path, "is a directory, expected a JSON file") from None
     except OSError as e:
         raise InputError(path, f"cannot read: {e.strerror or e}") from None
+    return parse_json(data, path)
+
+
+def parse_json(data: bytes, path: str | Path) -> Any:
+    """One JSON document from bytes read from ``path``; invalid JSON is an InputError with line:col."""
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as e:

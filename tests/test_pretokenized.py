@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from loader_helpers import all_rows, same_batch
+from needs import need
 from mmdata.loader import LoaderConfig, PackedLoader, load_tokenizer
 from mmdata.shard.writer import write_shards
 
@@ -169,7 +170,7 @@ def test_verify_accepts_ids_and_flags_bad_ones(made, tmp_path):
 
 
 def test_upstream_webdataset_groups_the_ids_with_the_sample(made):
-    wds = pytest.importorskip("webdataset")
+    wds = need("webdataset")
     root, _ = made
     urls = [str(p) for p in sorted((root / "pre").glob("*.tar"))]
     samples = list(wds.WebDataset(urls, shardshuffle=False))

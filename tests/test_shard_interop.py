@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from needs import need
 from test_shard_writer import make_set
 
 from mmdata.shard import write_shards
@@ -20,7 +21,7 @@ def shards(tmp_path_factory):
 
 
 def test_webdataset_reads_every_sample_with_its_members(shards):
-    wds = pytest.importorskip("webdataset")
+    wds = need("webdataset")
     out, m = shards
     urls = [str(out / s["name"]) for s in m["shards"]]
     samples = list(wds.WebDataset(urls, shardshuffle=False))
@@ -40,7 +41,7 @@ def test_webdataset_reads_every_sample_with_its_members(shards):
 
 
 def test_wids_indexes_every_sample(shards):
-    wids = pytest.importorskip("wids")
+    wids = need("wids")
     out, m = shards
     ds = wids.ShardListDataset([{"url": str(out / s["name"]), "nsamples": s["samples"]} for s in m["shards"]],
                                transformations=[])

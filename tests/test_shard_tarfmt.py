@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from mmdata.shard.tarfmt import (
+from mmdata.format.tar import (
     BLOCK,
     RECORD,
     _header,

@@ -21,7 +21,7 @@ from PIL import Image
 
 from mmdata.errors import InputError
 from mmdata.shard import write_shards
-from mmdata.shard.writer import JOURNAL
+from mmdata.format.names import JOURNAL, STAGING
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -304,11 +304,12 @@ def test_resume_after_an_interrupt_gives_the_same_bytes(made, tmp_path):
 
     with pytest.raises(Crash):
         write_shards([src], img, out2, samples_per_shard=4, workers=1, progress=crash)
-    done = sorted(p.name for p in out2.glob("shard-*.tar"))
-    assert done and len(done) < 4 and not (out2 / "manifest.json").exists()
+    stage = out2 / STAGING  # a run writes here; OUTDIR changes only when it is complete
+    done = sorted(p.name for p in stage.glob("shard-*.tar"))
+    assert done and len(done) < 4 and not (out2 / "manifest.json").exists() and not list(out2.glob("shard-*"))
     # What a SIGKILL leaves: a half-written temp shard and a torn journal line.
-    (out2 / f".shard-{len(done):06d}.tar.tmp").write_bytes(b"partial")
-    with open(out2 / JOURNAL, "ab") as j:
+    (stage / f".shard-{len(done):06d}.tar.tmp").write_bytes(b"partial")
+    with open(stage / JOURNAL, "ab") as j:
         j.write(b'{"shard": {"name": "shard-0000')
     report = write_shards([src], img, out2, samples_per_shard=4, workers=2, resume=True)
     assert report.resumed_shards == len(done)
@@ -321,8 +322,8 @@ def test_resume_rewrites_a_damaged_shard_and_later_ones(made, tmp_path):
     Crash, crash = _crash_after(13)
     with pytest.raises(Crash):
         write_shards([src], img, out2, samples_per_shard=4, workers=1, progress=crash)
-    assert (out2 / "shard-000002.tar").exists() and (out2 / JOURNAL).exists()
-    tar = out2 / "shard-000001.tar"
+    assert (out2 / STAGING / "shard-000002.tar").exists() and (out2 / STAGING / JOURNAL).exists()
+    tar = out2 / STAGING / "shard-000001.tar"
     data = bytearray(tar.read_bytes())
     data[700] ^= 0xFF
     tar.write_bytes(bytes(data))
@@ -364,7 +365,7 @@ def test_killed_process_then_resume_gives_the_same_bytes(tmp_path):
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
-        if (out / "shard-000005.tar").exists():
+        if (out / STAGING / "shard-000005.tar").exists():
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.005)
@@ -451,7 +452,7 @@ def test_resume_of_a_finished_folder_refuses_a_changed_input_on_the_command_line
 
 def test_a_finished_run_leaves_no_journal_and_resume_is_a_no_op(made, tmp_path):
     src, img, out, report = made
-    assert not (out / JOURNAL).exists()
+    assert not (out / JOURNAL).exists() and not (out / STAGING).exists()
     before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
     again = write_shards([src], img, out, samples_per_shard=4, workers=1, resume=True)
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()} == before  # nothing rewritten

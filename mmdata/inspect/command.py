@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 
 from mmdata.errors import InputError
+from mmdata.format import names
 
 __all__ = ["register", "run"]
 
@@ -22,7 +23,7 @@ _PLAN_ROWS = (("image tokens / sample", "image_tokens"), ("image tokens / image"
 
 
 def _is_records(p: Path) -> bool:
-    return p.suffix.lower() in (".json", ".jsonl") and p.name != "manifest.json"
+    return p.suffix.lower() in (".json", ".jsonl") and p.name != names.MANIFEST
 
 
 def _human_bytes(n: int) -> str:

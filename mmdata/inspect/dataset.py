@@ -13,11 +13,13 @@ from typing import Any, Iterator
 import orjson
 import pyarrow as pa
 
+from mmdata import storage
 from mmdata.errors import InputError
-from mmdata.io import read_json
+from mmdata.format import names
+from mmdata.format.manifest import read_manifest
 
-INDEX = "index.parquet"
-MANIFEST = "manifest.json"
+INDEX = names.INDEX
+MANIFEST = names.MANIFEST
 IMAGE_TAG = "<image>"
 
 # Index columns the summary reads (DESIGN.md "Shard format"); missing optional ones are skipped.
@@ -50,20 +52,20 @@ class ShardSet:
         return out
 
 
-def _load_manifest(path: Path) -> dict[str, Any]:
-    m = read_json(path)
-    if not isinstance(m, dict) or not isinstance(m.get("shards"), list):
-        raise InputError(path, "not an mmdata shard manifest (expected an object with a 'shards' list)")
-    for i, s in enumerate(m["shards"]):
-        if not isinstance(s, dict) or not isinstance(s.get("name"), str):
-            raise InputError(path, f"manifest shard entry {i} has no 'name'")
-    return m
+def is_file(path: str | Path) -> bool:
+    """An existing file (not a folder), through the storage seam."""
+    return storage.exists(path) and not storage.isdir(path)
+
+
+def _tars_in(root: Path) -> list[str]:
+    """``*.tar`` names in ``root`` (hidden names, e.g. a shard being written, excluded), sorted."""
+    return [n for n in storage.listdir(root) if n.endswith(".tar") and not n.startswith(".")]
 
 
 def _open_folder(root: Path) -> ShardSet:
     mpath, ipath = root / MANIFEST, root / INDEX
-    manifest = _load_manifest(mpath) if mpath.is_file() else None
-    on_disk = sorted(p.name for p in root.glob("*.tar"))
+    manifest = read_manifest(mpath) if is_file(mpath) else None
+    on_disk = _tars_in(root)
     if manifest is not None:
         names = [s["name"] for s in manifest["shards"]]
         listed = set(names)
@@ -72,7 +74,7 @@ def _open_folder(root: Path) -> ShardSet:
         names, extra = on_disk, []
     if manifest is None and not names:
         raise InputError(root, "no shards here (no manifest.json and no .tar files)")
-    return ShardSet(root=root, manifest=manifest, index=ipath if ipath.is_file() else None,
+    return ShardSet(root=root, manifest=manifest, index=ipath if is_file(ipath) else None,
                     tars=[root / n for n in names], extra=extra)
 
 
@@ -83,17 +85,17 @@ def resolve(paths: list[str | Path]) -> list[ShardSet]:
     sets: list[ShardSet] = []
     by_parent: dict[Path, ShardSet] = {}
     for p in map(Path, paths):
-        if p.name in (MANIFEST, INDEX) and p.is_file():
+        if p.name in (MANIFEST, INDEX) and is_file(p):
             p = p.parent  # `inspect out/manifest.json` means the data set
-        if p.is_dir():
+        if storage.isdir(p):
             sets.append(_open_folder(p))
-        elif p.is_file():
+        elif storage.exists(p):
             parent = p.parent
             s = by_parent.get(parent)
             if s is None:
                 mpath, ipath = parent / MANIFEST, parent / INDEX
-                manifest = _load_manifest(mpath) if mpath.is_file() else None
-                s = ShardSet(root=parent, manifest=manifest, index=ipath if ipath.is_file() else None,
+                manifest = read_manifest(mpath) if is_file(mpath) else None
+                s = ShardSet(root=parent, manifest=manifest, index=ipath if is_file(ipath) else None,
                              tars=[], selected=[])
                 by_parent[parent] = s
                 sets.append(s)

@@ -8,8 +8,10 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from mmdata.inspect.dataset import ShardSet, index_batches, loads_json, resolve
-from mmdata.inspect.tario import HashingReader, TarFormatError, group_samples, iter_members, read_sample_at
+from mmdata import storage
+from mmdata.format.sample import SampleError, ShardSample
+from mmdata.inspect.dataset import ShardSet, index_batches, resolve
+from mmdata.format.tar import HashingReader, RawSample, TarFormatError, group_samples, iter_members, read_sample_at
 from mmdata.inspect.verify import _image_members
 
 _COLS = ["key", "shard", "offset", "nbytes"]
@@ -63,19 +65,14 @@ def _rows_at(s: ShardSet, positions: list[int]) -> list[dict[str, Any]]:
 
 
 def _shown(shard: str, key: str, files: dict[str, bytes]) -> Shown:
-    from mmdata.inspect.tario import RawSample
-
     images, _ = _image_members(RawSample(key=key, offset=0, end=0, files=files))
     data = files.get("json")
     if data is None:
         return Shown(shard, key, None, images, "no .json member")
     try:
-        rec = loads_json(data)
-    except ValueError as e:
-        return Shown(shard, key, None, images, str(e))
-    if not isinstance(rec, dict):
-        return Shown(shard, key, None, images, "json is not an object")
-    return Shown(shard, key, rec, images)
+        return Shown(shard, key, ShardSample.from_json(data).record, images)
+    except SampleError as e:
+        return Shown(shard, key, None, images, e.detail)
 
 
 def pick_samples(paths: list[str | Path], n: int) -> list[Shown]:
@@ -106,7 +103,7 @@ def pick_samples(paths: list[str | Path], n: int) -> list[Shown]:
                 if pos > max(want):
                     break
                 try:
-                    with open(tar, "rb") as f:
+                    with storage.open_input(tar) as f:
                         for raw in group_samples(iter_members(HashingReader(f, hash_it=False))):
                             if pos in want:
                                 out.append(_shown(tar.name, raw.key, raw.files))

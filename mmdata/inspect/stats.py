@@ -14,9 +14,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mmdata.inspect.dataset import ShardSet, index_batches, loads_json, resolve, sample_row
+from mmdata import storage
+from mmdata.format.sample import SampleError, ShardSample
+from mmdata.inspect.dataset import ShardSet, index_batches, is_file, resolve, sample_row
 from mmdata.inspect.problems import Problem
-from mmdata.inspect.tario import HashingReader, TarFormatError, group_samples, iter_members
+from mmdata.format.tar import HashingReader, TarFormatError, group_samples, iter_members
 
 _DENSE = 1 << 20  # values below this are counted in a dense array, larger ones in a dict
 
@@ -156,7 +158,7 @@ def _scan_tar(path: Path, acc: Accumulator, problems: list[Problem], chunk: int 
     rows: list[dict[str, Any]] = []
     name = path.name
     try:
-        with open(path, "rb") as f:
+        with storage.open_input(path) as f:
             for s in group_samples(iter_members(HashingReader(f, hash_it=False))):
                 data = s.files.get("json")
                 rec: Any = None
@@ -164,9 +166,9 @@ def _scan_tar(path: Path, acc: Accumulator, problems: list[Problem], chunk: int 
                     problems.append(Problem(name, s.key, "sample has no .json member", "missing_json"))
                 else:
                     try:
-                        rec = loads_json(data)
-                    except ValueError as e:
-                        problems.append(Problem(name, s.key, f"{s.key}.json: {e}", "bad_json"))
+                        rec = ShardSample.from_json(data).record
+                    except SampleError as e:
+                        problems.append(Problem(name, s.key, f"{s.key}.json: {e.detail}", "bad_json"))
                 rows.append(sample_row(rec, s.key, name, s.offset, s.end - s.offset))
                 if len(rows) >= chunk:
                     acc.add(pa.RecordBatch.from_pylist(rows))
@@ -249,7 +251,7 @@ def inspect_shards(paths: list[str | Path], *, top_sizes: int = 8) -> dict[str, 
                 part.add(b)
         else:
             for tar in s.tars:
-                if tar.is_file():
+                if is_file(tar):
                     _scan_tar(tar, part, problems)
                     part.rows_per_shard.setdefault(tar.name, 0)
         problems.extend(cheap_checks(s, part.rows_per_shard, part.samples if s.index is not None else None))
@@ -259,7 +261,7 @@ def inspect_shards(paths: list[str | Path], *, top_sizes: int = 8) -> dict[str, 
         for tar in s.tars:
             b = ms.get(tar.name, {}).get("bytes")
             if not isinstance(b, int):
-                b = tar.stat().st_size if tar.is_file() else 0
+                b = storage.size(tar) if is_file(tar) else 0
             nbytes += b
         if s.manifest is not None:
             if isinstance(s.manifest.get("options"), dict) and s.manifest["options"] not in options:
@@ -326,7 +328,7 @@ def histograms(paths: list[str | Path]) -> dict[str, IntHist]:
                 acc.add(b)
         else:
             for tar in s.tars:
-                if tar.is_file():
+                if is_file(tar):
                     _scan_tar(tar, acc, problems)
     out = {"image_tokens": acc.image_tokens, "text_chars": acc.text_chars, "long_side": acc.long_side,
            "n_images": acc.n_images}

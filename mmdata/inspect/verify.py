@@ -18,55 +18,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mmdata.inspect.dataset import IMAGE_TAG, ShardSet, as_int, index_batches, loads_json, resolve
+from mmdata import storage
+from mmdata.inspect.dataset import ShardSet, as_int, index_batches, loads_json, resolve
 from mmdata.inspect.problems import Problem
 from mmdata.inspect.stats import cheap_checks
-from mmdata.inspect.tario import HashingReader, RawSample, TarFormatError, group_samples, iter_members
+from mmdata.records import validate_record
+from mmdata.format.tar import HashingReader, RawSample, TarFormatError, group_samples, iter_members
 
 _IMAGE_EXT = re.compile(r"^(?:(\d+)\.)?(jpg|jpeg|png|webp)$")
 _MISSING_LISTED = 3  # how many missing keys a problem names before summarising
-
-
-def _fallback_record_problems(rec: dict[str, Any]) -> list[tuple[str, str]]:
-    """CONTRACT s.1 checks, used only when ``mmdata.records.validate_record`` is unavailable."""
-    out: list[tuple[str, str]] = []
-    if not isinstance(rec.get("id"), str) or not rec["id"]:
-        out.append(("malformed", "id missing or not a non-empty string"))
-    conv = rec.get("conversations")
-    if not isinstance(conv, list) or not conv:
-        return out + [("malformed", "conversations missing or empty")]
-    n_tags = 0
-    for k, t in enumerate(conv):
-        if not isinstance(t, dict) or not isinstance(t.get("from"), str) or not isinstance(t.get("value"), str):
-            return out + [("malformed", f"turn {k} is not {{from, value}} strings")]
-        want = "human" if k % 2 == 0 else "gpt"
-        if t["from"] != want:
-            out.append(("bad_roles", f"turn {k} is {t['from']!r}, expected {want!r}"))
-        if not t["value"].strip():
-            out.append(("empty_turn", f"turn {k} is empty"))
-        elif t["value"] != t["value"].strip():
-            out.append(("malformed", f"turn {k} value has outer white space"))
-        if t["from"] == "gpt" and IMAGE_TAG in t["value"]:
-            out.append(("image_token_mismatch", f"<image> in gpt turn {k}"))
-        elif t["from"] == "human":
-            n_tags += t["value"].count(IMAGE_TAG)
-    if conv and isinstance(conv[-1], dict) and conv[-1].get("from") != "gpt":
-        out.append(("bad_roles", "last turn is not gpt"))
-    im = rec.get("image")
-    n_img = 0 if im is None else 1 if isinstance(im, str) else len(im) if isinstance(im, list) else -1
-    if n_img < 0:
-        out.append(("malformed", "image is not a string or a list"))
-    elif n_img != n_tags:
-        out.append(("image_token_mismatch", f"{n_tags} <image> in human turns, {n_img} image(s)"))
-    return out
-
-
-def _record_checker() -> Callable[[dict[str, Any]], list[tuple[str, str]]]:
-    try:
-        from mmdata.records import validate_record
-    except ImportError:  # pragma: no cover - only while records.py is missing
-        return _fallback_record_problems
-    return validate_record
 
 
 @dataclass
@@ -133,61 +93,64 @@ def _ids_problems(data: bytes, image_tokens: int | None, text_tokens: int | None
     return out
 
 
-def _check_sample(s: RawSample, shard: str, task: ShardTask, row: dict[str, Any] | None,
-                  check_record: Callable[[dict[str, Any]], list[tuple[str, str]]]) -> list[Problem]:
-    from mmdata.images import ImageError, verify_image_bytes
+Bad = Callable[[str, str], None]  # bad(code, message): records one problem of the sample being checked
 
-    out: list[Problem] = []
+
+def _json_problems(s: RawSample, n_images: int, bad: Bad,
+                   check_record: Callable[[dict[str, Any]], list[tuple[str, str]]]) -> tuple[dict[str, Any] | None, list[Any]]:
+    """Parse and check ``key.json`` (its ``images`` against the ``n_images`` image members); returns the
+    record (None if unusable) and its ``images`` entries."""
     key = s.key
-
-    def bad(code: str, msg: str) -> None:
-        out.append(Problem(shard, key, msg, code))
-
-    if "." in key.rsplit("/", 1)[-1]:
-        bad("bad_key", f"key {key!r} contains a dot")
-    images, odd = _image_members(s)
-    for name in odd:
-        bad("bad_member", f"{name}: a multi-image sample's images must be numbered ({key}.0.jpg, ...)")
-    rec: Any = None
     data = s.files.get("json")
     if data is None:
         bad("missing_json", f"no {key}.json member (members: {', '.join(s.names)})")
-    else:
-        try:
-            rec = loads_json(data)
-        except ValueError as e:
-            bad("bad_json", f"{key}.json: {e}")
-        else:
-            if not isinstance(rec, dict):
-                bad("bad_json", f"{key}.json is not a JSON object")
-                rec = None
-    entries: list[Any] = []
-    if rec is not None:
-        for code, detail in check_record(rec):
-            bad("bad_record", f"{key}.json: {code}: {detail}")
-        entries = rec.get("images", [])
-        if not isinstance(entries, list):
-            bad("bad_record", f"{key}.json: 'images' is not a list")
-            entries = []
-        if len(entries) != len(images):
-            bad("image_count_mismatch", f"{key}.json lists {len(entries)} image(s), the shard holds {len(images)}")
-        total = rec.get("image_tokens")
-        for i, e in enumerate(entries):
-            if not isinstance(e, dict) or any(type(e.get(k)) is not int for k in ("width", "height", "image_tokens")):
-                bad("bad_record", f"{key}.json: images[{i}] lacks integer width, height and image_tokens")
-        listed = sum(as_int(e.get("image_tokens")) for e in entries if isinstance(e, dict))
-        if entries and total != listed:
-            bad("bad_record", f"{key}.json: image_tokens {total} != sum over its images {listed}")
+        return None, []
+    try:
+        rec = loads_json(data)
+    except ValueError as e:
+        bad("bad_json", f"{key}.json: {e}")
+        return None, []
+    if not isinstance(rec, dict):
+        bad("bad_json", f"{key}.json is not a JSON object")
+        return None, []
+    for code, detail in check_record(rec):
+        bad("bad_record", f"{key}.json: {code}: {detail}")
+    entries = rec.get("images", [])
+    if not isinstance(entries, list):
+        bad("bad_record", f"{key}.json: 'images' is not a list")
+        entries = []
+    if len(entries) != n_images:
+        bad("image_count_mismatch", f"{key}.json lists {len(entries)} image(s), the shard holds {n_images}")
+    total = rec.get("image_tokens")
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict) or any(type(e.get(k)) is not int for k in ("width", "height", "image_tokens")):
+            bad("bad_record", f"{key}.json: images[{i}] lacks integer width, height and image_tokens")
+    listed = sum(as_int(e.get("image_tokens")) for e in entries if isinstance(e, dict))
+    if entries and total != listed:
+        bad("bad_record", f"{key}.json: image_tokens {total} != sum over its images {listed}")
+    return rec, entries
 
-    rule = None
+
+def _task_rule(task: ShardTask):
+    """The token rule the shard was made with (None when unknown)."""
+    if not task.options.get("rule"):
+        return None
+    try:
+        from mmdata.rules import get_rule
+
+        return get_rule(task.options["rule"])
+    except ValueError:
+        return None
+
+
+def _image_problems(key: str, images: list[tuple[str, bytes]], entries: list[Any], task: ShardTask,
+                    bad: Bad) -> list[tuple[int, int]]:
+    """Decode every image and check it against its json entry and the run's options; returns the
+    decoded sizes ((0, 0) for an undecodable image)."""
+    from mmdata.images import ImageError, verify_image_bytes
+
+    rule = _task_rule(task)
     max_res, max_tok = task.options.get("max_res"), task.options.get("max_image_tokens")
-    if task.options.get("rule"):
-        try:
-            from mmdata.rules import get_rule
-
-            rule = get_rule(task.options["rule"])
-        except ValueError:
-            rule = None
     sizes: list[tuple[int, int]] = []
     for i, (ext, blob) in enumerate(images):
         name = f"{key}.{ext}"
@@ -213,7 +176,44 @@ def _check_sample(s: RawSample, shard: str, task: ShardTask, row: dict[str, Any]
                 bad("token_mismatch", f"{name}: {t} tokens under {task.options['rule']}, json says {e.get('image_tokens')}")
             if t > max_tok:
                 bad("over_token_budget", f"{name}: {t} tokens, over --max-image-tokens {max_tok}")
+    return sizes
 
+
+def _row_problems(s: RawSample, row: dict[str, Any], rec: dict[str, Any] | None, entries: list[Any],
+                  n_images: int, sizes: list[tuple[int, int]], bad: Bad) -> None:
+    """The sample against its index row: offset, nbytes, id, image count, tokens and sizes."""
+    if row.get("offset") is not None and row["offset"] != s.offset:
+        bad("index_mismatch", f"index offset {row['offset']}, sample starts at byte {s.offset}")
+    if row.get("nbytes") is not None and row["nbytes"] != s.end - s.offset:
+        bad("index_mismatch", f"index nbytes {row['nbytes']}, sample spans {s.end - s.offset} bytes")
+    if rec is not None:
+        if "id" in row and row["id"] != str(rec.get("id")):
+            bad("index_mismatch", f"index id {row['id']!r}, json id {rec.get('id')!r}")
+        if row.get("n_images") is not None and row["n_images"] != n_images:
+            bad("index_mismatch", f"index n_images {row['n_images']}, shard holds {n_images}")
+        if row.get("image_tokens") is not None and entries and row["image_tokens"] != rec.get("image_tokens"):
+            bad("index_mismatch", f"index image_tokens {row['image_tokens']}, json says {rec.get('image_tokens')}")
+    if row.get("widths") is not None and sizes and all(sz != (0, 0) for sz in sizes):
+        if list(zip(row["widths"], row["heights"])) != sizes:
+            bad("index_mismatch", f"index sizes {list(zip(row['widths'], row['heights']))}, images are {sizes}")
+
+
+def _check_sample(s: RawSample, shard: str, task: ShardTask, row: dict[str, Any] | None,
+                  check_record: Callable[[dict[str, Any]], list[tuple[str, str]]]) -> list[Problem]:
+    """Every problem of one sample: key, members, json, images, pre-tokenised ids, index row."""
+    out: list[Problem] = []
+    key = s.key
+
+    def bad(code: str, msg: str) -> None:
+        out.append(Problem(shard, key, msg, code))
+
+    if "." in key.rsplit("/", 1)[-1]:
+        bad("bad_key", f"key {key!r} contains a dot")
+    images, odd = _image_members(s)
+    for name in odd:
+        bad("bad_member", f"{name}: a multi-image sample's images must be numbered ({key}.0.jpg, ...)")
+    rec, entries = _json_problems(s, len(images), bad, check_record)
+    sizes = _image_problems(key, images, entries, task, bad)
     ids = s.files.get("ids.npy")
     if ids is not None:
         img_tok = row.get("image_tokens") if row is not None else None
@@ -221,22 +221,8 @@ def _check_sample(s: RawSample, shard: str, task: ShardTask, row: dict[str, Any]
             img_tok = rec["image_tokens"]
         for code, msg in _ids_problems(ids, img_tok, row.get("text_tokens") if row is not None else None):
             bad(code, f"{key}.ids.npy: {msg}")
-
     if row is not None:
-        if row.get("offset") is not None and row["offset"] != s.offset:
-            bad("index_mismatch", f"index offset {row['offset']}, sample starts at byte {s.offset}")
-        if row.get("nbytes") is not None and row["nbytes"] != s.end - s.offset:
-            bad("index_mismatch", f"index nbytes {row['nbytes']}, sample spans {s.end - s.offset} bytes")
-        if rec is not None:
-            if "id" in row and row["id"] != str(rec.get("id")):
-                bad("index_mismatch", f"index id {row['id']!r}, json id {rec.get('id')!r}")
-            if row.get("n_images") is not None and row["n_images"] != len(images):
-                bad("index_mismatch", f"index n_images {row['n_images']}, shard holds {len(images)}")
-            if row.get("image_tokens") is not None and entries and row["image_tokens"] != rec.get("image_tokens"):
-                bad("index_mismatch", f"index image_tokens {row['image_tokens']}, json says {rec.get('image_tokens')}")
-        if row.get("widths") is not None and sizes and all(sz != (0, 0) for sz in sizes):
-            if list(zip(row["widths"], row["heights"])) != sizes:
-                bad("index_mismatch", f"index sizes {list(zip(row['widths'], row['heights']))}, images are {sizes}")
+        _row_problems(s, row, rec, entries, len(images), sizes, bad)
     return out
 
 
@@ -252,7 +238,7 @@ def verify_shard(task: ShardTask) -> ShardResult:
     except Exception as e:  # a broken index is reported, the tar is still checked
         problems.append(Problem(name, None, f"cannot read its index rows: {e}", "bad_index"))
         rows = None
-    check_record = _record_checker()
+    check_record = validate_record
     seen: set[str] = set()
     prev: str | None = None
     first: str | None = None
@@ -276,7 +262,7 @@ def verify_shard(task: ShardTask) -> ShardResult:
         problems.extend(_check_sample(s, name, task, row, check_record))
 
     try:
-        with open(task.path, "rb") as f:
+        with storage.open_input(task.path) as f:
             r = HashingReader(f)
             try:
                 for s in group_samples(iter_members(r)):

@@ -17,13 +17,15 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-import orjson
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from mmdata import storage
 from mmdata.errors import InputError, MMDataError
+from mmdata.format.sample import SampleError, ShardSample
+from mmdata.format.tar import TarFormatError, parse_sample
 from mmdata.loader.batch import Document, RowSpec, collate_row
 from mmdata.loader.pack import DEFAULT_PACKER
-from mmdata.loader.lengths import ShardIndex, _index_text_tokens_made_with, cache_dir_for, read_index, text_tokens
+from mmdata.loader.lengths import MANIFEST, ShardIndex, _fix, check_shards, _index_text_tokens_made_with, cache_dir_for, read_index, text_tokens
 from mmdata.loader.pixels import decode_frame, target_size
 from mmdata.loader.plan import NoSampleFits, PlanConfig, Planner, SetLengths, iter_positions, normalize_position
 
@@ -92,15 +94,33 @@ def open_shard_set(root: str | Path, tokenizer, config: LoaderConfig) -> ShardSe
     opts = index.manifest.get("options", {}) if isinstance(index.manifest, dict) else {}
     rule = opts.get("rule", "qwen2vl")
     if rule not in PIXEL_RULES:
-        raise InputError(index.root / "manifest.json", f"shards made with --rule {rule}: the packed loader emits "
+        raise InputError(storage.join(index.root, MANIFEST), f"shards made with --rule {rule}: the packed loader emits "
                                                         f"Qwen2-VL patches and needs --rule qwen2vl or qwen-vl")
     factor = config.patch_size * config.merge_size
     max_tokens = int(opts.get("max_image_tokens") or 1280)
     max_pixels = max(max_tokens * factor * factor, int(index.image_tokens.max(initial=0)) * factor * factor)
     made_with = _index_text_tokens_made_with(index.manifest)
     pretokenized = made_with == (getattr(tokenizer, "sha256", None), config.template)
-    return ShardSet(index, text_tokens(index, tokenizer, config.template, config.cache_dir), max_pixels,
-                    pretokenized)
+    lost = check_shards(index)  # a missing or replaced shard is an InputError here
+    tt = text_tokens(index, tokenizer, config.template, config.cache_dir)
+    if lost:
+        tt = _leave_out_truncated(tt, lost, config.bad_sample_budget)
+    return ShardSet(index, tt, max_pixels, pretokenized)
+
+
+def _leave_out_truncated(tt: np.ndarray, lost: dict[str, np.ndarray], budget: int) -> np.ndarray:
+    """Leave the samples cut off truncated shards out of the plan, within the bad-sample budget."""
+    n = sum(len(rows) for rows in lost.values())
+    path, rows = max(lost.items(), key=lambda kv: len(kv[1]))
+    if n > budget:
+        raise InputError(path, f"truncated: {n} sample(s) past the end of damaged shards, over bad_sample_budget "
+                               f"{budget}; {_fix(Path(path).parent)}")
+    for p, r in lost.items():
+        log.warning("%s is truncated: %d sample(s) past its end left out (within bad_sample_budget %d)", p, len(r), budget)
+    tt = tt.copy()
+    for r in lost.values():
+        tt[r] = -1
+    return tt
 
 
 class BadSample(Exception):
@@ -112,47 +132,13 @@ class BadSample(Exception):
         super().__init__(f"{reason}: {detail}")
 
 
-def _checksum_ok(header: bytes) -> bool:
-    try:
-        want = int(header[148:156].rstrip(b"\0 ").decode("ascii") or "-1", 8)
-    except ValueError:
-        return False
-    return want == sum(header[:148]) + 256 + sum(header[156:])
-
-
 def parse_members(buf: bytes) -> list[tuple[str, bytes]]:
-    """(name, data) of the tar members in ``buf`` (one sample's bytes), checking each header."""
-    from mmdata.loader.lengths import tar_member_size
-
-    out: list[tuple[str, bytes]] = []
-    pos, n = 0, len(buf)
-    pax_name = None
-    while pos + 512 <= n:
-        header = buf[pos:pos + 512]
-        if header.count(0) == 512:
-            break
-        if not _checksum_ok(header):
-            raise BadSample("unreadable_member", f"bad tar header checksum at byte {pos}")
-        size = tar_member_size(header)
-        kind = header[156:157]
-        data = buf[pos + 512:pos + 512 + size]
-        if len(data) < size:
-            raise BadSample("unreadable_member", "member runs past the sample's bytes")
-        pos += 512 + (size + 511) // 512 * 512
-        if kind in (b"x", b"g"):
-            for rec in data.split(b"\n"):
-                if b" path=" in rec:
-                    pax_name = rec.split(b" path=", 1)[1].decode("utf-8")
-            continue
-        name = header[0:100].split(b"\0", 1)[0].decode("utf-8", "replace")
-        prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "replace")
-        if prefix:
-            name = f"{prefix}/{name}"
-        if pax_name:
-            name, pax_name = pax_name, None
-        if kind in (b"0", b"\0"):
-            out.append((name, data))
-    return out
+    """(name, data) of the tar members in ``buf`` (one sample's bytes), every header checked by the
+    format's one strict tar reader."""
+    try:
+        return [(m.name, m.data) for m in parse_sample(buf)]
+    except TarFormatError as e:
+        raise BadSample("unreadable_member", str(e)) from None
 
 
 def _split_sample(key: str, members: list[tuple[str, bytes]]) -> tuple[bytes, list[bytes], bytes | None]:
@@ -221,7 +207,8 @@ class RowBuilder:
             if len(self._files) >= 64:
                 old = next(iter(self._files))
                 self._files.pop(old).close()
-            f = open(self.sets[set_id].index.root / self.sets[set_id].index.shards[shard], "rb")
+            ix = self.sets[set_id].index
+            f = storage.open_input(storage.join(ix.root, ix.shards[shard]))
             self._files[(set_id, shard)] = f
         return f
 
@@ -230,7 +217,7 @@ class RowBuilder:
             f.close()
         self._files.clear()
 
-    def read(self, set_id: int, i: int) -> tuple[dict, list[bytes], bytes | None]:
+    def read(self, set_id: int, i: int) -> tuple[ShardSample, list[bytes], bytes | None]:
         ix = self.sets[set_id].index
         try:
             f = self._file(set_id, int(ix.shard_idx[i]))
@@ -242,12 +229,9 @@ class RowBuilder:
             raise BadSample("unreadable_member", "shard is shorter than the index says")
         js, imgs, ids = _split_sample(str(ix.keys[i]), parse_members(buf))
         try:
-            rec = orjson.loads(js)
-        except orjson.JSONDecodeError as e:
-            raise BadSample("broken_json", str(e)) from None
-        if not isinstance(rec, dict):
-            raise BadSample("broken_json", "the json is not an object")
-        return rec, imgs, ids
+            return ShardSample.from_json(js), imgs, ids
+        except SampleError as e:
+            raise BadSample(e.reason, e.detail) from None
 
     def encode(self, set_id: int, i: int) -> tuple[Document | None, bool]:
         """The sample as a document (None if truncation left nothing to learn), and whether it was cut."""
@@ -256,19 +240,18 @@ class RowBuilder:
         s = self.sets[set_id]
         ix = s.index
         cfg = self.cfg
-        rec, img_bytes, ids_member = self.read(set_id, i)
-        metas = rec.get("images", [])
-        if not isinstance(metas, list) or len(metas) != len(img_bytes):
-            raise BadSample("image_count_mismatch", f"{len(img_bytes)} image member(s), json lists "
-                                                    f"{len(metas) if isinstance(metas, list) else 'no'} images")
+        sample, img_bytes, ids_member = self.read(set_id, i)
+        rec, metas = sample.record, sample.images
+        if len(metas) != len(img_bytes):
+            raise BadSample("image_count_mismatch", f"{len(img_bytes)} image member(s), json lists {len(metas)} images")
         factor = cfg.patch_size * cfg.merge_size
         sizes, tokens = [], []
         for k, m in enumerate(metas):
             try:
-                h, w = target_size(int(m["height"]), int(m["width"]), s.max_pixels, factor)
-                claimed = int(m["image_tokens"])
-            except (KeyError, TypeError, ValueError):
+                h, w = target_size(m.height, m.width, s.max_pixels, factor)
+            except (TypeError, ValueError):
                 raise BadSample("broken_json", f"image {k}: no usable width/height/image_tokens") from None
+            claimed = m.image_tokens
             t = (h // factor) * (w // factor)
             if t != claimed:
                 raise BadSample("image_token_mismatch", f"image {k}: {w}x{h} gives {t} tokens, json claims {claimed}")
@@ -475,7 +458,7 @@ class PackedLoader:
             raise NoSampleFits(f"{roots}: {e}{fix}", samples=e.samples, shortest=e.shortest,
                                seq_len=e.seq_len) from None
         self._iter = None
-        where = [f"{s.index.root / s.index.shards[int(s.index.shard_idx[i])]} key {s.index.keys[i]}"
+        where = [f"{storage.join(s.index.root, s.index.shards[int(s.index.shard_idx[i])])} key {s.index.keys[i]}"
                  for s in self.sets for i in np.flatnonzero(s.text_tokens < 0)]
         for w in where[:20]:
             log.warning("bad sample left out of the plan: %s: unreadable or unrenderable json", w)

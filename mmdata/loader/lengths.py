@@ -16,21 +16,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import orjson
 
+from mmdata import storage
 from mmdata.errors import InputError
-from mmdata.io import atomic_write, read_json
+from mmdata.format import names
+from mmdata.format.index import REQUIRED, read_table
+from mmdata.format.manifest import read_manifest
+from mmdata.format.sample import SampleError, ShardSample
+from mmdata.format.tar import TarFormatError, parse_header, read_first_member
 
-INDEX = "index.parquet"
-MANIFEST = "manifest.json"
-_NEEDED = ("key", "shard", "shard_idx", "offset", "nbytes", "n_images", "image_tokens")
+INDEX = names.INDEX
+MANIFEST = names.MANIFEST
 
 
 @dataclass
 class ShardIndex:
     """The columns of ``index.parquet`` the loader uses, as numpy arrays in index order."""
 
-    root: Path
+    root: Path  # a local folder, or a url string for remote storage
     manifest: dict
     index_sha256: str
     shards: list[str]  # file names, by shard_idx
@@ -49,21 +52,20 @@ class ShardIndex:
 
 def read_index(root: str | Path) -> ShardIndex:
     """Read ``root/index.parquet`` and ``root/manifest.json`` (pyarrow; the tars are not opened)."""
-    import pyarrow.parquet as pq
-
-    root = Path(root)
-    path = root / INDEX
-    if not root.is_dir():
+    root = storage.local_path(root) or str(root)  # type: ignore[assignment]
+    path = storage.join(root, INDEX)
+    if not storage.isdir(root):
         raise InputError(root, "shard folder not found")
-    if not path.is_file():
+    if not storage.exists(path) or storage.isdir(path):
         raise InputError(path, "no index.parquet: not a shard folder made by `mmdata shard`")
-    manifest = read_json(root / MANIFEST) if (root / MANIFEST).is_file() else {}
-    data = path.read_bytes()
+    mpath = storage.join(root, MANIFEST)
+    manifest = read_manifest(mpath) if storage.exists(mpath) else {}
+    data = storage.read_bytes(path)
     try:
-        table = pq.read_table(path)
+        table = read_table(data)
     except Exception as e:  # pyarrow raises several types for a damaged file
         raise InputError(path, f"unreadable parquet: {e}") from None
-    missing = [c for c in _NEEDED if c not in table.column_names]
+    missing = [c for c in REQUIRED if c not in table.column_names]
     if missing:
         raise InputError(path, f"index lacks column(s) {', '.join(missing)}")
     col = {c: table.column(c) for c in table.column_names}
@@ -105,39 +107,22 @@ def _index_text_tokens_made_with(manifest: dict) -> tuple[str, str] | None:
     return None
 
 
-def tar_member_size(header: bytes) -> int:
-    """Size field of a 512-byte ustar header (octal, or GNU base-256)."""
-    field = header[124:136]
-    if field[0] & 0x80:
-        return int.from_bytes(field[1:], "big")
-    return int(field.rstrip(b"\0 ").decode("ascii") or "0", 8)
-
-
-def read_json_member(f, offset: int) -> bytes:
-    """Bytes of the sample's first member (its ``.json``) at ``offset`` in an open tar file."""
-    f.seek(offset)
-    header = f.read(512)
-    if len(header) < 512:
-        raise ValueError("truncated tar header")
-    size = tar_member_size(header)
-    data = f.read(size)
-    if len(data) < size:
-        raise ValueError("truncated member")
-    return data
-
-
-def cache_dir_for(root: Path, cache_dir: str | Path | None = None) -> Path:
-    """``cache_dir`` if given, else ``root/.mmdata-cache`` when writable, else ``~/.cache/mmdata``."""
+def cache_dir_for(root: Path | str, cache_dir: str | Path | None = None) -> Path:
+    """``cache_dir`` if given, else ``root/.mmdata-cache`` when writable (a local folder), else
+    ``~/.cache/mmdata``."""
     if cache_dir is not None:
         return Path(cache_dir)
-    local = root / ".mmdata-cache"
+    home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mmdata"
+    if storage.is_remote(root):
+        return home
+    local = Path(root) / names.CACHE_DIR
     try:
         local.mkdir(exist_ok=True)
         if os.access(local, os.W_OK):
             return local
     except OSError:
         pass
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mmdata"
+    return home
 
 
 def text_tokens(index: ShardIndex, tokenizer, template: str, cache_dir: str | Path | None = None) -> np.ndarray:
@@ -157,6 +142,7 @@ def text_tokens(index: ShardIndex, tokenizer, template: str, cache_dir: str | Pa
         except (OSError, ValueError):
             pass
     out = np.full(len(index), -1, dtype=np.int64)
+    damaged = False  # a sample could not be read: not cached, so a repaired shard is counted again
     batch_i: list[int] = []
     batch_r: list[dict] = []
 
@@ -171,25 +157,76 @@ def text_tokens(index: ShardIndex, tokenizer, template: str, cache_dir: str | Pa
         if len(rows) == 0:
             continue
         try:
-            f = open(index.root / name_, "rb")
+            f = storage.open_input(storage.join(index.root, name_))
         except OSError:
+            damaged = True
             continue  # every sample of a missing shard stays -1 (counted as bad at planning)
         with f:
             for i in rows.tolist():
                 try:
-                    rec = orjson.loads(read_json_member(f, int(index.offset[i])))
-                except (ValueError, OSError):
-                    continue
-                if not isinstance(rec, dict):
+                    sample = ShardSample.from_json(read_first_member(f, int(index.offset[i])))
+                except (TarFormatError, SampleError, OSError):
+                    damaged = True
                     continue
                 batch_i.append(i)
-                batch_r.append(rec)
+                batch_r.append(sample.record)
                 if len(batch_r) >= 1024:
                     flush()
     flush()
+    if damaged:
+        return out
     try:
-        with atomic_write(cdir / name) as fh:
+        with storage.atomic_output(cdir / name) as fh:
             np.save(fh, out, allow_pickle=False)
     except OSError:
         pass  # a cache we cannot write only costs time next run
     return out
+
+
+def _fix(root: Path | str) -> str:
+    return (f"run `mmdata inspect {root} --verify`, then re-shard, or `mmdata shard ... --resume` into the "
+            "same --out to rewrite what is damaged")
+
+
+def _first_member_name(path: str, offset: int) -> str | None:
+    """Name of the member whose header is at ``offset`` (None if no valid header is there)."""
+    try:
+        hdr = storage.read_range(path, offset, 512)
+        return parse_header(hdr, offset).name if len(hdr) == 512 and hdr.count(0) != 512 else None
+    except TarFormatError:
+        return None
+
+
+def check_shards(index: ShardIndex) -> dict[str, np.ndarray]:
+    """Check every shard file the index lists against its rows and the manifest (one stat and one
+    512-byte read per shard). A missing shard, or one holding other bytes (another shard's, or a size
+    over the manifest's) is an InputError naming the shard and the fix. Returns, per truncated shard,
+    the rows cut off (the caller weighs them against the bad-sample budget)."""
+    listed = {s.get("name"): s for s in index.manifest.get("shards", []) if isinstance(s, dict)}
+    bounds = np.searchsorted(index.shard_idx, np.arange(len(index.shards) + 1))
+    lost: dict[str, np.ndarray] = {}
+    for s, name in enumerate(index.shards):
+        rows = np.arange(bounds[s], bounds[s + 1])
+        if not name or len(rows) == 0:
+            continue
+        path = storage.join(index.root, name)
+        if not storage.exists(path):
+            raise InputError(path, f"shard file is missing (index.parquet lists {len(rows)} samples in it): "
+                                   f"{_fix(index.root)}")
+        size = storage.size(path)
+        want = listed.get(name, {}).get("bytes")
+        if isinstance(want, int) and size > want:
+            raise InputError(path, f"{size} bytes, manifest.json says {want}: not the shard the index describes; "
+                                   f"{_fix(index.root)}")
+        key, first = str(index.keys[rows[0]]), int(index.offset[rows[0]])
+        got = _first_member_name(path, first) if first < size else None
+        if got is not None and got.rsplit("/", 1)[-1].split(".", 1)[0] != key:
+            raise InputError(path, f"holds {got!r} where index.parquet puts {key}.json: replaced by another "
+                                   f"shard's bytes? {_fix(index.root)}")
+        cut = rows[index.offset[rows] + index.nbytes[rows] > size]
+        if got is None and len(cut) < len(rows):
+            raise InputError(path, f"no tar header at byte {first} where index.parquet puts {key}.json: "
+                                   f"{_fix(index.root)}")
+        if len(cut) or (isinstance(want, int) and size < want):
+            lost[str(path)] = cut
+    return lost

@@ -13,8 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
+from mmdata.format.sample import ImageMeta, ShardSample
 from mmdata.images import ImageError
 from mmdata.records import normalize, unsafe_path_reason, validate_record
 from mmdata.rules import Rule
@@ -125,14 +124,13 @@ class SampleMaker:
                 stored.append(resize_image(data, self.spec, self.rule))
             except ImageError as e:
                 return Reject(e.reason, f"{p}: {e.detail}", sid)
-        out = dict(clean)
         tokens = [s.image_tokens for s in stored]
-        out["images"] = [s.meta() for s in stored]
-        out["image_tokens"] = sum(tokens)
+        metas = [ImageMeta(s.width, s.height, s.image_tokens, s.orig_width, s.orig_height, s.passthrough)
+                 for s in stored]
         conv = clean["conversations"]
         source = clean.get("source")
         return Sample(
-            json=orjson.dumps(out),
+            json=ShardSample(clean, metas).to_json(),
             images=[s.data for s in stored],
             id=sid,
             image_tokens=tokens,

@@ -10,12 +10,10 @@ The journal is removed once the manifest is written; resuming a finished folder 
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
+import errno
 import os
-import re
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,25 +22,24 @@ from typing import Any
 import orjson
 
 from mmdata.errors import InputError, MMDataError
-from mmdata.io import atomic_write, iter_json_records
-from mmdata.procs import die_with_parent
+from mmdata import storage
+from mmdata.format import names
+from mmdata.format.journal import sha256_file
+from mmdata.format.manifest import ShardInfo
+from mmdata.format.lock import hold_lock
+from mmdata.format.writer import ShardWriter
+from mmdata.storage.base import WriteError
+from mmdata.io import iter_json_records
+from mmdata.procs import die_with_parent, resolve_workers
 from mmdata.rules import RULES
-from mmdata.shard import tarfmt
-from mmdata.shard.index import IndexColumns, to_table, write_index
-from mmdata.shard.manifest import ShardInfo, build_manifest, write_manifest
 from mmdata.shard.resize import ResizeSpec
 from mmdata.shard.sample import Reject, Sample, SampleMaker, Task
 
 __all__ = ["write_shards", "ShardReport", "JOURNAL", "shard_name"]
 
-JOURNAL = ".shard-journal.jsonl"
-_SHARD_RE = re.compile(r"^shard-\d{6}\.tar$")
-_TMP_RE = re.compile(r"^\.shard-\d{6}\.tar\.tmp$")
+JOURNAL = names.JOURNAL
+shard_name = names.shard_name
 CHUNK = 16  # records per worker task
-
-
-def shard_name(i: int) -> str:
-    return f"shard-{i:06d}.tar"
 
 
 @dataclass
@@ -214,68 +211,6 @@ def _ordered(chunks: Iterator[list[Task]], workers: int, init_args: tuple) -> It
         pool.terminate()
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-class _OpenShard:
-    """A shard being written under its temporary name, hashed as it goes."""
-
-    def __init__(self, out_dir: Path, idx: int, first_key: str, start_row: int):
-        self.idx = idx
-        self.name = shard_name(idx)
-        self.final = out_dir / self.name
-        self.tmp = out_dir / f".{self.name}.tmp"
-        self.f = open(self.tmp, "wb")
-        self.sha = hashlib.sha256()
-        self.size = 0
-        self.samples = 0
-        self.passthrough = 0
-        self.first_key = first_key
-        self.last_key = first_key
-        self.start_row = start_row
-
-    def add(self, key: str, data: bytes) -> int:
-        offset = self.size
-        self.f.write(data)
-        self.sha.update(data)
-        self.size += len(data)
-        self.samples += 1
-        self.last_key = key
-        return offset
-
-    def close(self) -> ShardInfo:
-        end = tarfmt.end_of_archive(self.size)
-        self.f.write(end)
-        self.sha.update(end)
-        self.size += len(end)
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        self.f.close()
-        os.replace(self.tmp, self.final)
-        _fsync_dir(self.final.parent)
-        return ShardInfo(self.name, self.samples, self.size, self.sha.hexdigest(), self.first_key, self.last_key)
-
-    def discard(self) -> None:
-        with contextlib.suppress(OSError):
-            self.f.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.tmp)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _check_same_run(out_dir: Path, inputs: list[Path], old: dict, options: dict, hashes: list[str]) -> None:
     """InputError (exit 2, one line) unless ``old`` (a journal header or a manifest) records the same
     options and the same input contents (sha256) as this run."""
@@ -290,54 +225,26 @@ def _check_same_run(out_dir: Path, inputs: list[Path], old: dict, options: dict,
                                 "run again without --resume")
 
 
-def _read_journal(out_dir: Path, inputs: list[Path], header: dict) -> list[dict]:
-    """Journal entries of complete, verified shards (a prefix); InputError if options or inputs differ."""
-    path = out_dir / JOURNAL
-    if not path.exists():
-        return []
-    entries: list[dict] = []
-    with open(path, "rb") as f:
-        lines = f.read().split(b"\n")
-    try:
-        first = orjson.loads(lines[0])
-    except orjson.JSONDecodeError:
-        return []
-    _check_same_run(out_dir, inputs, first.get("header") or {}, header["options"], header["input_sha256"])
-    for i, raw in enumerate(lines[1:]):
-        try:
-            e = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            break  # a torn last line from a crash
-        info = e["shard"]
-        p = out_dir / info["name"]
-        if info["name"] != shard_name(i) or not p.exists() or p.stat().st_size != info["bytes"]:
-            break
-        if _sha256_file(p) != info["sha256"]:
-            break
-        entries.append(e)
-    return entries
-
-
 def _finished_run(out_dir: Path, inputs: list[Path], options: dict, hashes: list[str]) -> ShardReport | None:
     """The report of a complete run already in ``out_dir`` with these options and inputs, checked
     cheaply (files present, shard sizes as in the manifest; no re-hashing), else None."""
     try:
-        manifest = orjson.loads((out_dir / "manifest.json").read_bytes())
+        manifest = orjson.loads(storage.read_bytes(out_dir / names.MANIFEST))
     except (OSError, orjson.JSONDecodeError):
         return None
     if not isinstance(manifest, dict) or "shards" not in manifest:
         return None
     _check_same_run(out_dir, inputs, manifest, options, hashes)
     shards = [ShardInfo(**s) for s in manifest["shards"]]
-    names = {s.name for s in shards}
+    listed = {s.name for s in shards}
     for s in shards:
         p = out_dir / s.name
-        if not p.is_file() or p.stat().st_size != s.bytes:
+        if not p.is_file() or storage.size(p) != s.bytes:
             return None
-    for p in out_dir.iterdir():
-        if (_SHARD_RE.match(p.name) and p.name not in names) or _TMP_RE.match(p.name):
+    for n in storage.listdir(out_dir):
+        if (names.SHARD_RE.match(n) and n not in listed) or names.TMP_RE.match(n):
             return None
-    if not (out_dir / "index.parquet").is_file() or not (out_dir / "rejects.jsonl").is_file():
+    if not (out_dir / names.INDEX).is_file() or not (out_dir / names.REJECTS).is_file():
         return None
     return ShardReport(
         out_dir=out_dir, records=manifest["samples"] + manifest["rejected"], samples=manifest["samples"],
@@ -346,17 +253,6 @@ def _finished_run(out_dir: Path, inputs: list[Path], options: dict, hashes: list
         reasons=dict(manifest["reject_reasons"]), resumed_shards=len(shards),
         text_tokens="text_tokens" in options,
     )
-
-
-def _clean_out_dir(out_dir: Path, keep: int) -> None:
-    """Remove shards numbered >= keep, temp shards and stale outputs of an earlier run."""
-    for p in out_dir.iterdir():
-        n = p.name
-        if _TMP_RE.match(n) or (_SHARD_RE.match(n) and int(n[6:12]) >= keep):
-            p.unlink()
-    for n in ("manifest.json", "index.parquet", "rejects.jsonl"):
-        with contextlib.suppress(FileNotFoundError):
-            (out_dir / n).unlink()
 
 
 def _check_options(inputs: list[Path], images_root: Path, spec: ResizeSpec, samples_per_shard: int | None,
@@ -393,6 +289,90 @@ def _make_out_dir(out_dir: Path) -> None:
         raise InputError(out_dir, f"--out: cannot create: {e.strerror or e}") from None
 
 
+def _tokenizer_sha(tokenizer: str | Path | None, template: str) -> str | None:
+    """The sha256 of ``--tokenizer`` (None without one), checking ``--template`` first."""
+    if tokenizer is None:
+        return None
+    try:
+        from mmdata.loader.templates import TEMPLATES, text_token_counts  # noqa: F401
+        from mmdata.loader.tokenizer import load_tokenizer
+    except ImportError as e:
+        raise InputError(None, f"--tokenizer needs the loader's tokenizer and templates: {e}") from None
+    if template not in TEMPLATES:
+        raise InputError(None, f"--template: unknown chat template {template!r} (choose from {', '.join(TEMPLATES)})")
+    return load_tokenizer(tokenizer).sha256
+
+
+def _run_header(inputs: list[Path], spec: ResizeSpec, samples_per_shard: int | None, max_shard_bytes: int,
+                tok_sha: str | None, template: str) -> dict[str, Any]:
+    """What identifies a run: options (as the manifest records them), input sizes and sha256."""
+    options: dict[str, Any] = {
+        "rule": spec.rule,
+        "max_res": spec.max_res,
+        "max_image_tokens": spec.max_image_tokens,
+        "quality": spec.quality,
+        "samples_per_shard": samples_per_shard,
+        "max_shard_bytes": max_shard_bytes,
+        "inputs": [p.name for p in inputs],
+    }
+    if tok_sha is not None:
+        options["text_tokens"] = {"template": template, "tokenizer_sha256": tok_sha}
+    hashes = [sha256_file(p) for p in inputs]  # streamed; what --resume compares (a size can stay the same)
+    return {"options": options, "input_bytes": [p.stat().st_size for p in inputs], "input_sha256": hashes}
+
+
+def _feed(sw: ShardWriter, report: ShardReport, inputs: list[Path], start: tuple[int, int], workers: int,
+          init_args: tuple, progress: Callable[[int, int, int], None] | None) -> None:
+    """Make the samples of every record from ``start`` on (in worker processes) and write them in order."""
+    ordered = _ordered(_chunks(_tasks(inputs, start), CHUNK), workers, init_args)
+    try:
+        for chunk, results in ordered:
+            for task, res in zip(chunk, results):
+                report.records += 1
+                if isinstance(res, Reject):
+                    sw.reject({"index": task.index, "id": res.id, "reason": res.reason, "detail": res.detail,
+                               "input": inputs[task.file_idx].name, "record": task.record, "_file": task.file_idx})
+                else:
+                    sw.add(res, (task.file_idx, task.index + 1))
+            if progress is not None:
+                progress(report.records, sw.n, len(sw.rejects))
+        sw.close_inputs()
+    finally:
+        ordered.close()  # stops the worker pool now, not when the traceback is collected
+
+
+def _own_output(p: Path, out_dir: Path) -> bool:
+    """Whether ``p`` (resolved) is a file or folder `mmdata shard` writes or deletes in ``out_dir``."""
+    out = os.path.realpath(out_dir)
+    real = os.path.realpath(p)
+    stage = os.path.join(out, names.STAGING)
+    if real == stage or real.startswith(stage + os.sep):
+        return True
+    parent, name = os.path.split(real)
+    return parent == out and (name in names.OUTPUTS or names.SHARD_RE.match(name) is not None
+                              or names.TMP_RE.match(name) is not None)
+
+
+def _check_own_outputs(inputs: list[Path], images_root: Path, out_dir: Path) -> None:
+    """Refuse (exit 2) to run where an input or the image root is a name this run writes in --out."""
+    for p in inputs:
+        if _own_output(p, out_dir):
+            raise InputError(p, f"is in --out {out_dir} under a name `mmdata shard` writes or replaces: "
+                                "move it out first or choose another --out")
+    if _own_output(images_root, out_dir):
+        raise InputError(images_root, f"--images is in --out {out_dir} under a name `mmdata shard` writes or "
+                                      "replaces: choose another --out")
+
+
+def _os_error(e: OSError, out_dir: Path) -> WriteError:
+    """A file-system error of the run as one line naming the file (the previous output is unchanged)."""
+    where = e.filename or out_dir
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return WriteError(where, f"{e.strerror} (disk full or over a file size limit): free space or choose "
+                                 "another --out; the previous output is unchanged")
+    return WriteError(where, f"{e.strerror or e}")
+
+
 def write_shards(
     inputs: list[str | Path] | str | Path,
     images_root: str | Path,
@@ -417,184 +397,57 @@ def write_shards(
     ``progress(records_done, samples, rejected)`` is called after each chunk of records.
     """
     t0 = time.perf_counter()
-    if isinstance(inputs, (str, Path)):
-        inputs = [inputs]
-    inputs = [Path(p) for p in inputs]
+    inputs = [Path(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)]
     images_root, out_dir = Path(images_root), Path(out_dir)
     spec = ResizeSpec(rule=rule, max_res=max_res, max_image_tokens=max_image_tokens, quality=quality)
     _check_options(inputs, images_root, spec, samples_per_shard, max_shard_bytes, quality)
-    if not workers:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = resolve_workers(workers)
+    tok_sha = _tokenizer_sha(tokenizer, template)
+    header = _run_header(inputs, spec, samples_per_shard, max_shard_bytes, tok_sha, template)
+    options, hashes = header["options"], header["input_sha256"]
 
-    tok_sha = None
-    if tokenizer is not None:
-        try:
-            from mmdata.loader.templates import TEMPLATES, text_token_counts  # noqa: F401
-            from mmdata.loader.tokenizer import load_tokenizer
-        except ImportError as e:
-            raise InputError(None, f"--tokenizer needs the loader's tokenizer and templates: {e}") from None
-        if template not in TEMPLATES:
-            raise InputError(None, f"--template: unknown chat template {template!r} (choose from {', '.join(TEMPLATES)})")
-        tok_sha = load_tokenizer(tokenizer).sha256
-        tokenizer = str(tokenizer)
-
-    options: dict[str, Any] = {
-        "rule": rule,
-        "max_res": max_res,
-        "max_image_tokens": max_image_tokens,
-        "quality": quality,
-        "samples_per_shard": samples_per_shard,
-        "max_shard_bytes": max_shard_bytes,
-        "inputs": [p.name for p in inputs],
-    }
-    if tok_sha is not None:
-        options["text_tokens"] = {"template": template, "tokenizer_sha256": tok_sha}
-    hashes = [_sha256_file(p) for p in inputs]  # streamed; what --resume compares (a size can stay the same)
-    header = {"options": options, "input_bytes": [p.stat().st_size for p in inputs], "input_sha256": hashes}
-
+    _check_own_outputs(inputs, images_root, out_dir)
     _make_out_dir(out_dir)
-    journal_path = out_dir / JOURNAL
-    if resume and not journal_path.exists():
-        done = _finished_run(out_dir, inputs, options, hashes)
-        if done is not None:  # a finished folder: nothing to do, nothing rewritten
-            done.seconds = time.perf_counter() - t0
-            return done
-    report = ShardReport(out_dir=out_dir, text_tokens=tok_sha is not None)
-    has_tt = tok_sha is not None
-    cols = IndexColumns(with_text_tokens=has_tt)  # rows of the open shard; closed shards -> arrow
-    tables: list = []
-    images = image_tokens = resumed_passthrough = 0
-    rejects: list[dict] = []
-    reasons: Counter = Counter()
-    start = (0, 0)
-
-    entries = _read_journal(out_dir, inputs, header) if resume else []
-    _clean_out_dir(out_dir, keep=len(entries))
-    for e in entries:
-        report.shards.append(ShardInfo(**e["shard"]))
-        tables.append(to_table(e["rows"]))
-        images += sum(e["rows"]["n_images"])
-        image_tokens += sum(e["rows"]["image_tokens"])
-        rejects.extend(e["rejects"])
-        resumed_passthrough += e.get("passthrough", 0)
-        start = tuple(e["next"])  # type: ignore[assignment]
-    report.resumed_shards = len(entries)
-    # Rewrite the journal as exactly the verified prefix (drops a torn or unverified tail).
-    with atomic_write(journal_path) as jf:
-        jf.write(orjson.dumps({"header": header}) + b"\n")
-        for e in entries:
-            jf.write(orjson.dumps(e) + b"\n")
-    del entries  # the rows now live in ``tables``
-    journal = open(journal_path, "ab")
-    for r in rejects:
-        reasons[r["reason"]] += 1
-    report.records = (sum(s.samples for s in report.shards) + len(rejects))
-
-    n = sum(t.num_rows for t in tables)  # next sample number = next key
-    journaled_rejects = len(rejects)
-    shard: _OpenShard | None = None
-    last_pos = start
-    init_args = (str(images_root), spec, tokenizer, template)
-
-    def close_shard() -> None:
-        nonlocal shard, journaled_rejects, cols
-        assert shard is not None
-        info = shard.close()
-        report.shards.append(info)
-        new_rejects = [r for r in rejects[journaled_rejects:] if (r["_file"], r["index"]) < last_pos]
-        journaled_rejects += len(new_rejects)
-        entry = {"shard": info.__dict__, "next": list(last_pos), "rows": dict(cols),
-                 "rejects": new_rejects, "passthrough": shard.passthrough}
-        journal.write(orjson.dumps(entry) + b"\n")
-        journal.flush()
-        os.fsync(journal.fileno())
-        tables.append(to_table(cols))
-        cols = IndexColumns(with_text_tokens=has_tt)
-        shard = None
-
-    ordered = _ordered(_chunks(_tasks(inputs, start), CHUNK), workers, init_args)
-    try:
-        for chunk, results in ordered:
-            for task, res in zip(chunk, results):
-                report.records += 1
-                if isinstance(res, Reject):
-                    reasons[res.reason] += 1
-                    rejects.append({"index": task.index, "id": res.id, "reason": res.reason, "detail": res.detail,
-                                    "input": inputs[task.file_idx].name, "record": task.record,
-                                    "_file": task.file_idx})
-                    continue
-                key = f"{n:09d}"
-                members = [(f"{key}.json", res.json)]
-                if res.ids is not None:  # pre-tokenised: right after the json, before the images
-                    members.append((f"{key}.ids.npy", res.ids))
-                if len(res.images) == 1:
-                    members.append((f"{key}.jpg", res.images[0]))
-                else:
-                    members += [(f"{key}.{i}.jpg", d) for i, d in enumerate(res.images)]
-                data = tarfmt.sample_bytes(members)
-                # The limit holds for the finished file: end-of-archive blocks and record padding count.
-                # A sample too big for any shard still gets one of its own.
-                if shard is not None and tarfmt.archive_size(shard.size + len(data)) > max_shard_bytes:
-                    close_shard()
-                if shard is None:
-                    shard = _OpenShard(out_dir, len(report.shards), key, n)
-                offset = shard.add(key, data)
-                cols["key"].append(key)
-                cols["shard"].append(shard.name)
-                cols["shard_idx"].append(shard.idx)
-                cols["offset"].append(offset)
-                cols["nbytes"].append(len(data))
-                cols["id"].append(res.id)
-                cols["n_images"].append(len(res.images))
-                cols["image_tokens"].append(sum(res.image_tokens))
-                cols["image_tokens_list"].append(res.image_tokens)
-                cols["widths"].append(res.widths)
-                cols["heights"].append(res.heights)
-                cols["text_chars"].append(res.text_chars)
-                cols["n_turns"].append(res.n_turns)
-                cols["source"].append(res.source)
-                if has_tt:
-                    cols["text_tokens"].append(res.text_tokens)
-                n += 1
-                images += len(res.images)
-                image_tokens += sum(res.image_tokens)
-                report.passthrough += res.passthrough
-                shard.passthrough += res.passthrough
-                last_pos = (task.file_idx, task.index + 1)
-                if samples_per_shard is not None and shard.samples >= samples_per_shard:
-                    close_shard()
-            if progress is not None:
-                progress(report.records, n, len(rejects))
-        if shard is not None:
-            close_shard()
-    except BaseException:
-        if shard is not None:
-            shard.discard()
-        raise
-    finally:
-        ordered.close()  # stops the worker pool now, not when the traceback is collected
-        journal.close()
-
-    # Images counted from the index so resumed shards are included.
-    report.samples = n
-    report.rejected = len(rejects)
-    report.images = images
-    report.image_tokens = image_tokens
-    report.bytes = sum(s.bytes for s in report.shards)
-    report.reasons = dict(sorted(reasons.items()))
-    report.passthrough += resumed_passthrough
-
-    write_index(out_dir / "index.parquet", tables, with_text_tokens=has_tt)
-    with atomic_write(out_dir / "rejects.jsonl") as f:
-        for r in rejects:
-            r = {k: v for k, v in r.items() if k != "_file"}
-            f.write(orjson.dumps(r) + b"\n")
-    manifest = build_manifest(options, report.shards, report.samples, report.rejected, report.image_tokens,
-                              report.reasons, report.passthrough, report.images, input_sha256=hashes)
-    write_manifest(out_dir / "manifest.json", manifest)
-    # The manifest (options, input sha256, shards) now records the finished run; --resume on this
-    # folder checks it instead, so the journal is not needed any more.
-    journal_path.unlink()
-    _fsync_dir(out_dir)
+    with hold_lock(out_dir):
+        if resume and not (out_dir / names.STAGING / names.JOURNAL).exists():
+            done = _finished_run(out_dir, inputs, options, hashes)
+            if done is not None:  # a finished folder: nothing to do, nothing rewritten
+                done.seconds = time.perf_counter() - t0
+                return done
+        sw = ShardWriter(out_dir, header, samples_per_shard=samples_per_shard, max_shard_bytes=max_shard_bytes,
+                         with_text_tokens=tok_sha is not None)
+        init_args = (str(images_root), spec, None if tokenizer is None else str(tokenizer), template)
+        report = _run(sw, resume, inputs, workers, init_args, progress,
+                      lambda old: _check_same_run(out_dir, inputs, old, options, hashes))
     report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _run(sw: ShardWriter, resume: bool, inputs: list[Path], workers: int, init_args: tuple,
+         progress: Callable[[int, int, int], None] | None, check_header: Callable[[dict], None]) -> ShardReport:
+    """Start (or resume) ``sw``, feed it every record, finish. On a user error (bad input, full disk)
+    nothing of the run is left; on an interrupt or crash the staged shards stay for ``--resume``."""
+    try:
+        start = sw.start(resume, check_header)  # refusing a resume changes nothing
+    except OSError as e:
+        raise _os_error(e, sw.out_dir) from None
+    try:
+        report = ShardReport(out_dir=sw.out_dir, text_tokens=sw.with_text_tokens, resumed_shards=sw.resumed,
+                             records=sum(s.samples for s in sw.shards) + len(sw.rejects))
+        _feed(sw, report, inputs, start, workers, init_args, progress)
+        manifest = sw.finish()
+    except MMDataError:
+        sw.abort(keep_for_resume=False)
+        raise
+    except OSError as e:
+        sw.abort(keep_for_resume=False)
+        raise _os_error(e, sw.out_dir) from None
+    except BaseException:
+        sw.abort(keep_for_resume=True)
+        raise
+    report.samples, report.rejected = manifest["samples"], manifest["rejected"]
+    report.images, report.image_tokens = manifest["images"], manifest["image_tokens"]
+    report.passthrough, report.reasons = manifest["passthrough_images"], manifest["reject_reasons"]
+    report.shards = list(sw.shards)
+    report.bytes = sum(s.bytes for s in report.shards)
     return report

@@ -1,0 +1,111 @@
+"""Local files behind the storage seam; also the one atomic-write implementation (temp + fsync + rename)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, BinaryIO, Iterator
+
+from mmdata.storage.base import WriteError
+
+__all__ = ["LocalBackend", "atomic_file", "fsync_dir", "to_path"]
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a write error, whoever made the write call
+
+
+def to_path(url: str | os.PathLike) -> Path:
+    """A local path from a plain path or a ``file://`` url."""
+    s = os.fspath(url)
+    return Path(s[len("file://"):]) if s.startswith("file://") else Path(s)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """fsync a folder so a rename inside it survives a crash (best effort)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
+    """Write to a temp file beside ``path``; rename it into place only when the block succeeds.
+
+    A crash leaves the old file or none, never a half-written one; on any error the temp file is
+    removed. A file-system error of the write itself (no such folder, permission, disk full) is a
+    ``WriteError`` naming ``path``; errors raised by the block pass through unchanged.
+    """
+    path = to_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise WriteError(path, f"cannot write: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, mode, encoding=encoding) as f:
+            try:
+                yield f
+            except OSError as e:  # the disk filled while the block wrote: name the file, no traceback
+                if isinstance(e, WriteError) or e.errno not in _FULL:
+                    raise
+                raise WriteError(path, f"cannot write: {e.strerror or e}") from None
+            try:
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError as e:
+                raise WriteError(path, f"cannot write: {e.strerror or e}") from None
+        try:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
+            os.replace(tmp, path)
+        except OSError as e:
+            raise WriteError(path, f"cannot write: {e.strerror or e}") from None
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class LocalBackend:
+    """Plain files: ``open`` / ``os`` calls on the path (a ``file://`` prefix is stripped)."""
+
+    def open_input(self, url: str) -> BinaryIO:
+        return open(to_path(url), "rb")
+
+    def read_range(self, url: str, offset: int, length: int) -> bytes:
+        with open(to_path(url), "rb") as f:
+            f.seek(offset)
+            return f.read(length)
+
+    def size(self, url: str) -> int:
+        return to_path(url).stat().st_size
+
+    def exists(self, url: str) -> bool:
+        return to_path(url).exists()
+
+    def isdir(self, url: str) -> bool:
+        return to_path(url).is_dir()
+
+    def listdir(self, url: str) -> list[str]:
+        return sorted(os.listdir(to_path(url)))
+
+    def makedirs(self, url: str) -> None:
+        to_path(url).mkdir(parents=True, exist_ok=True)
+
+    def remove(self, url: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(to_path(url))
+
+    def atomic_output(self, url: str) -> contextlib.AbstractContextManager[BinaryIO]:
+        return atomic_file(url, "wb")  # type: ignore[return-value]
