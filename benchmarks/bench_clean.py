@@ -35,7 +35,8 @@ from fixtures.generate import (
 )
 from mmdata.clean import clean_llava
 from mmdata.clean.fastread import iter_raw_batches, iter_spans
-from mmdata.clean.llava import resolve_workers, structure_span
+from mmdata.clean.engine import StructureOptions, structure_span
+from mmdata.procs import resolve_workers
 from mmdata.records import normalize
 
 COCO_SIZES = [(640, 480), (480, 640), (640, 427), (500, 375), (640, 360), (427, 640), (612, 612), (640, 512)]
@@ -93,7 +94,7 @@ def bench_text(work: Path, n: int, workers: int) -> None:
     t = time.process_time()
     first = 0
     for s in spans:
-        structure_span(str(paths["jsonl"]), s, first, "t", "auto", False, False)
+        structure_span(str(paths["jsonl"]), s, first, StructureOptions("t", "auto", False, False))
         first += s.n
     dt = time.process_time() - t
     _line("read + parse + rules 1-4 + serialise + key (worker task)", f"{m / dt:,.0f} rec/s", "1 core, CPU time")

@@ -6,11 +6,14 @@ No knowledge of records. Used by clean (every image checked once), shard and ins
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from PIL import Image, ImageFile
+if TYPE_CHECKING:  # Pillow is imported on first use: a text-only clean never needs it
+    from PIL import Image
 
 __all__ = [
     "ImageInfo",
@@ -20,12 +23,13 @@ __all__ = [
     "verify_image_bytes",
     "verify_image_file",
     "DEFAULT_MAX_PIXELS",
+    "ImageRoot",
+    "TRANSPOSED_ORIENTATIONS",
 ]
 
 # Pillow's own bomb threshold is 2 x MAX_IMAGE_PIXELS (~179 MP); we reject at the same size by
 # default, as a reason code instead of an exception, and let users choose their limit.
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
-ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 _MAGIC = (
     (b"\xff\xd8\xff", "JPEG"),
@@ -37,8 +41,8 @@ _MAGIC = (
     (b"MM\x00*", "TIFF"),
 )
 
-# EXIF orientations 5..8 swap width and height when applied.
-_TRANSPOSED = {5, 6, 7, 8}
+# EXIF orientations 5..8 swap width and height when applied (the one definition: shard and inspect use it).
+TRANSPOSED_ORIENTATIONS = frozenset((5, 6, 7, 8))
 
 
 class ImageError(Exception):
@@ -60,13 +64,6 @@ class ImageInfo:
     mode: str
     orientation: int
     nbytes: int
-
-    @property
-    def raw_size(self) -> tuple[int, int]:
-        """(width, height) as stored in the file, before orientation."""
-        if self.orientation in _TRANSPOSED:
-            return self.height, self.width
-        return self.width, self.height
 
 
 def sniff_format(head: bytes) -> str | None:
@@ -94,6 +91,9 @@ def verify_image_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     JPEGs are decoded with DCT scaling (draft mode): every entropy-coded byte is still read, so a
     truncated file is caught, at a fraction of the cost of a full-size decode.
     """
+    from PIL import Image, ImageFile
+
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must fail, whoever set this before
     if not data:
         raise ImageError("unreadable_image", "zero-byte file")
     fmt = sniff_format(data[:16])
@@ -121,7 +121,7 @@ def verify_image_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
         except Exception as e:  # PIL raises many types for broken data
             msg = str(e) or type(e).__name__
             raise ImageError("unreadable_image", f"{fmt} does not decode: {msg}") from None
-    if orientation in _TRANSPOSED:
+    if orientation in TRANSPOSED_ORIENTATIONS:
         w, h = h, w
     return ImageInfo(format=fmt, width=w, height=h, mode=mode, orientation=orientation, nbytes=len(data))
 
@@ -137,3 +137,17 @@ def verify_image_file(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     except OSError as e:
         raise ImageError("unreadable_image", f"cannot read {path}: {e.strerror or e}") from None
     return verify_image_bytes(data, max_pixels)
+
+
+class ImageRoot:
+    """The folder image paths are relative to, and the containment rule (the one definition: clean
+    and shard use it): a path resolves, symlinks followed, to a real file inside the folder."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.real = os.path.realpath(root)
+        self.prefix = self.real.rstrip(os.sep) + os.sep
+
+    def resolve(self, p: str) -> str | None:
+        """The real path of ``p`` (relative to the root), or None when it resolves outside the root."""
+        real = os.path.realpath(os.path.join(self.real, p))
+        return real if real.startswith(self.prefix) else None

@@ -121,11 +121,16 @@ def read_json(path: str | Path) -> Any:
 
 def parse_json(data: bytes, path: str | Path) -> Any:
     """One JSON document from bytes read from ``path``; invalid JSON is an InputError with line:col."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]  # a UTF-8 BOM, as the record readers (and `clean llava`) allow
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as e:
         # orjson reports a character position; recompute line/col on the decoded text.
-        text = data.decode("utf-8", errors="replace")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:  # orjson's position is not where the bad byte is
+            raise _utf8_error_at(path) from None
         line, col = _line_col(text, min(e.pos, len(text)))
         raise InputError(path, f"invalid JSON: {e.msg}", line, col) from None
 
@@ -226,6 +231,9 @@ def _iter_array(path: Path, f: IO[str]) -> Iterator[tuple[int, int, Any]]:
                 if len(cur.buf) - cur.pos < _MAX_ELEMENT and cur.fill():
                     continue  # the element may just run past the buffer: read more and retry
                 raise InputError(path, f"invalid JSON: {e.msg}", *cur.where(e.pos)) from None
+            except RecursionError:  # the stdlib decoder recurses per level; orjson stops at 1024 too
+                raise InputError(path, "invalid JSON: depth limit exceeded (a value nested too deeply)",
+                                 *cur.where(cur.pos)) from None
             # A number or literal that ends exactly at the buffer end may continue in the next chunk.
             if end >= len(cur.buf) and cur.fill():
                 continue

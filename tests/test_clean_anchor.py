@@ -102,6 +102,19 @@ def test_llava_gpt4_qa_instruction_output(tmp_path: Path) -> None:
     assert recs[0]["conversations"] == [{"from": "human", "value": "<image>\n" + src[0]["instruction"]},
                                         {"from": "gpt", "value": src[0]["output"]}]
     assert recs[0]["type"] == src[0]["type"] and "instruction" not in recs[0]
+    assert rep.hints() == ["60 of 60 rejects (100%) are duplicate_id: --rekey makes repeated ids unique as <id>-<n>"]
+    # --rekey keeps all 90: the n-th repeat of an id becomes <id>-<n>, in input order
+    rep = clean_llava(ANCHOR / "llava/coco2014_val_gpt4_qa_30x3.jsonl", root, tmp_path / "q3.json", workers=2, rekey=True)
+    recs = json.loads((tmp_path / "q3.json").read_text())
+    assert (rep.written, rep.rejected, rep.extra["rekeyed"]) == (90, 0, 60)
+    seen: collections.Counter = collections.Counter()
+    want = []
+    for s in src:
+        want.append(str(s["id"]) if not seen[s["id"]] else f"{s['id']}-{seen[s['id']]}")
+        seen[s["id"]] += 1
+    assert [r["id"] for r in recs] == want
+    assert [r["conversations"][1]["value"] for r in recs] == [s["output"] for s in src]
+    assert json.loads(Path(rep.report).read_text())["rekeyed"] == 60
 
 
 @pytest.mark.parametrize("name, why", [

@@ -91,3 +91,31 @@ def test_orjson_refusals_fall_back_to_the_exact_reader(tmp_path: Path) -> None:
     assert rep.written == 2
     lines = (tmp_path / "o.jsonl").read_text().splitlines()
     assert json.loads(lines[1])["big"] == 2**70 and json.loads(lines[1])["score"] is None
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1 << 20])
+@pytest.mark.parametrize("indent", [None, 0, 2, "\t"])
+def test_pretty_arrays_cut_at_their_separator(tmp_path: Path, monkeypatch, chunk: int, indent) -> None:
+    """clean's splitter for pretty-printed arrays (cut where ',' + the first element's lead white space +
+    '{' occurs) gives the exact reader's records; where it cannot (elements that are not objects, nested
+    objects at the top indentation), clean falls back to the exact reader: the same OUT either way."""
+    monkeypatch.setattr(fastread, "_CHUNK", chunk)
+    recs = [{"id": f"r{i}", "conversations": [{"from": "human", "value": f"Q{i}, {{x}}\\n"},
+                                              {"from": "gpt", "value": "A [1]."}], "meta": {"k": [{"a": 1}, {}]}}
+            for i in range(7)]
+    p = tmp_path / "a.json"
+    p.write_text(json.dumps(recs, indent=indent))
+    if indent != 0:  # indent 0 puts nested objects at the top indentation: cut wrongly, parsed, refused
+        pieces = [orjson.loads(x) for s in fastread.iter_spans(p, 3, parsed_after=True)
+                  for x in fastread.read_pieces(str(p), s)]
+        assert pieces == recs
+    (tmp_path / "img").mkdir()
+    out = {}
+    for name, data in (("plain", recs), ("mixed", [*recs[:3], "a string", [1, {"b": 2}], *recs[3:]])):
+        src = tmp_path / f"{name}.json"
+        src.write_text(json.dumps(data, indent=indent))
+        clean_llava(src, tmp_path / "img", tmp_path / f"{name}.out.jsonl", workers=1)
+        out[name] = (tmp_path / f"{name}.out.jsonl").read_bytes()
+        exact = [r for _, _, r in iter_json_records(src)]
+        assert len(exact) == len(data)
+    assert out["plain"] == out["mixed"] and out["plain"].count(b"\n") == 7

@@ -286,12 +286,13 @@ def test_many_small_spans_same_bytes(rel: str, fx: dict[str, Any], runs: dict[st
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Records cut into spans of a few records each, across 2 workers, with a window of 4 waiting
     records and image chunks of 2: the same OUT and rejects."""
-    from mmdata.clean import checks, fastread, llava
+    from mmdata.clean import checks, engine, fastread
+    from mmdata.clean.sources import llava
 
     monkeypatch.setattr(fastread, "_LINE_BLOCK", 300)
     monkeypatch.setattr(llava, "_BATCH", 3)
     monkeypatch.setattr(llava, "_INLINE_BYTES", 0)  # parse in the workers, however small the input
-    monkeypatch.setattr(llava, "_WINDOW", 4)
+    monkeypatch.setattr(engine, "_WINDOW", 4)
     monkeypatch.setattr(checks, "_CHUNK", 2)
     root = Path(fx["paths"]["root"])
     out = tmp_path / runs[rel]["out"].name

@@ -176,3 +176,43 @@ def test_other_string_ids_kept_verbatim() -> None:
     turns = [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Hello."}]
     assert normalize({"id": " a b ", "conversations": turns}, "in-0").record["id"] == " a b "
     assert normalize({"id": "0", "conversations": turns}, "in-0").record["id"] == "0"
+
+
+def test_fast_path_agrees_with_the_parsers() -> None:
+    """Property: for any LLaVA-shaped record, the fast path (when it answers) gives exactly what the
+    llava parser and the shared tail give; roles, white space, <image> tokens, ids, images and text
+    lengths are drawn at random (hypothesis)."""
+    hypothesis = pytest.importorskip("hypothesis")
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from mmdata.records import _check_turns, _fast_llava, _record_id, parse_llava
+
+    noisy = st.lists(st.sampled_from(["a", " ", "\n", "<image>", "é", "x y", "\t", "<imag", "e>"]), max_size=6).map("".join)
+    value = st.one_of(st.sampled_from(["a", " Hi there ", "x\ny", "é?"]), st.sampled_from(["a", "bc"]), noisy)
+    role = st.sampled_from(["human", "gpt", "user", "assistant", "system", "bot"])
+    # Mostly clean human/gpt pairs (the fast path's case), sometimes with any role swapped in.
+    pairs = st.lists(st.tuples(value, value), min_size=1, max_size=3).map(
+        lambda ps: [{"from": r, "value": v} for q, a in ps for r, v in (("human", q), ("gpt", a))])
+    turns = st.one_of(pairs, pairs, st.lists(st.fixed_dictionaries({"from": role, "value": value}), min_size=1, max_size=6))
+    record = st.fixed_dictionaries(
+        {"conversations": turns},
+        optional={"id": st.one_of(st.text(max_size=3), st.integers(-5, 5)),
+                  "image": st.one_of(st.none(), st.just("a.jpg"), st.lists(st.sampled_from(["a.jpg", "b.png"]), max_size=3)),
+                  "meta": st.integers()})
+
+    @settings(max_examples=600, deadline=None, derandomize=True)
+    @given(record, st.integers(1, 12))
+    def check(raw: dict, limit: int) -> None:
+        fast = _fast_llava(raw, "d-0", limit)
+        rid = _record_id(raw, "d-0")
+        slow = _check_turns(raw, rid, parse_llava(raw), limit)
+        if fast is not None:
+            assert fast == slow and list(fast.record) == list(slow.record)
+            hits.append(1)
+        assert normalize(raw, "d-0", "auto", limit) == slow
+
+    del hypothesis
+    hits: list[int] = []
+    check()
+    assert len(hits) > 10  # the fast path answered often enough for the comparison to mean something

@@ -7,25 +7,36 @@ draft), image_too_small and bad_aspect_ratio (after EXIF orientation, applied wh
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from typing import NamedTuple
 
-from PIL import Image
-
-from mmdata.images import DEFAULT_MAX_PIXELS, ImageError, verify_image_bytes
+from mmdata.clean.pool import worker_pool
+from mmdata.images import DEFAULT_MAX_PIXELS, ImageError, ImageRoot, verify_image_bytes
 from mmdata.records import unsafe_path_reason
 
-__all__ = ["ImageChecker", "Verdict", "check_paths", "check_real"]
+__all__ = ["ImageChecker", "Verdict", "check_bytes", "check_paths", "check_real"]
 
-# (code or None, detail, width, height): width/height after EXIF orientation, 0 when not decoded.
-Verdict = tuple  # tuple[str | None, str, int, int]
+
+class Verdict(NamedTuple):
+    """One image's outcome: ``code`` None when usable; width/height after EXIF orientation (0 when
+    not decoded)."""
+
+    code: str | None
+    detail: str
+    width: int
+    height: int
+
+
+_ESCAPES = "resolves outside the images folder"
 
 _CHUNK = 32  # paths per task: amortises inter-process traffic, small enough to balance the load
 
 
 def _init_worker(max_pixels: int) -> None:
     # Our own pixel limit decides; Pillow's (2 x MAX_IMAGE_PIXELS raises) must not fire first.
+    from PIL import Image
+
     if Image.MAX_IMAGE_PIXELS is not None and max_pixels >= 2 * Image.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = max_pixels // 2 + 1
 
@@ -35,15 +46,14 @@ def check_paths(root: str, paths: list[str], max_pixels: int = DEFAULT_MAX_PIXEL
 
     Returns one verdict per path; size limits are not applied here (see ImageChecker).
     """
-    prefix = root.rstrip(os.sep) + os.sep
+    home = ImageRoot(root)
     out: list[Verdict] = []
     for p in paths:
-        real = os.path.realpath(os.path.join(root, p))
-        if not real.startswith(prefix):
-            out.append(("unsafe_path", f"{p}: resolves outside the images folder", 0, 0))
+        real = home.resolve(p)
+        if real is None:
+            out.append(Verdict("unsafe_path", f"{p}: {_ESCAPES}", 0, 0))
             continue
-        v = check_real([real], max_pixels)[0]
-        out.append((v[0], f"{p}: {v[1]}" if v[0] else "", v[2], v[3]))
+        out.append(_named(check_real([real], max_pixels)[0], p))
     return out
 
 
@@ -57,21 +67,25 @@ def check_real(reals: list[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> list[V
             with open(real, "rb") as f:
                 data = f.read()
         except (FileNotFoundError, NotADirectoryError):
-            out.append(("missing_image", "no such file", 0, 0))
+            out.append(Verdict("missing_image", "no such file", 0, 0))
             continue
         except IsADirectoryError:
-            out.append(("missing_image", "is a directory", 0, 0))
+            out.append(Verdict("missing_image", "is a directory", 0, 0))
             continue
         except OSError as e:
-            out.append(("unreadable_image", f"cannot read: {e.strerror or e}", 0, 0))
+            out.append(Verdict("unreadable_image", f"cannot read: {e.strerror or e}", 0, 0))
             continue
-        try:
-            info = verify_image_bytes(data, max_pixels)
-        except ImageError as e:
-            out.append((e.reason, e.detail, 0, 0))
-            continue
-        out.append((None, "", info.width, info.height))
+        out.append(check_bytes(data, max_pixels))
     return out
+
+
+def check_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Verdict:
+    """The verdict of image bytes (a full decode; size rules are the checker's)."""
+    try:
+        info = verify_image_bytes(data, max_pixels)
+    except ImageError as e:
+        return Verdict(e.reason, e.detail, 0, 0)
+    return Verdict(None, "", info.width, info.height)
 
 
 class ImageChecker:
@@ -87,8 +101,8 @@ class ImageChecker:
     def __init__(self, root: str, *, workers: int, min_side: int, max_aspect: float,
                  max_pixels: int = DEFAULT_MAX_PIXELS, on_done: Callable[[int], None] | None = None,
                  pool: ProcessPoolExecutor | None = None):
-        self.root = os.path.realpath(root)
-        self._prefix = self.root.rstrip(os.sep) + os.sep
+        self.home = ImageRoot(root)
+        self.root = self.home.real
         self._by_real: dict[str, Verdict] = {}  # real path -> verdict (detail without the path)
         self._names: dict[str, list[str]] = {}  # real path in flight -> the paths as written that wait on it
         self.workers = max(1, workers)
@@ -123,11 +137,11 @@ class ImageChecker:
             return
         why = unsafe_path_reason(path)
         if why is not None:
-            self.cache[path] = ("unsafe_path", why, 0, 0)
+            self.cache[path] = Verdict("unsafe_path", why, 0, 0)
             return
-        real = os.path.realpath(os.path.join(self.root, path))
-        if not real.startswith(self._prefix):
-            self.cache[path] = ("unsafe_path", f"{path}: resolves outside the images folder", 0, 0)
+        real = self.home.resolve(path)
+        if real is None:
+            self.cache[path] = Verdict("unsafe_path", f"{path}: {_ESCAPES}", 0, 0)
             return
         v = self._by_real.get(real)
         if v is not None:
@@ -152,7 +166,7 @@ class ImageChecker:
             if not self._own:
                 self._store(chunk, check_real(chunk, self.max_pixels))
                 return
-            self._pool = ProcessPoolExecutor(self.workers)  # only now: a text-only run never forks
+            self._pool = worker_pool(self.workers)  # only now: a text-only run never forks
         while len(self._inflight) >= 3 * self.workers:  # back-pressure: keep the queue short
             self.wait_some()
         fut = self._pool.submit(check_real, chunk, self.max_pixels)
@@ -181,13 +195,13 @@ class ImageChecker:
     def _store(self, chunk: list[str], verdicts: list[Verdict]) -> None:
         ms, ma = self.min_side, self.max_aspect
         for real, v in zip(chunk, verdicts):
-            if v[0] is None:
-                w, h = v[2], v[3]
+            if v.code is None:
+                w, h = v.width, v.height
                 short, long_ = (w, h) if w <= h else (h, w)
                 if short < ms:
-                    v = ("image_too_small", f"{w}x{h}, shorter side {short} < {ms}", w, h)
+                    v = Verdict("image_too_small", f"{w}x{h}, shorter side {short} < {ms}", w, h)
                 elif long_ / short > ma:
-                    v = ("bad_aspect_ratio", f"{w}x{h}, aspect {long_ / short:.1f} > {ma:g}", w, h)
+                    v = Verdict("bad_aspect_ratio", f"{w}x{h}, aspect {long_ / short:.1f} > {ma:g}", w, h)
             self._by_real[real] = v
             for p in self._names.pop(real):
                 self.cache[p] = _named(v, p)
@@ -201,4 +215,4 @@ class ImageChecker:
 
 def _named(v: Verdict, path: str) -> Verdict:
     """A file's verdict as seen through ``path`` (the detail names the path as the record wrote it)."""
-    return v if v[0] is None else (v[0], f"{path}: {v[1]}", v[2], v[3])
+    return v if v.code is None else Verdict(v.code, f"{path}: {v.detail}", v.width, v.height)

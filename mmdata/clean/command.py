@@ -1,4 +1,4 @@
-"""`mmdata clean coco|llava`: flags (CONTRACT s.2) -> the library; progress and a summary on stderr."""
+"""`mmdata clean coco|llava|hf`: flags (CONTRACT s.2) -> the library; progress and a summary on stderr."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import typer
 
 from mmdata.clean.report import CleanReport
 from mmdata.images import DEFAULT_MAX_PIXELS
-from mmdata.records import REASONS
+from mmdata.records import DEFAULT_MAX_TEXT_CHARS, REASONS
 
 __all__ = ["register"]
 
@@ -34,30 +34,33 @@ _PROMPTS = typer.Option(None, "--prompts", help="Prompt list, one per line (defa
 _INPUT_FORMAT = typer.Option("auto", "--input-format",
                              help="auto (per record: conversations / messages / instruction+output), llava or messages.")
 _QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars and no summary.")
+_MAX_TEXT = typer.Option(DEFAULT_MAX_TEXT_CHARS, "--max-text-chars",
+                         help="Reject records whose turns hold more characters (text_too_long).")
+_REKEY = typer.Option(False, "--rekey", help="Make a repeated id unique as <id>-<n> (counted in the report) "
+                      "instead of rejecting it as duplicate_id.")
 
 
 def _run(quiet: bool, fn: Callable[..., CleanReport], **kw) -> None:
+    if quiet:  # no rich at all: its import is a tenth of a quiet run's fixed cost
+        fn(**kw)
+        return
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True)
     t0 = time.perf_counter()
-    if quiet:
-        report = fn(**kw)
-    else:
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.fields[records]:,} records"),
-                      TextColumn("{task.fields[images]:,} images checked"), TimeElapsedColumn(),
-                      console=console, transient=True) as bar:
-            task = bar.add_task("cleaning", records=0, images=0)
-            state = {"records": 0}
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.fields[records]:,} records"),
+                  TextColumn("{task.fields[images]:,} images checked"), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("cleaning", records=0, images=0)
+        state = {"records": 0}
 
-            def progress(records: int, images: int) -> None:
-                state["records"] = max(state["records"], records)
-                bar.update(task, records=state["records"], images=images)
+        def progress(records: int, images: int) -> None:
+            state["records"] = max(state["records"], records)
+            bar.update(task, records=state["records"], images=images)
 
-            report = fn(progress=progress, **kw)
-    if not quiet:
-        _summary(console, report, time.perf_counter() - t0)
+        report = fn(progress=progress, **kw)
+    _summary(console, report, time.perf_counter() - t0)
 
 
 def _summary(console, report: CleanReport, seconds: float) -> None:
@@ -74,7 +77,11 @@ def _summary(console, report: CleanReport, seconds: float) -> None:
         if n:
             table.add_row(f"  {code}", f"{n:,}")
     table.add_row("images checked", f"{report.images_checked:,}")
+    if report.extra.get("rekeyed"):
+        table.add_row("ids made unique (--rekey)", f"{report.extra['rekeyed']:,}")
     console.print(table)
+    for hint in report.hints():
+        console.print(f"[yellow]hint:[/yellow] {hint}")
     console.print(f"wrote {report.out}, {report.rejects}, {report.report} in {seconds:.1f} s")
 
 
@@ -91,14 +98,16 @@ def llava_cmd(
     workers: int | None = _WORKERS,
     out_format: str = _OUT_FORMAT,
     input_format: str = _INPUT_FORMAT,
+    max_text_chars: int = _MAX_TEXT,
+    rekey: bool = _REKEY,
     quiet: bool = _QUIET,
 ) -> None:
     """Clean LLaVA / ShareGPT records, or the messages shape of LLaMA-Factory and MindSpeed-MM."""
-    from mmdata.clean.llava import clean_llava
+    from mmdata.clean.sources.llava import clean_llava
 
     _run(quiet, clean_llava, input_path=input, images_root=images, out_path=out, rejects_path=rejects,
          report_path=report, min_side=min_side, max_aspect=max_aspect, max_pixels=max_pixels, workers=workers,
-         out_format=out_format, input_format=input_format)
+         out_format=out_format, input_format=input_format, max_text_chars=max_text_chars, rekey=rekey)
 
 
 @clean_app.command("coco")
@@ -118,12 +127,38 @@ def coco_cmd(
     quiet: bool = _QUIET,
 ) -> None:
     """Clean a COCO captions file into one conversation per image (or per caption)."""
-    from mmdata.clean.coco import clean_coco
+    from mmdata.clean.sources.coco import clean_coco
     from mmdata.clean.prompts import load_prompts
 
     _run(quiet, clean_coco, captions_path=captions, images_root=images, out_path=out, rejects_path=rejects,
          report_path=report, per_caption=per_caption, prompts=load_prompts(prompts) if prompts else None,
          min_side=min_side, max_aspect=max_aspect, max_pixels=max_pixels, workers=workers, out_format=out_format)
+
+
+@clean_app.command("hf")
+def hf_cmd(
+    input: Path = typer.Argument(..., help="A parquet file, or a folder of them (LLaVA-OneVision-Data or the_cauldron layout)."),
+    out: Path = _OUT,
+    images_store: Path | None = typer.Option(None, "--images-store",
+                                             help="Where the embedded images are written, by content (default: OUT.images beside OUT)."),
+    rejects: Path | None = _REJECTS,
+    report: Path | None = _REPORT,
+    min_side: int = _MIN_SIDE,
+    max_aspect: float = _MAX_ASPECT,
+    max_pixels: int = _MAX_PIXELS,
+    workers: int | None = _WORKERS,
+    out_format: str = _OUT_FORMAT,
+    max_text_chars: int = _MAX_TEXT,
+    rekey: bool = _REKEY,
+    rows: int = typer.Option(256, "--rows", help="Parquet rows read at a time (memory, not output)."),
+    quiet: bool = _QUIET,
+) -> None:
+    """Clean a Hugging Face parquet dataset with embedded images; then `mmdata shard OUT --images OUT.images`."""
+    from mmdata.clean.sources.hf import clean_hf
+
+    _run(quiet, clean_hf, input_path=input, out_path=out, images_store=images_store, rejects_path=rejects,
+         report_path=report, min_side=min_side, max_aspect=max_aspect, max_pixels=max_pixels, workers=workers,
+         out_format=out_format, max_text_chars=max_text_chars, rekey=rekey, rows=rows)
 
 
 def register(app: typer.Typer) -> None:

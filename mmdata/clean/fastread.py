@@ -10,11 +10,13 @@ exactly and reports errors with line and column.
 from __future__ import annotations
 
 import os
+from array import array
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["NotFast", "Span", "iter_raw_batches", "iter_spans", "read_pieces"]
 
@@ -58,7 +60,9 @@ def read_pieces(path: str, span: Span) -> list[bytes]:
     if span.cuts is None:
         return list(filter(None, data.split(b"\n")))
     pieces, prev = [], 0
-    for c in np.frombuffer(span.cuts, dtype=np.int64).tolist():
+    cuts = array("q")
+    cuts.frombytes(span.cuts)
+    for c in cuts.tolist():
         pieces.append(data[prev:c])
         prev = c + 1
     pieces.append(data[prev:])
@@ -67,9 +71,8 @@ def read_pieces(path: str, span: Span) -> list[bytes]:
 
 def _count_lines(buf: bytes, end: int) -> int:
     """Non-empty lines in ``buf[:end]`` (which ends with a newline, or is the end of the file)."""
-    nl = np.flatnonzero(np.frombuffer(buf, dtype=np.uint8, count=end) == 10)
-    empty = int(np.count_nonzero(np.diff(nl) == 1)) + (1 if len(nl) and nl[0] == 0 else 0)
-    return len(nl) - empty + (1 if end and buf[end - 1] != 10 else 0)
+    lines = (buf[:end] if end < len(buf) else buf).split(b"\n")  # C speed, as fast as numpy's passes were
+    return len(lines) - lines.count(b"")
 
 
 def _line_spans(f, offset: int, data: bytes, block: int) -> Iterator[Span]:
@@ -104,6 +107,8 @@ _TABLE = bytes(_TABLE)
 def _top_level_cuts(data: bytes) -> tuple[np.ndarray, int]:
     """Positions of the top-level commas in ``data`` (which starts just inside the array, outside
     any string), and the position of the array's closing ``]`` (-1 when not in ``data``)."""
+    import numpy as np
+
     cls = np.frombuffer(data.translate(_TABLE), dtype=np.uint8)  # the class of every byte
     pos = np.flatnonzero(cls > 0)  # the interesting bytes only, from here on
     c = cls[pos]
@@ -144,6 +149,8 @@ def _top_level_cuts(data: bytes) -> tuple[np.ndarray, int]:
 
 
 def _array_spans(f, offset: int, data: bytes, batch: int) -> Iterator[Span]:
+    import numpy as np
+
     base = offset + 1  # file offset of carry[0], just after '['
     carry = data[1:]
     first = True
@@ -181,11 +188,68 @@ def _array_spans(f, offset: int, data: bytes, batch: int) -> Iterator[Span]:
         base += stop
 
 
-def iter_spans(path: str | Path, batch: int = 1000) -> Iterator[Span]:
-    """Spans of ``batch`` array elements or of about 1 MB of JSON Lines, in file order."""
+def _separator(data: bytes) -> bytes | None:
+    """The bytes between two elements of a pretty-printed array (``data`` starts at its ``[``): a comma,
+    the white space before the first element (it holds a newline) and the element's first byte. None
+    for an array on one line, or an empty one."""
+    i = 1
+    while i < len(data) and data[i] in _WS:
+        i += 1
+    lead = data[1:i]
+    if b"\n" not in lead or i >= len(data) or data[i] not in b"{[":
+        return None
+    return b"," + lead + data[i:i + 1]
+
+
+def _separator_spans(f, offset: int, data: bytes, batch: int, sep: bytes) -> Iterator[Span]:
+    """Spans of a pretty-printed array, cut where ``sep`` occurs (found with ``bytes.find``, several times
+    faster than classifying every byte). A raw newline only occurs outside strings, so each cut is a
+    structural comma; one inside an element leaves some piece unbalanced and a missed one leaves two
+    elements in a piece, and either fails the workers' parse, which then re-reads the file exactly."""
+    base = offset + 1  # file offset of carry[0], just after '['
+    carry = data[1:]
+    eof = False
+    while True:
+        if not eof:
+            chunk = f.read(_CHUNK)
+            eof = not chunk
+            carry += chunk
+        cuts: list[int] = []
+        at = carry.find(sep)
+        while at >= 0:
+            cuts.append(at)
+            at = carry.find(sep, at + len(sep))
+        if eof:
+            end = len(carry.rstrip(_WS)) - 1
+            if end < 0 or carry[end] != 93:  # "]"
+                raise NotFast("no closing bracket")
+            cuts.append(end)
+        elif not cuts:
+            continue  # one element longer than what we have: read more
+        starts = [0, *(c + 1 for c in cuts[:-1])]
+        for i in range(0, len(cuts), batch):
+            j = min(i + batch, len(cuts))
+            s0 = starts[i]
+            yield Span(base + s0, cuts[j - 1] - s0, array("q", [c - s0 for c in cuts[i:j - 1]]).tobytes(), j - i)
+        if eof:
+            return
+        stop = cuts[-1] + 1
+        carry = carry[stop:]
+        base += stop
+
+
+def iter_spans(path: str | Path, batch: int = 1000, parsed_after: bool = False) -> Iterator[Span]:
+    """Spans of ``batch`` array elements or of about 1 MB of JSON Lines, in file order.
+
+    ``parsed_after``: the caller parses every piece and re-reads the file exactly when one fails (as
+    clean does), so a pretty-printed array may be cut at its separator (`_separator_spans`)."""
     with open(path, "rb") as f:
         kind, offset, data = _kind(f)
         if kind == "array":
+            sep = _separator(data) if parsed_after else None
+            if sep is not None:
+                yield from _separator_spans(f, offset, data, batch, sep)
+                return
             yield from _array_spans(f, offset, data, batch)
         else:
             yield from _line_spans(f, offset, data, _LINE_BLOCK)

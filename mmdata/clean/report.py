@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -29,11 +30,17 @@ def _finite(obj: Any) -> Any:
 
 
 def dump(obj: Any) -> bytes:
-    """orjson, falling back to the stdlib for what orjson refuses (lone surrogates, ints over 64 bits)."""
+    """orjson, falling back to the stdlib for what orjson refuses (lone surrogates, ints over 64 bits,
+    values nested deeper than 255 levels: anything a JSON reader parsed, up to orjson's 1024 levels)."""
     try:
         return orjson.dumps(obj)
     except TypeError:
-        return json.dumps(_finite(obj), separators=(",", ":")).encode()
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(limit, 20_000))  # _finite and the encoder recurse once per level
+        try:
+            return json.dumps(_finite(obj), separators=(",", ":")).encode()
+        finally:
+            sys.setrecursionlimit(limit)
 
 
 def out_format_of(path: Path) -> str:
@@ -53,7 +60,7 @@ def default_paths(out: Path, rejects: Path | None, report: Path | None) -> tuple
 
 
 class Sink:
-    """Stream framed records (see ``mmdata.clean.llava.frame``) to a JSON array (one record a line)
+    """Stream framed records (see ``mmdata.clean.engine.frame``) to a JSON array (one record a line)
     or JSON Lines, atomically, in ~1 MB writes. Same bytes as ``mmdata.io.RecordWriter``.
 
     ``write_block(data, n)`` takes ``n`` records already framed: JSON array records each start with
@@ -110,6 +117,20 @@ class Sink:
         return bool(self._cm.__exit__(et, ev, tb))
 
 
+# What helps when one reason takes a large share of the rejects: (the flag, what it does).
+_REMEDIES = {
+    "duplicate_id": ("--rekey", "makes repeated ids unique as <id>-<n>"),
+    "missing_image": ("--images", "image paths are relative to it; is it the right folder?"),
+    "image_too_small": ("--min-side", "sets the shortest side kept"),
+    "bad_aspect_ratio": ("--max-aspect", "sets the largest long/short ratio kept"),
+    "text_too_long": ("--max-text-chars", "sets the longest text kept"),
+    "malformed": ("--input-format", "forces the input shape; the details say what the records look like"),
+}
+_NOT_FOR = {"coco": {"duplicate_id", "text_too_long", "malformed"}, "hf": {"missing_image", "malformed"}}
+HINT_SHARE = 0.2  # a reason holding more than this share of the rejects (and HINT_MIN of them) gets a hint
+HINT_MIN = 10
+
+
 @dataclass
 class CleanReport:
     """What one clean run did: every input unit is counted once as written or rejected (by reason)."""
@@ -138,7 +159,23 @@ class CleanReport:
         head.update({code: self.by_reason.get(code, 0) for code in REASONS})
         head.update(d)
         head.update(extra)
+        hints = self.hints()
+        if hints:
+            head["hints"] = hints
         return head
+
+    def hints(self) -> list[str]:
+        """One line per reason holding more than `HINT_SHARE` of the rejects, naming the flag that helps."""
+        out = []
+        for code in REASONS:
+            n = self.by_reason.get(code, 0)
+            remedy = _REMEDIES.get(code)
+            if n < HINT_MIN or remedy is None or n <= HINT_SHARE * self.rejected \
+                    or code in _NOT_FOR.get(self.kind, ()):
+                continue
+            flag, what = remedy
+            out.append(f"{n:,} of {self.rejected:,} rejects ({100 * n / self.rejected:.0f}%) are {code}: {flag} {what}")
+        return out
 
     def write(self, path: Path) -> None:
         write_json(path, self.to_json())
