@@ -49,6 +49,12 @@ class TrainArgs:
     tensorboard_dir: str | None = None
     metrics: str | None = None
     fsdp: bool = False
+    ckpt_format: str | None = None  # torch | torch_dcp; default torch_dcp under --fsdp, else torch
+    profile: bool = False
+    profile_step_start: int = 10
+    profile_step_end: int = 12
+    profile_ranks: list[int] = field(default_factory=lambda: [0])
+    tensor_model_parallel_size: int = 1
 
 
 def check_shards(shards: list[str]) -> None:
@@ -73,9 +79,18 @@ def validate(args: TrainArgs, world_size: int) -> None:
     for name in ("seq_len", "micro_batch_size", "global_batch_size", "max_steps", "log_interval"):
         if getattr(args, name) < 1:
             bad(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.global_batch_size % (args.micro_batch_size * world_size):
+    tp = args.tensor_model_parallel_size
+    if tp < 1 or world_size % tp:
+        bad(f"--tensor-model-parallel-size {tp} must divide the number of ranks ({world_size})")
+    dp = world_size // tp
+    if args.global_batch_size % (args.micro_batch_size * dp):
         bad(f"--global-batch-size {args.global_batch_size} is not divisible by --micro-batch-size "
-            f"{args.micro_batch_size} x data-parallel size {world_size}")
+            f"{args.micro_batch_size} x data-parallel size {dp}")
+    if tp > 1 and dp > 1 and not args.fsdp:
+        bad(f"--tensor-model-parallel-size {tp} with data-parallel size {dp} needs --fsdp (DDP cannot hold "
+            "the tensor-parallel DTensor parameters; FSDP2 shards them over the data-parallel ranks)")
+    if tp > 1 and args.ckpt_format == "torch":
+        bad("--tensor-model-parallel-size > 1 saves sharded checkpoints: use --ckpt-format torch_dcp (the default)")
     if not (args.lr > 0 and 0 <= args.min_lr <= args.lr):
         bad(f"need 0 <= --min-lr <= --lr and --lr > 0, got --lr {args.lr} --min-lr {args.min_lr}")
     if args.lr_warmup_iters < 0 or args.lr_warmup_iters > args.max_steps:
@@ -97,3 +112,27 @@ def validate(args: TrainArgs, world_size: int) -> None:
         bad(f"--overlong must be drop or truncate, got {args.overlong!r}")
     if not args.shards:
         bad("--shards is required")
+    if args.ckpt_format not in (None, "torch", "torch_dcp"):
+        bad(f"--ckpt-format must be torch or torch_dcp, got {args.ckpt_format!r}")
+    if args.profile:
+        validate_profile(args, world_size)
+
+
+def validate_profile(args: TrainArgs, world_size: int) -> None:
+    """--profile-step-start/-end inside the run, --profile-ranks among the ranks, and a folder for traces."""
+    def bad(msg: str) -> None:
+        raise InputError(None, msg)
+
+    start, end = args.profile_step_start, args.profile_step_end
+    if start < 1:
+        bad(f"--profile-step-start must be at least 1 (iterations count from 1), got {start}")
+    if end <= start:
+        bad(f"--profile-step-end must be greater than --profile-step-start {start} (iterations "
+            f"{start}..END-1 are profiled), got {end}")
+    if start > args.max_steps:
+        bad(f"--profile-step-start {start} is past --max-steps {args.max_steps}: nothing would be profiled")
+    wrong = [r for r in args.profile_ranks if not 0 <= r < world_size]
+    if wrong or not args.profile_ranks:
+        bad(f"--profile-ranks {' '.join(map(str, args.profile_ranks))}: ranks run from 0 to {world_size - 1}")
+    if not (args.tensorboard_dir or args.save):
+        bad("--profile writes its trace under --tensorboard-dir (or --save): give one of them")

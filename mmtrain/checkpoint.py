@@ -1,33 +1,48 @@
-"""Atomic checkpoints in Megatron's layout.
+"""Atomic checkpoints in Megatron's layout, full (`torch`) or sharded (`torch_dcp`).
 
-`DIR/iter_0000010/{model.pt, optim.pt, state.json, loader_rank000.pt, rng_rank000.pt, ...}` and
-`DIR/latest_checkpointed_iteration.txt`. Every rank writes into `DIR/.iter_0000010.tmp/`; rank 0
-renames the folder into place and then updates the tracker, so a crash leaves the previous checkpoint
-as the latest one and never a half-written folder under a final name.
+`DIR/iter_0000010/{state.json, loader_rank000.pt, rng_rank000.pt, ...}` plus either `model.pt` +
+`optim.pt` (format `torch`: full tensors written by rank 0; under FSDP2 gathered there first) or
+`dcp/` (format `torch_dcp`: torch.distributed.checkpoint, every rank writes its own shards, no rank
+ever holds the full model; readable on any number of ranks). Every rank writes into
+`DIR/.iter_0000010.tmp/`; only when every rank succeeded does rank 0 rename the folder into place and
+update `DIR/latest_checkpointed_iteration.txt`, so a crash or a full disk leaves the previous
+checkpoint as the latest one and never a half-written folder under a final name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
-from collections.abc import Callable
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from mmdata.errors import InputError
 from mmdata.io import atomic_write
+from mmtrain.preflight import free_bytes, human
 
 TRACKER = "latest_checkpointed_iteration.txt"
+DCP_DIR = "dcp"
+FORMATS = ("torch", "torch_dcp")
 
 
 def iter_dir(root: str | Path, iteration: int) -> Path:
     return Path(root) / f"iter_{iteration:07d}"
+
+
+def resolve_format(args: Any) -> str:
+    """--ckpt-format, defaulting to sharded (`torch_dcp`) under FSDP2 and full (`torch`) otherwise."""
+    fmt = getattr(args, "ckpt_format", None)
+    sharded = args.fsdp or getattr(args, "tensor_model_parallel_size", 1) > 1
+    return fmt or ("torch_dcp" if sharded else "torch")
 
 
 def _save(obj: Any, path: Path) -> None:
@@ -62,10 +77,100 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(root: str | Path, iteration: int, *, rank: int, barrier: Callable[[], None],
-                    model_state: dict | None, optim_state: dict | None, state: dict | None,
-                    loader_state: dict, rng: dict) -> Path:
-    """Collective: every rank calls it. Rank 0 passes model/optimizer/state, every rank its loader and RNG."""
+# ------------------------------------------------------------------------------------ model states
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def full_states(wrapped: torch.nn.Module, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                fsdp: bool) -> tuple[dict, dict]:
+    """Model and optimizer state as plain full tensors on the host (collective under FSDP2)."""
+    if fsdp and _distributed():
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        return get_state_dict(wrapped, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return model.state_dict(), opt.state_dict()
+
+
+def _sharded_states(wrapped: torch.nn.Module, opt: torch.optim.Optimizer) -> dict:
+    """{"model", "optim"} with each rank's own shards (DTensors under FSDP2, plain tensors otherwise)."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    msd, osd = get_state_dict(wrapped, opt)
+    return {"model": msd, "optim": osd}
+
+
+def _dcp_kw() -> dict:
+    return {} if _distributed() else {"no_dist": True}
+
+
+@contextlib.contextmanager
+def _quiet_dcp():
+    """DCP warns that it runs in one process each time it is told so (no_dist); that is the intent."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def _write_model(d: Path, fmt: str, wrapped, model, opt, fsdp: bool, rank: int) -> None:
+    """Collective: the model and optimizer into `d` in format `fmt`."""
+    if fmt == "torch_dcp":
+        import torch.distributed.checkpoint as dcp
+
+        with _quiet_dcp():
+            dcp.save(_sharded_states(wrapped, opt), checkpoint_id=str(d / DCP_DIR), **_dcp_kw())
+        return
+    msd, osd = full_states(wrapped, model, opt, fsdp)
+    if rank == 0:
+        _save(msd, d / "model.pt")
+        _save(osd, d / "optim.pt")
+
+
+def _reason(e: BaseException) -> str:
+    """One line for an exception; for DCP's CheckpointException, the first rank's own error."""
+    failures = getattr(e, "failures", None)
+    if failures:
+        rank, wrapped = next(iter(failures.items()))
+        inner = getattr(wrapped, "exc", wrapped)
+        return f"rank {rank}: {_reason(inner)}"
+    msg = getattr(e, "strerror", None) or str(e) or type(e).__name__
+    return f"{type(e).__name__}: {msg}".splitlines()[0][:300]
+
+
+def _gather_errors(err: str | None) -> list[str]:
+    """Every rank's write error (None where it succeeded), so all ranks agree to commit or not."""
+    if not _distributed():
+        return [err] if err else []
+    out: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, err)
+    return [e for e in out if e]
+
+
+def _barrier() -> None:
+    if _distributed():
+        dist.barrier()
+
+
+def _commit(root: Path, tmp: Path, final: Path, iteration: int) -> None:
+    """Rank 0: move the complete folder into place (replacing a same-iteration one), then the tracker."""
+    if final.exists():
+        old = root / f".{final.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        shutil.rmtree(old, ignore_errors=True)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    with atomic_write(root / TRACKER, "w", encoding="utf-8") as f:
+        f.write(f"{iteration}\n")
+
+
+def save(root: str | Path, iteration: int, wrapped: torch.nn.Module, model: torch.nn.Module,
+         opt: torch.optim.Optimizer, *, fsdp: bool, fmt: str, rank: int, state: dict,
+         loader_state: dict) -> Path:
+    """Collective: every rank calls it. A write error on any rank (full disk, quota) removes the
+    temporary folder and raises one InputError on every rank; the previous checkpoint stays the latest."""
     root = Path(root)
     final = iter_dir(root, iteration)
     tmp = root / f".{final.name}.tmp"
@@ -73,27 +178,34 @@ def save_checkpoint(root: str | Path, iteration: int, *, rank: int, barrier: Cal
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-    barrier()
-    _save(loader_state, tmp / f"loader_rank{rank:03d}.pt")
-    _save(rng, tmp / f"rng_rank{rank:03d}.pt")
+    _barrier()
+    err = None
+    try:
+        _write_model(tmp, fmt, wrapped, model, opt, fsdp, rank)
+        _save(loader_state, tmp / f"loader_rank{rank:03d}.pt")
+        _save(rng_state(), tmp / f"rng_rank{rank:03d}.pt")
+        if rank == 0:
+            with atomic_write(tmp / "state.json", "w", encoding="utf-8") as f:
+                json.dump({**state, "ckpt_format": fmt}, f, indent=1, sort_keys=True)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # OSError, torch's RuntimeError, WriteError, DCP's CheckpointException (a BaseException)
+        err = _reason(e)
+    errors = _gather_errors(err)
+    if errors:
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        _barrier()
+        raise InputError(root, f"cannot write checkpoint iteration {iteration} ({errors[0]}); "
+                               f"{human(free_bytes(root))} free there: make room or choose another --save "
+                               "(the previous checkpoint is kept)")
     if rank == 0:
-        _save(model_state, tmp / "model.pt")
-        _save(optim_state, tmp / "optim.pt")
-        with atomic_write(tmp / "state.json", "w", encoding="utf-8") as f:
-            json.dump(state, f, indent=1, sort_keys=True)
-    barrier()
-    if rank == 0:
-        if final.exists():  # the same iteration saved again: replace it
-            old = root / f".{final.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, final)
-        _fsync_dir(root)
-        with atomic_write(root / TRACKER, "w", encoding="utf-8") as f:
-            f.write(f"{iteration}\n")
-    barrier()
+        _commit(root, tmp, final, iteration)
+    _barrier()
     return final
+
+
+# -------------------------------------------------------------------------------------------- load
 
 
 def latest_iteration(root: str | Path) -> int | None:
@@ -129,13 +241,32 @@ def no_checkpoint_note(root: str | Path) -> str:
 
 @dataclass
 class Checkpoint:
+    """One iteration's folder as this rank reads it: full states (format `torch`) or the `dcp/` path."""
+
     iteration: int
     path: Path
     state: dict
-    model: dict
-    optim: dict
+    model: dict | None
+    optim: dict | None
     loader: dict
     rng: dict | None
+    dcp: Path | None = None
+
+
+def _load_file(p: Path, map_location: Any = "cpu") -> Any:
+    try:
+        return torch.load(p, map_location=map_location, weights_only=False)  # our own files
+    except FileNotFoundError:
+        raise InputError(p, "checkpoint file is missing") from None
+    except Exception as e:
+        raise InputError(p, f"cannot read checkpoint file: {e}") from None
+
+
+def _read_state(d: Path) -> dict:
+    try:
+        return json.loads((d / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise InputError(d / "state.json", f"cannot read checkpoint state: {e}") from None
 
 
 def load_checkpoint(root: str | Path, rank: int, map_location: str | torch.device = "cpu") -> Checkpoint | None:
@@ -145,23 +276,101 @@ def load_checkpoint(root: str | Path, rank: int, map_location: str | torch.devic
     if it is None:
         return None
     d = iter_dir(root, it)
-
-    def load(name: str):
-        p = d / name
-        try:
-            return torch.load(p, map_location=map_location, weights_only=False)  # our own files
-        except FileNotFoundError:
-            raise InputError(p, "checkpoint file is missing") from None
-        except Exception as e:
-            raise InputError(p, f"cannot read checkpoint file: {e}") from None
-
     own = f"loader_rank{rank:03d}.pt"
-    loader = load(own if (d / own).is_file() else "loader_rank000.pt")
-    rng_name = f"rng_rank{rank:03d}.pt"
-    rng = load(rng_name) if (d / rng_name).is_file() else None
+    loader = _load_file(d / (own if (d / own).is_file() else "loader_rank000.pt"))
+    rng_name = d / f"rng_rank{rank:03d}.pt"
+    rng = _load_file(rng_name) if rng_name.is_file() else None
+    state = _read_state(d)
+    if (d / DCP_DIR).is_dir():
+        return Checkpoint(iteration=it, path=d, state=state, model=None, optim=None, loader=loader, rng=rng,
+                          dcp=d / DCP_DIR)
+    return Checkpoint(iteration=it, path=d, state=state, model=_load_file(d / "model.pt", map_location),
+                      optim=_load_file(d / "optim.pt", map_location), loader=loader, rng=rng)
+
+
+def restore_states(cp: Checkpoint, wrapped: torch.nn.Module, model: torch.nn.Module,
+                   opt: torch.optim.Optimizer, fsdp: bool) -> None:
+    """Collective: load either format into the model and optimizer, whatever the number of ranks now."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    if cp.dcp is not None:
+        import torch.distributed.checkpoint as dcp
+
+        sd = _sharded_states(wrapped, opt)  # this layout's shards; DCP fills them from any saved layout
+        try:
+            with _quiet_dcp():
+                dcp.load(sd, checkpoint_id=str(cp.dcp), **_dcp_kw())
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # DCP's CheckpointException
+            raise InputError(cp.dcp, f"cannot read sharded checkpoint: {str(e).splitlines()[0][:300]}") from None
+        set_state_dict(wrapped, opt, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+        return
+    if fsdp and _distributed():
+        set_state_dict(wrapped, opt, model_state_dict=cp.model, optim_state_dict=cp.optim,
+                       options=StateDictOptions(full_state_dict=True))
+        return
+    model.load_state_dict(cp.model)
+    opt.load_state_dict(cp.optim)
+
+
+def _config_diff(saved: dict, now: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(saved) | set(now)):
+        a, b = saved.get(k), now.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _config_diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k} {a} vs {b}")
+    return out
+
+
+def check_model_matches(cp: Checkpoint, model_config: dict) -> None:
+    """InputError naming the checkpoint and the model it was saved with when --model differs from it."""
+    saved = cp.state.get("model_config")
+    if not saved:
+        return
+    now = json.loads(json.dumps(model_config))  # tuples -> lists, as state.json holds them
+    diff = _config_diff(saved, now)
+    if diff:
+        was = saved.get("name", "?")
+        raise InputError(cp.path, f"was saved with --model {was}, this run builds --model {now.get('name', '?')} "
+                                  f"({'; '.join(diff[:3])}): pass --model {was} or --load another folder")
+
+
+def load_model_state_dict(ckpt_dir: str | Path, iteration: int | None = None) -> tuple[int, dict[str, torch.Tensor]]:
+    """(iteration, full model state dict on the CPU) of a `run --save` folder, either format, in one
+    process with no process group; the latest iteration unless one is given. For export / generate."""
+    root = Path(ckpt_dir)
+    it = latest_iteration(root) if iteration is None else iteration
+    if it is None:
+        raise InputError(root, f"no checkpoint here (no {TRACKER}): pass the folder given to `mmtrain run --save`")
+    d = iter_dir(root, it)
+    if not d.is_dir():
+        raise InputError(d, "no such checkpoint iteration")
+    if (d / DCP_DIR).is_dir():
+        return it, _dcp_model_tensors(d / DCP_DIR)
+    p = d / "model.pt"
     try:
-        state = json.loads((d / "state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise InputError(d / "state.json", f"cannot read checkpoint state: {e}") from None
-    return Checkpoint(iteration=it, path=d, state=state, model=load("model.pt"), optim=load("optim.pt"),
-                      loader=loader, rng=rng)
+        return it, torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    except FileNotFoundError:
+        raise InputError(p, "checkpoint file is missing") from None
+    except Exception as e:
+        raise InputError(p, f"cannot read checkpoint file: {e}") from None
+
+
+def _dcp_model_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The `model.*` tensors of a DCP checkpoint, assembled from every rank's shards (the optimizer
+    state is not read)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    try:
+        meta = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    except Exception as e:
+        raise InputError(path, f"cannot read sharded checkpoint metadata: {e}") from None
+    sd = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in meta.items()
+          if k.startswith("model.") and isinstance(m, TensorStorageMetadata)}
+    with _quiet_dcp():
+        dcp.load(sd, checkpoint_id=str(path), no_dist=True)
+    return {k[len("model."):]: v for k, v in sd.items()}

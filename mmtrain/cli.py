@@ -59,14 +59,28 @@ def run_cmd(
     tensorboard_dir: str | None = typer.Option(None, help="Write TensorBoard scalars here."),
     metrics: str | None = typer.Option(None, help="Append one JSON object per log line to this file."),
     fsdp: bool = typer.Option(False, "--fsdp", help="FSDP2 instead of DDP under torchrun."),
+    ckpt_format: str | None = typer.Option(None, help="torch (full tensors, rank 0) | torch_dcp (sharded, every "
+                                           "rank; resumable on any number of ranks). Default: torch_dcp with --fsdp."),
+    profile: bool = typer.Option(False, "--profile", help="Profile iterations --profile-step-start..end-1."),
+    profile_step_start: int = typer.Option(10, help="First profiled iteration."),
+    profile_step_end: int = typer.Option(12, help="Profiling stops before this iteration."),
+    profile_ranks: list[int] = typer.Option([0], help="Ranks to profile (repeat: --profile-ranks 0 --profile-ranks 1)."),
+    tensor_model_parallel_size: int = typer.Option(1, help="Split each decoder layer over N ranks (DTensor TP); "
+                                                   "data parallelism runs over world / N."),
 ) -> None:
     """Stream the shards through the sequence-packed loader into a vision-language model and train it."""
     from mmtrain.args import TrainArgs, check_shards, validate
 
     args = TrainArgs(**{k: v for k, v in locals().items() if k not in ("TrainArgs", "check_shards", "validate")})
     args.shards = list(shards)
+    args.profile_ranks = list(profile_ranks)
     validate(args, int(os.environ.get("WORLD_SIZE", "1")))  # before torch is imported: fast errors
     check_shards(args.shards)
+    from mmtrain.preflight import check_save_dir, check_shard_files
+
+    check_shard_files(args.shards)  # every listed shard there at its size: found now, not mid-run
+    if args.save:
+        check_save_dir(args.save, int(os.environ.get("RANK", "0")))
     import torch.distributed as dist
 
     from mmtrain.run import train
@@ -78,10 +92,39 @@ def run_cmd(
             dist.destroy_process_group()
 
 
+@app.command("doctor")
+def doctor_cmd(
+    shards: list[str] = typer.Option([], "--shards", help="Shard folder(s) to check (quick form of inspect --verify)."),
+    save: str | None = typer.Option(None, help="Checkpoint folder: write access and free space."),
+    nnodes: int = typer.Option(1, help="Nodes of the run (> 1: pdsh and passwordless ssh are checked)."),
+    nproc_per_node: int | None = typer.Option(None, help="Ranks per node (default: one per visible device)."),
+    hostfile: str | None = typer.Option(None, help="One node per line: try passwordless ssh to each."),
+    model: str = typer.Option("tiny", help="Preset (or HF folder) the run trains, for the fit and memory checks."),
+    tokenizer: str | None = typer.Option(None, help="As in `mmtrain run` (its vocabulary sizes the estimate)."),
+    seq_len: int = typer.Option(2048),
+    micro_batch_size: int = typer.Option(1),
+    recompute_granularity: str | None = typer.Option(None, help="full"),
+    recompute_method: str | None = typer.Option(None, help="block | uniform"),
+    recompute_num_layers: int = typer.Option(0),
+    fsdp: bool = typer.Option(False, "--fsdp"),
+    bf16: bool = typer.Option(False, "--bf16"),
+    device: str = typer.Option("auto", help="auto | npu | cuda | cpu."),
+    timeout: float = typer.Option(30.0, help="Seconds the backend all-reduce may take."),
+) -> None:
+    """Check what breaks runs before they start: one line per check (ok / warn / FAIL + the fix); exit 1 on FAIL."""
+    from mmtrain.doctor import DoctorArgs, doctor
+
+    a = DoctorArgs(**{k: v for k, v in locals().items() if k not in ("DoctorArgs", "doctor")})
+    a.shards = list(shards)
+    raise typer.Exit(doctor(a, lambda line: print(line, flush=True)))
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     try:
-        app(standalone_mode=False)
+        rc = app(args=expand_multi(sys.argv[1:], ("--profile-ranks",)), standalone_mode=False)
+        if isinstance(rc, int) and rc:  # a command's typer.Exit(code) comes back as the return value here
+            sys.exit(rc)
     except MMDataError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
@@ -91,12 +134,41 @@ def main() -> None:
         typer.echo("interrupted", err=True)
         sys.exit(130)
     except Exception as e:
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+        if isinstance(e, _click_exceptions()):  # a usage error: typer's message, no traceback
             e.show()
             sys.exit(e.exit_code)
         raise
+
+
+def expand_multi(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """Megatron's `--profile-ranks 0 1 2` (several values after one flag) as typer's repeated flag."""
+    out: list[str] = []
+    flag = None
+    for a in argv:
+        if a in flags:
+            flag = a
+        elif flag and a.lstrip("-").isdigit() and not a.startswith("--"):
+            if out[-1] != flag:
+                out.append(flag)
+            out.append(a)
+            continue
+        else:
+            flag = None
+        out.append(a)
+    return out
+
+
+def _click_exceptions() -> tuple[type, ...]:
+    """ClickException of the click bundled in typer (typer >= 0.16) and of a standalone click."""
+    import importlib
+
+    out = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            out.append(importlib.import_module(name).ClickException)
+        except ImportError:
+            pass
+    return tuple(out)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from mmtrain.args import TrainArgs, check_shards, validate
 from mmtrain.batch import RowStats, concat_rows, row_stats, to_device
 from mmtrain.flops import row_flops
 from mmtrain.model import VLModel, build_model, num_params
+from mmtrain.preflight import check_free_space, check_save_dir, checkpoint_bytes
 
 
 @dataclass
@@ -270,32 +271,6 @@ def grad_sync(wrapped: torch.nn.Module, enabled: bool):
     return contextlib.nullcontext()
 
 
-def full_states(wrapped: torch.nn.Module, model: VLModel, opt: torch.optim.Optimizer, fsdp: bool) -> tuple[dict, dict]:
-    """Model and optimizer state as plain full tensors on the host (collective under FSDP2)."""
-    if fsdp and dist.is_initialized():
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_state_dict,
-        )
-
-        return get_state_dict(wrapped, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return model.state_dict(), opt.state_dict()
-
-
-def load_states(wrapped: torch.nn.Module, model: VLModel, opt: torch.optim.Optimizer, fsdp: bool, msd: dict, osd: dict) -> None:
-    if fsdp and dist.is_initialized():
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            set_state_dict,
-        )
-
-        set_state_dict(wrapped, opt, model_state_dict=msd, optim_state_dict=osd,
-                       options=StateDictOptions(full_state_dict=True))
-        return
-    model.load_state_dict(msd)
-    opt.load_state_dict(osd)
-
-
 # ------------------------------------------------------------------------------------------- train
 
 
@@ -312,170 +287,303 @@ def train(args: TrainArgs, data_factory: DataFactory | None = None, out=None) ->
     return _train(args, data_factory or loader_data, rank, world, local_rank, out)
 
 
-def _all_reduce(t: torch.Tensor, world: int) -> torch.Tensor:
+def _all_reduce(t: torch.Tensor, world: int, group: Any = None) -> torch.Tensor:
+    """Sum over the data-parallel ranks (tensor-parallel ranks hold the same batch)."""
     if world > 1:
-        dist.all_reduce(t)
+        dist.all_reduce(t, group=group)
     return t
 
 
-def _train(args: TrainArgs, data_factory: DataFactory, rank: int, world: int, local_rank: int, out) -> TrainResult:
-    accel = get_accel(args.device, use_flash_attn=args.use_flash_attn, use_fused_rmsnorm=args.use_fused_rmsnorm,
-                      use_fused_swiglu=args.use_fused_swiglu, attn_impl=args.attn_impl, local_rank=local_rank)
+@dataclass
+class Run:
+    """What one training run holds between iterations."""
+
+    args: TrainArgs
+    rank: int
+    world: int
+    dp: int  # data-parallel size = world / --tensor-model-parallel-size
+    accel: Accel
+    log: Logger
+    data: Data
+    model: VLModel
+    wrapped: torch.nn.Module
+    opt: torch.optim.Optimizer
+    n_micro: int
+    peak_flops: float
+    dp_group: Any = None  # None: the whole world
+    iteration: int = 0
+    skipped_total: int = 0
+    nan_total: int = 0
+
+
+@dataclass
+class Step:
+    """One iteration's outcome: loss over the global batch, grad norm and the counts behind the log."""
+
+    loss: float
+    grad_norm: float
+    finite: bool
+    lr: float
+    wall_s: float
+    data_s: float
+    cpu_s: float
+    real_tokens: float
+    tokens: float
+    flops: float
+
+
+@dataclass
+class Window:
+    """Sums over the iterations since the last log line."""
+
+    t: float = 0.0
+    wait: float = 0.0
+    loss: float = 0.0
+    n: int = 0
+    tok: float = 0.0
+    real: float = 0.0
+    flops: float = 0.0
+    skipped: int = 0
+    nan: int = 0
+    grad_norm: float | None = None
+
+    def add(self, s: Step) -> None:
+        self.t += s.wall_s
+        self.wait += s.data_s
+        self.loss += s.loss if s.finite else 0.0
+        self.n += 1
+        self.real += s.real_tokens
+        self.tok += s.tokens
+        self.flops += s.flops
+        self.skipped += 0 if s.finite else 1
+        self.nan += 0 if s.finite else 1
+        self.grad_norm = s.grad_norm
+
+    def record(self, iteration: int, lr: float, args: TrainArgs, peak: float, world: int) -> dict:
+        """The metrics of this window, under the names of the JSONL / TensorBoard outputs."""
+        good = max(1, self.n - self.skipped)
+        return {
+            "iteration": iteration, "consumed_samples": iteration * args.global_batch_size,
+            "elapsed_ms_per_iteration": 1000 * self.t / self.n, "learning_rate": lr,
+            "global_batch_size": args.global_batch_size, "lm_loss": self.loss / good, "loss_scale": 1.0,
+            "grad_norm": self.grad_norm, "skipped_iterations": self.skipped, "nan_iterations": self.nan,
+            "tokens_per_second": self.real / self.t, "packing_efficiency": self.real / max(1.0, self.tok),
+            "mfu": self.flops / (self.t * peak * world), "data_wait_share": self.wait / self.t,
+        }
+
+
+def _set_cpu_threads(args: TrainArgs, accel: Accel) -> None:
     if accel.kind == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # Loader workers and other ranks need cores too; OpenMP spinning on a busy core is ~10x slower.
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         torch.set_num_threads(min(torch.get_num_threads(), max(1, (os.cpu_count() or 1) // local - args.num_workers)))
-    barrier = (lambda: dist.barrier()) if world > 1 else (lambda: None)
+
+
+def _setup(args: TrainArgs, data_factory: DataFactory, rank: int, world: int, local_rank: int, out) -> Run:
+    """Device, data, model (wrapped for DDP / FSDP2) and optimizer, with the same initial weights on every rank."""
+    accel = get_accel(args.device, use_flash_attn=args.use_flash_attn, use_fused_rmsnorm=args.use_fused_rmsnorm,
+                      use_fused_swiglu=args.use_fused_swiglu, attn_impl=args.attn_impl, local_rank=local_rank)
+    _set_cpu_threads(args, accel)
     log = Logger(args, rank, out)
-    seed_everything(args.seed)  # same initial weights on every rank
-    data = data_factory(args, rank, world)
+    seed_everything(args.seed)
+    tp = args.tensor_model_parallel_size
+    dp = world // tp
+    data = data_factory(args, rank // tp, dp)  # a tensor-parallel group reads one data-parallel share
     model = build_model(args.model, data.vocab_size, data.image_token_id, accel=accel)
     if args.recompute_granularity == "full":
         model.set_recompute(args.recompute_method, args.recompute_num_layers)
-    wrapped = wrap_model(model, accel, world, args.fsdp)
+    dp_group = None
+    if tp > 1:
+        from mmtrain.tp import parallelize
+
+        wrapped, dp_group = parallelize(model, accel.kind, world, tp)
+    else:
+        wrapped = wrap_model(model, accel, world, args.fsdp)
     opt = torch.optim.AdamW(param_groups(wrapped, args.weight_decay), lr=args.lr,
                             betas=(args.adam_beta1, args.adam_beta2), eps=1e-8,
-                            foreach=None if accel.kind != "npu" else False)
+                            foreach=None if accel.kind != "npu" and tp == 1 else False)
+    n_micro = args.global_batch_size // (args.micro_batch_size * dp)
+    return Run(args=args, rank=rank, world=world, dp=dp, dp_group=dp_group, accel=accel, log=log, data=data,
+               model=model, wrapped=wrapped, opt=opt, n_micro=n_micro, peak_flops=accel.peak_flops(args.bf16))
 
-    iteration, skipped_total, nan_total = 0, 0, 0
-    if args.load:
-        cp = ckpt.load_checkpoint(args.load, rank)
-        if cp is None:
-            log.info(ckpt.no_checkpoint_note(args.load))
-        else:
-            load_states(wrapped, model, opt, args.fsdp, cp.model, cp.optim)
-            data.loader.load_state_dict(cp.loader)
-            iteration = int(cp.state["iteration"])
-            skipped_total = int(cp.state.get("skipped_iterations", 0))
-            nan_total = int(cp.state.get("nan_iterations", 0))
-            if cp.rng is not None:
-                ckpt.set_rng_state(cp.rng)
-            log.info(f"loaded checkpoint {cp.path} (iteration {iteration}, consumed samples {cp.state['consumed_samples']})")
-            if iteration >= args.max_steps:
-                rel = "=" if iteration == args.max_steps else ">"
-                log.info(f"nothing to do: checkpoint is at iteration {iteration} {rel} --max-steps {args.max_steps}")
-                log.close()
-                if hasattr(data.loader, "close"):
-                    data.loader.close()
-                return TrainResult(iteration=iteration, consumed_samples=iteration * args.global_batch_size,
-                                   losses={})
 
-    n_micro = args.global_batch_size // (args.micro_batch_size * world)
-    peak = accel.peak_flops(args.bf16)
-    n_par = num_params(model)
-    log.info(f"model {args.model}: {n_par / 1e6:.1f}M parameters ({num_params(model, True) / 1e6:.1f}M without "
-             f"embeddings) | device {accel.kind} ({accel.attn_impl} attention) | data-parallel {world} | "
-             f"{n_micro} micro-batches of {args.micro_batch_size} x {args.seq_len} tokens per iteration")
+def _resume(r: Run) -> None:
+    """--load: model, optimizer, loader position, RNG and counters from the latest checkpoint, if any."""
+    cp = ckpt.load_checkpoint(r.args.load, r.rank)
+    if cp is None:
+        r.log.info(ckpt.no_checkpoint_note(r.args.load))
+        return
+    ckpt.check_model_matches(cp, r.model.cfg.to_dict())
+    ckpt.restore_states(cp, r.wrapped, r.model, r.opt, r.args.fsdp)
+    r.data.loader.load_state_dict(cp.loader)
+    r.iteration = int(cp.state["iteration"])
+    r.skipped_total = int(cp.state.get("skipped_iterations", 0))
+    r.nan_total = int(cp.state.get("nan_iterations", 0))
+    if cp.rng is not None:
+        ckpt.set_rng_state(cp.rng)
+    r.log.info(f"loaded checkpoint {cp.path} (iteration {r.iteration}, consumed samples {cp.state['consumed_samples']})")
 
-    if data.plan is not None:
-        for line in plan_note(data.plan):
-            log.info(line)
-    rows_it = cycle(data.loader)
-    result = TrainResult(iteration=iteration, consumed_samples=iteration * args.global_batch_size, losses={})
-    win = {"t": 0.0, "wait": 0.0, "loss": 0.0, "n": 0, "tok": 0.0, "real": 0.0, "flops": 0.0, "skipped": 0, "nan": 0}
-    model.train()
-    while iteration < args.max_steps:
-        accel.synchronize()
-        t0, c0 = time.perf_counter(), time.process_time()
-        rows = [next(rows_it) for _ in range(n_micro * args.micro_batch_size)]
-        t_data = time.perf_counter() - t0
-        micro = [concat_rows(rows[i * args.micro_batch_size:(i + 1) * args.micro_batch_size]) for i in range(n_micro)]
-        stats: list[RowStats] = [row_stats(m) for m in micro]
-        capacity = max(sum(s.tokens for s in stats), len(rows) * args.seq_len)  # rows may come unpadded
-        counts = torch.tensor([sum(s.loss_tokens for s in stats), sum(s.real_tokens for s in stats), capacity,
-                               sum(row_flops(model.cfg, s.doc_lens, s.loss_tokens, s.frame_patches) for s in stats)],
-                              dtype=torch.float64 if accel.kind != "npu" else torch.float32)
-        counts = _all_reduce(counts.to(accel.device), world).cpu()
-        n_global = max(1.0, float(counts[0]))
-        lr = lr_at(iteration + 1, args)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        loss_sum = torch.zeros((), dtype=torch.float32 if accel.kind == "npu" else torch.float64, device=accel.device)
-        for j, mb in enumerate(micro):
-            mb = to_device(mb, accel.device)
-            with grad_sync(wrapped, j == n_micro - 1), accel.autocast(args.bf16):
-                ls, _ = wrapped(mb)
-                # DDP / FSDP average gradients over ranks: scale by the world size to get a plain sum.
-                (ls * (world / n_global)).backward()
-            loss_sum += ls.detach().to(loss_sum.dtype)
-        if args.clip_grad > 0:
-            gn = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), args.clip_grad)
-        else:
-            gn = torch.nn.utils.get_total_norm([p.grad for p in wrapped.parameters() if p.grad is not None])
-        gn = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)
-        loss = float(_all_reduce(loss_sum, world)) / n_global
-        finite = math.isfinite(gn) and math.isfinite(loss)
+
+def _announce(r: Run) -> None:
+    args, model = r.args, r.model
+    r.log.info(f"model {args.model}: {num_params(model) / 1e6:.1f}M parameters ({num_params(model, True) / 1e6:.1f}M "
+               f"without embeddings) | device {r.accel.kind} ({r.accel.attn_impl} attention) | data-parallel "
+               f"{r.dp} | tensor-parallel {args.tensor_model_parallel_size} | {r.n_micro} micro-batches of {args.micro_batch_size} x {args.seq_len} tokens per iteration")
+    if r.data.plan is not None:
+        for line in plan_note(r.data.plan):
+            r.log.info(line)
+
+
+def _counts(r: Run, micro: list[dict], n_rows: int) -> torch.Tensor:
+    """[loss tokens, real tokens, capacity, FLOPs] of the global batch (summed over ranks), on the host."""
+    stats: list[RowStats] = [row_stats(m) for m in micro]
+    capacity = max(sum(s.tokens for s in stats), n_rows * r.args.seq_len)  # rows may come unpadded
+    counts = torch.tensor([sum(s.loss_tokens for s in stats), sum(s.real_tokens for s in stats), capacity,
+                           sum(row_flops(r.model.cfg, s.doc_lens, s.loss_tokens, s.frame_patches) for s in stats)],
+                          dtype=torch.float64 if r.accel.kind != "npu" else torch.float32)
+    return _all_reduce(counts.to(r.accel.device), r.dp, r.dp_group).cpu()
+
+
+def _forward_backward(r: Run, micro: list[dict], n_global: float) -> torch.Tensor:
+    """Accumulate gradients of sum(token losses) / n_global over the micro-batches; returns the local loss sum."""
+    dt = torch.float32 if r.accel.kind == "npu" else torch.float64
+    loss_sum = torch.zeros((), dtype=dt, device=r.accel.device)
+    for j, mb in enumerate(micro):
+        mb = to_device(mb, r.accel.device)
+        with grad_sync(r.wrapped, j == r.n_micro - 1), r.accel.autocast(r.args.bf16):
+            ls, _ = r.wrapped(mb)
+            # DDP / FSDP average gradients over the data-parallel ranks: scale by their number for a plain sum.
+            (ls * (r.dp / n_global)).backward()
+        loss_sum += ls.detach().to(loss_sum.dtype)
+    return loss_sum
+
+
+def _grad_norm(r: Run) -> float:
+    if r.args.tensor_model_parallel_size > 1:  # sharded and replicated gradients side by side
+        from mmtrain.tp import grad_norm_and_clip
+
+        return grad_norm_and_clip(list(r.wrapped.parameters()), r.args.clip_grad)
+    params = r.wrapped.parameters()
+    if r.args.clip_grad > 0:
+        gn = torch.nn.utils.clip_grad_norm_(params, r.args.clip_grad)
+    else:
+        gn = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    return float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)
+
+
+def _step(r: Run, rows_it: Iterator[dict], prof: Any) -> Step:
+    """One iteration: read the global batch's rows, forward/backward each micro-batch, clip, optimizer step."""
+    args = r.args
+    r.accel.synchronize()
+    t0, c0 = time.perf_counter(), time.process_time()
+    with prof.region("data_wait"):
+        rows = [next(rows_it) for _ in range(r.n_micro * args.micro_batch_size)]
+    t_data = time.perf_counter() - t0
+    mbs = args.micro_batch_size
+    micro = [concat_rows(rows[i * mbs:(i + 1) * mbs]) for i in range(r.n_micro)]
+    counts = _counts(r, micro, len(rows))
+    n_global = max(1.0, float(counts[0]))
+    lr = lr_at(r.iteration + 1, args)
+    for g in r.opt.param_groups:
+        g["lr"] = lr
+    loss_sum = _forward_backward(r, micro, n_global)
+    gn = _grad_norm(r)
+    loss = float(_all_reduce(loss_sum, r.dp, r.dp_group)) / n_global
+    finite = math.isfinite(gn) and math.isfinite(loss)
+    with prof.region("optimizer"):
         if finite:
-            opt.step()
-        else:
-            win["skipped"] += 1
-            win["nan"] += 1
-        opt.zero_grad(set_to_none=True)
-        accel.synchronize()
-        dt = time.perf_counter() - t0
-        iteration += 1
-        result.losses[iteration] = loss
-        result.data_wait_s += t_data
-        result.step_s += dt
-        result.steps.append((dt, t_data, int(counts[1]), time.process_time() - c0))
-        result.real_tokens += int(counts[1])
-        result.tokens += int(counts[2])
-        win["t"] += dt
-        win["wait"] += t_data
-        win["loss"] += loss if finite else 0.0
-        win["n"] += 1
-        win["real"] += float(counts[1])
-        win["tok"] += float(counts[2])
-        win["flops"] += float(counts[3])
-        win["gn"] = gn
+            r.opt.step()
+        r.opt.zero_grad(set_to_none=True)
+    r.accel.synchronize()
+    return Step(loss=loss, grad_norm=gn, finite=finite, lr=lr, wall_s=time.perf_counter() - t0, data_s=t_data,
+                cpu_s=time.process_time() - c0, real_tokens=float(counts[1]), tokens=float(counts[2]),
+                flops=float(counts[3]))
 
-        if iteration % args.log_interval == 0 or iteration == args.max_steps:
-            skipped_total += win["skipped"]
-            nan_total += win["nan"]
-            good = max(1, win["n"] - win["skipped"])
-            rec = {
-                "iteration": iteration, "consumed_samples": iteration * args.global_batch_size,
-                "elapsed_ms_per_iteration": 1000 * win["t"] / win["n"], "learning_rate": lr,
-                "global_batch_size": args.global_batch_size, "lm_loss": win["loss"] / good, "loss_scale": 1.0,
-                "grad_norm": win["gn"], "skipped_iterations": win["skipped"], "nan_iterations": win["nan"],
-                "tokens_per_second": win["real"] / win["t"], "packing_efficiency": win["real"] / max(1.0, win["tok"]),
-                "mfu": win["flops"] / (win["t"] * peak * world), "data_wait_share": win["wait"] / win["t"],
-            }
-            if data.plan is not None:
-                rec.update({f"plan_{k}": v for k, v in data.plan.items()})
-            line = format_log_line(
-                iteration=iteration, max_steps=args.max_steps, consumed=rec["consumed_samples"],
-                elapsed_ms=rec["elapsed_ms_per_iteration"], lr=lr, gbs=args.global_batch_size, loss=rec["lm_loss"],
-                grad_norm=gn, skipped=win["skipped"], nan=win["nan"], tokens_per_s=rec["tokens_per_second"],
-                packing=rec["packing_efficiency"], mfu=rec["mfu"])
-            log.log(line, rec)
-            win = {k: 0.0 if isinstance(v, float) else 0 for k, v in win.items()}
 
-        stop = bool(args.exit_interval and iteration % args.exit_interval == 0)
-        if args.save and ((args.save_interval and iteration % args.save_interval == 0)
-                          or iteration == args.max_steps or stop):
-            _save(args, iteration, rank, barrier, wrapped, model, opt, data, skipped_total, nan_total)
-            log.info(f"saved checkpoint at iteration {iteration} to {args.save}")
-        if stop:
-            log.info(f"exiting at iteration {iteration} (--exit-interval {args.exit_interval})")
-            break
+def _log_window(r: Run, win: Window, lr: float) -> None:
+    r.skipped_total += win.skipped
+    r.nan_total += win.nan
+    rec = win.record(r.iteration, lr, r.args, r.peak_flops, r.world)
+    if r.data.plan is not None:
+        rec.update({f"plan_{k}": v for k, v in r.data.plan.items()})
+    line = format_log_line(
+        iteration=r.iteration, max_steps=r.args.max_steps, consumed=rec["consumed_samples"],
+        elapsed_ms=rec["elapsed_ms_per_iteration"], lr=lr, gbs=r.args.global_batch_size, loss=rec["lm_loss"],
+        grad_norm=win.grad_norm, skipped=win.skipped, nan=win.nan, tokens_per_s=rec["tokens_per_second"],
+        packing=rec["packing_efficiency"], mfu=rec["mfu"])
+    r.log.log(line, rec)
 
-    result.iteration = iteration
-    result.consumed_samples = iteration * args.global_batch_size
-    log.close()
+
+def _close(r: Run) -> None:
+    r.log.close()
+    if hasattr(r.data.loader, "close"):
+        r.data.loader.close()
+
+
+def _train(args: TrainArgs, data_factory: DataFactory, rank: int, world: int, local_rank: int, out) -> TrainResult:
+    if args.save:
+        check_save_dir(args.save, rank)  # an unwritable --save fails now, not after the run
+    r = _setup(args, data_factory, rank, world, local_rank, out)
+    if args.save:
+        check_free_space(args.save, checkpoint_bytes(num_params(r.model)))
+    if args.load:
+        _resume(r)
+    result = TrainResult(iteration=r.iteration, consumed_samples=r.iteration * args.global_batch_size, losses={})
+    if r.iteration >= args.max_steps and args.load:
+        rel = "=" if r.iteration == args.max_steps else ">"
+        r.log.info(f"nothing to do: checkpoint is at iteration {r.iteration} {rel} --max-steps {args.max_steps}")
+        _close(r)
+        return result
+    _announce(r)
+    _loop(r, result)
+    result.iteration = r.iteration
+    result.consumed_samples = r.iteration * args.global_batch_size
+    _close(r)
     return result
 
 
-def _save(args: TrainArgs, iteration: int, rank: int, barrier, wrapped, model, opt, data: Data,
-          skipped: int, nan: int) -> None:
-    msd, osd = full_states(wrapped, model, opt, args.fsdp)
-    state = {"iteration": iteration, "consumed_samples": iteration * args.global_batch_size,
-             "skipped_iterations": skipped, "nan_iterations": nan,
+def _loop(r: Run, result: TrainResult) -> None:
+    """Iterations until --max-steps (or --exit-interval), logging and checkpointing on the way."""
+    from mmtrain.profiling import make_profiler
+
+    args = r.args
+    rows_it = cycle(r.data.loader)
+    prof = make_profiler(args, r.rank, r.accel, r.log.info)
+    win = Window()
+    r.model.train()
+    while r.iteration < args.max_steps:
+        prof.before(r.iteration + 1)
+        s = _step(r, rows_it, prof)
+        r.iteration += 1
+        prof.after(r.iteration, s.wall_s, s.data_s)
+        result.losses[r.iteration] = s.loss
+        result.data_wait_s += s.data_s
+        result.step_s += s.wall_s
+        result.steps.append((s.wall_s, s.data_s, int(s.real_tokens), s.cpu_s))
+        result.real_tokens += int(s.real_tokens)
+        result.tokens += int(s.tokens)
+        win.add(s)
+        if r.iteration % args.log_interval == 0 or r.iteration == args.max_steps:
+            _log_window(r, win, s.lr)
+            win = Window()
+        stop = bool(args.exit_interval and r.iteration % args.exit_interval == 0)
+        if args.save and ((args.save_interval and r.iteration % args.save_interval == 0)
+                          or r.iteration == args.max_steps or stop):
+            _save(r)
+            r.log.info(f"saved checkpoint at iteration {r.iteration} to {args.save}")
+        if stop:
+            r.log.info(f"exiting at iteration {r.iteration} (--exit-interval {args.exit_interval})")
+            break
+    prof.close()
+
+
+def _save(r: Run) -> None:
+    args, it = r.args, r.iteration
+    state = {"iteration": it, "consumed_samples": it * args.global_batch_size,
+             "skipped_iterations": r.skipped_total, "nan_iterations": r.nan_total,
              "scheduler": {"kind": "warmup+cosine", "lr": args.lr, "min_lr": args.min_lr,
                            "warmup_iters": args.lr_warmup_iters, "max_steps": args.max_steps,
-                           "num_steps": iteration},
-             "args": asdict(args), "model_config": model.cfg.to_dict()}
-    ckpt.save_checkpoint(args.save, iteration, rank=rank, barrier=barrier,
-                         model_state=msd if rank == 0 else None, optim_state=osd if rank == 0 else None,
-                         state=state if rank == 0 else None, loader_state=data.loader.state_dict(),
-                         rng=ckpt.rng_state())
+                           "num_steps": it},
+             "args": asdict(args), "model_config": r.model.cfg.to_dict(), "world_size": r.world}
+    ckpt.save(args.save, it, r.wrapped, r.model, r.opt, fsdp=args.fsdp, fmt=ckpt.resolve_format(args),
+              rank=r.rank, state=state, loader_state=r.data.loader.state_dict())

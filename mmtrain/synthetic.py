@@ -142,7 +142,12 @@ class SyntheticLoader:
             yield row
 
     def state_dict(self) -> dict:
-        return {"consumed_rows": self.consumed_rows, "seed": self.seed}
+        """A global position (rows consumed by all ranks), as PackedLoader's: resumable on any world size."""
+        return {"consumed_rows": self.consumed_rows, "global_rows": self.consumed_rows * self.world_size,
+                "seed": self.seed}
 
     def load_state_dict(self, sd: dict) -> None:
-        self.consumed_rows = int(sd["consumed_rows"])
+        if "global_rows" in sd:
+            self.consumed_rows = int(sd["global_rows"]) // self.world_size
+        else:
+            self.consumed_rows = int(sd["consumed_rows"])

@@ -116,7 +116,7 @@ def test_checkpoint_layout_and_atomicity(tmp_path):
                                                     "state.json"]
     st = json.loads((d / "state.json").read_text())
     assert (st["iteration"], st["consumed_samples"]) == (2, 8)
-    assert torch.load(d / "loader_rank000.pt") == {"consumed_rows": 8, "seed": 0}
+    assert torch.load(d / "loader_rank000.pt") == {"consumed_rows": 8, "global_rows": 8, "seed": 0}
     assert sorted(p.name for p in save.iterdir()) == ["iter_0000001", "iter_0000002", ckpt.TRACKER]
     # A crash while writing iteration 3 leaves a temp folder that is never loaded.
     (save / ".iter_0000003.tmp").mkdir()

@@ -13,7 +13,7 @@ import logging
 import os
 import re
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from mmdata import storage
 from mmdata.errors import InputError, MMDataError
 from mmdata.format.sample import SampleError, ShardSample
 from mmdata.format.tar import TarFormatError, parse_sample
+from mmdata.procs import die_with_parent
 from mmdata.loader.batch import Document, RowSpec, collate_row
 from mmdata.loader.pack import DEFAULT_PACKER
 from mmdata.loader.lengths import MANIFEST, ShardIndex, _fix, check_shards, _index_text_tokens_made_with, cache_dir_for, read_index, text_tokens
@@ -375,6 +376,11 @@ def _identity(x):
     return x
 
 
+def _worker_init(parent: int, worker_id: int) -> None:
+    """A loader worker dies with the process that started it (SIGKILLed trainer: no orphan left)."""
+    die_with_parent(parent)
+
+
 @dataclass
 class _Counters:
     rows: int = 0
@@ -428,7 +434,8 @@ class _Progress:
 
 def _stream(ds: RowDataset, num_workers: int, prefetch_factor: int, progress: _Progress):
     kwargs = {"prefetch_factor": prefetch_factor, "persistent_workers": False} if num_workers > 0 else {}
-    dl = DataLoader(ds, batch_size=None, num_workers=num_workers, collate_fn=_identity, **kwargs)
+    dl = DataLoader(ds, batch_size=None, num_workers=num_workers, collate_fn=_identity,
+                    worker_init_fn=partial(_worker_init, os.getpid()), **kwargs)
     for batch, meta in dl:
         progress.account(meta)
         yield batch

@@ -1,0 +1,95 @@
+"""Cheap checks that a run can finish, done before any expensive work: `--save` writable, room for a
+checkpoint. Free of torch, so `mmtrain run` and `mmtrain doctor` answer in milliseconds."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from mmdata.errors import InputError
+
+BYTES_PER_PARAM = 12  # fp32 weights + AdamW's two fp32 moments
+
+
+def human(n: float) -> str:
+    """Bytes in the nearest binary unit, e.g. '1.4 GiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def check_save_dir(root: str | Path, rank: int = 0) -> Path:
+    """Create `root` if needed and prove it writable with a probe file; InputError (exit 2) otherwise."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise InputError(root, "--save needs a folder, this is a file: choose another --save")
+    probe = root / f".mmtrain-write-probe.{rank}.{os.getpid()}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise InputError(root, f"--save folder is not writable ({e.strerror or e}): fix its permissions "
+                               "or choose another --save") from None
+    return root
+
+
+def free_bytes(path: str | Path) -> int:
+    """Free bytes for an unprivileged writer on the file system holding `path` (or its nearest parent)."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def checkpoint_bytes(n_params: int) -> int:
+    """Size of one checkpoint of a model with `n_params` parameters (all ranks together)."""
+    return n_params * BYTES_PER_PARAM
+
+
+def check_free_space(root: str | Path, need: int) -> None:
+    """InputError (exit 2) when the file system of `root` cannot hold a checkpoint of `need` bytes."""
+    free = free_bytes(root)
+    if free < need:
+        raise InputError(root, f"not enough free space for a checkpoint: needs about {human(need)}, "
+                               f"{human(free)} free: make room or choose another --save")
+
+
+def shard_file_problems(folder: str | Path) -> tuple[list[str], dict]:
+    """Each shard manifest.json lists is there at its size, and no unlisted one: (problems, manifest).
+    Stat calls only, so `mmtrain run` can afford it before it starts."""
+    from mmdata.format.manifest import FORMAT, read_manifest
+
+    folder = Path(folder)
+    try:
+        man = read_manifest(folder / "manifest.json")
+    except Exception as e:
+        return [f"{folder / 'manifest.json'}: {getattr(e, 'message', None) or e}"], {}
+    probs = [] if man.get("format") == FORMAT else [f"{folder / 'manifest.json'}: not an mmdata shard manifest"]
+    listed = {s["name"]: s for s in man.get("shards", [])}
+    for name, s in listed.items():
+        f = folder / name
+        if not f.is_file():
+            probs.append(f"{f}: listed in manifest.json but missing")
+        elif f.stat().st_size != s["bytes"]:
+            probs.append(f"{f}: {f.stat().st_size} bytes, manifest.json says {s['bytes']}")
+    extra = sorted(p.name for p in folder.glob("*.tar") if p.name not in listed)
+    if extra:
+        probs.append(f"{folder}: {len(extra)} shard(s) not in manifest.json, e.g. {extra[0]}")
+    return probs, man
+
+
+def check_shard_files(folders: list[str]) -> None:
+    """InputError (exit 2) naming the first shard that is missing or not the size its manifest says."""
+    for folder in folders:
+        if not (Path(folder) / "manifest.json").is_file():
+            continue  # a folder of bare tars: the loader reads what is there
+        probs, _ = shard_file_problems(folder)
+        if probs:
+            more = f" (+{len(probs) - 1} more)" if len(probs) > 1 else ""
+            raise InputError(None, f"{probs[0]}{more}: `mmdata inspect {folder} --verify` lists all; "
+                                   "re-run `mmdata shard ... --resume` to restore the shards")
