@@ -114,6 +114,7 @@ class Kill:
     output: str | None = None
     children: int | None = None
     delay_s: float = 0.0
+    min_bytes: int = 0  # with ``path``: fire only once a matching file holds at least this many bytes
 
     def describe(self) -> str:
         parts = [f"{k}={v!r}" for k, v in self.__dict__.items() if v not in (None, 0.0)]
@@ -213,8 +214,10 @@ def _fires(kill: Kill, now: float, out_p: Path, err_p: Path, n_kids: int) -> boo
     if kill.path is not None:
         import glob
 
-        if glob.glob(kill.path, recursive=True, include_hidden=True):  # `**` also looks in hidden folders
-            return True
+        for p in glob.glob(kill.path, recursive=True, include_hidden=True):  # `**` also looks in hidden folders
+            with contextlib.suppress(OSError):
+                if os.stat(p).st_size >= kill.min_bytes:
+                    return True
     if kill.output is not None:
         text = out_p.read_bytes().decode("utf-8", "replace") + err_p.read_bytes().decode("utf-8", "replace")
         if re.search(kill.output, text):

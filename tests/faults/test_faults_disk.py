@@ -13,8 +13,6 @@ from conftest import SHARD_OPTS
 
 import faultkit as fk
 
-FORMAT = "format branch (issue 14 item 9: disk full during shard is one line, exit 2, no stale tmp)"
-
 
 def _shard(src, out: Path, *extra: str, **kw) -> fk.Run:
     return fk.mmdata("shard", src["llava_jsonl"], "--images", src["images"], "--out", out, *SHARD_OPTS, *extra, **kw)
@@ -28,7 +26,6 @@ def _clean(inp: Path, images: Path, out: Path, **kw) -> fk.Run:
 # full disk
 
 
-@pytest.mark.xfail(strict=True, reason=FORMAT)
 def test_shard_on_a_full_disk_is_one_line_and_keeps_the_previous_output(src, ref_shards, tmp_path):
     ref, _ = ref_shards
     out = tmp_path / "out"
@@ -39,7 +36,6 @@ def test_shard_on_a_full_disk_is_one_line_and_keeps_the_previous_output(src, ref
     assert fk.tree(out) == before, fk.diff(fk.tree(out), before)
 
 
-@pytest.mark.xfail(strict=True, reason=FORMAT)
 def test_shard_into_a_small_tmpfs_is_one_line_exit_2_and_leaves_no_temp_file(src, tmp_path):
     with fk.tiny_fs(tmp_path / "fs", "160k") as fs:
         out = fs / "out"
@@ -48,10 +44,9 @@ def test_shard_into_a_small_tmpfs_is_one_line_exit_2_and_leaves_no_temp_file(src
         assert fk.strays(out) == []
 
 
-@pytest.mark.xfail(strict=True, reason="not in issue 14's fix list: clean on a full disk is an `OSError: [Errno 27] "
-                   "File too large` traceback, exit 1 (mmdata.io.atomic_write lets a write error raised inside "
-                   "its block "
-                   "through instead of turning it into a WriteError)")
+@pytest.mark.xfail(strict=True, reason="found here, no fix branch: clean on a full disk is now exit 2 and one "
+                   "line, but the line names OUT.rejects.jsonl (empty here) instead of OUT, the file that hit the "
+                   "limit (repro: ulimit -f 1000; mmdata clean llava BIG.jsonl --images I --out out.jsonl)")
 def test_clean_on_a_full_disk_is_one_line_and_keeps_the_previous_output(clean_src, tmp_path):
     out = tmp_path / "out.jsonl"
     first = _clean(clean_src["llava_json"], clean_src["images"], out)  # the .json twin: the same records
@@ -63,8 +58,6 @@ def test_clean_on_a_full_disk_is_one_line_and_keeps_the_previous_output(clean_sr
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 14 item 3: a full disk at `mmtrain run --save` time is a torch "
-                   "traceback and leaves .iter_*.tmp (fix: ops branch)")
 def test_train_save_on_a_full_disk_is_one_line_and_leaves_no_temp_checkpoint(train_shards, tmp_path):
     shards = train_shards
     ck = tmp_path / "ck"
@@ -87,8 +80,6 @@ def test_clean_into_an_unwritable_folder_is_one_line_exit_2(dirty, tmp_path):
     assert fk.tree(out_dir) == {}, how
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 item 2 (format branch): shard deletes the previous output before "
-                   "writing; in a folder that refuses changes that is a PermissionError traceback from _clean_out_dir")
 def test_shard_into_an_unwritable_folder_is_one_line_exit_2(src, ref_shards, tmp_path):
     ref, _ = ref_shards
     out = tmp_path / "out"
@@ -101,8 +92,6 @@ def test_shard_into_an_unwritable_folder_is_one_line_exit_2(src, ref_shards, tmp
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 14 item 3: `mmtrain run --save DIR` is not checked up front; an "
-                   "unwritable DIR is a PermissionError traceback after training (fix: ops branch)")
 def test_train_into_an_unwritable_save_folder_fails_before_training(train_shards, tmp_path):
     shards = train_shards
     ck = tmp_path / "ck"

@@ -29,8 +29,6 @@ def _coco(listings: list[dict], annotations: list[dict], **extra) -> dict:
     return {"info": {}, "licenses": [], "images": listings, "annotations": annotations, **extra}
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 item 8 (clean branch): with two image listings sharing an id, the "
-                   "second file silently gets the first one's captions")
 def test_coco_listings_sharing_an_id_never_swap_captions(dirty, listings, tmp_path):
     a, b = listings
     inp = tmp_path / "captions_dup.json"
@@ -47,8 +45,6 @@ def test_coco_listings_sharing_an_id_never_swap_captions(dirty, listings, tmp_pa
     assert report["written"] + report["rejected"] == 2
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 item 10 (clean branch): `clean coco` rejects a UTF-8 BOM that "
-                   "`clean llava` and `shard` accept")
 def test_coco_with_a_byte_order_mark_is_read(dirty, listings, tmp_path):
     a, _ = listings
     inp = tmp_path / "captions_bom.json"
@@ -70,8 +66,6 @@ def test_llava_with_a_byte_order_mark_is_read(dirty, tmp_path):
     assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == ["x"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 item 10 (clean branch): `clean coco` reports invalid UTF-8 at 1:1 "
-                   "(`surrogates not allowed`), not where the bad byte is")
 def test_coco_invalid_utf8_is_reported_where_it_is(dirty, listings, tmp_path):
     a, _ = listings
     raw = json.dumps(_coco([a], [{"id": 1, "image_id": a["id"], "caption": "A bear XX."}])).encode()
@@ -93,8 +87,6 @@ def test_llava_invalid_utf8_is_one_line_naming_the_line(dirty, tmp_path):
     fk.assert_user_error(r, f"{inp}:2")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 item 10 (clean branch): an instances_*.json given to `clean coco` "
-                   "exits 0 with every listing rejected and no hint that it is the wrong file kind")
 def test_coco_instances_file_says_it_is_the_wrong_kind(dirty, listings, tmp_path):
     a, _ = listings
     inp = tmp_path / "instances_val2017.json"
@@ -130,8 +122,6 @@ def test_reused_ids_are_rejected_as_duplicate_id_by_default(dirty, tmp_path):
     assert (report["written"], report["rejected"], report["duplicate_id"]) == (6, n - 6, n - 6)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 item 11 (clean branch): no --rekey, and no hint when most rejects "
-                   "have one reason")
 def test_rekey_keeps_reused_ids_and_the_summary_names_the_flag(dirty, tmp_path):
     inp = tmp_path / "qa.jsonl"
     n = _qa30x3(inp)
@@ -156,8 +146,6 @@ def test_mmdata_usage_errors_are_exit_2_without_a_traceback(argv):
 
 
 @pytest.mark.parametrize("argv", [["frobnicate"], ["run", "--bogus"]], ids=["command", "flag"])
-@pytest.mark.xfail(strict=True, reason="issue 14 item 10 (ops branch): `mmtrain <unknown command>` is a UsageError "
-                   "traceback (main() catches click.exceptions, typer bundles its own click)")
 def test_mmtrain_usage_errors_are_exit_2_without_a_traceback(argv):
     r = fk.mmtrain(*argv)
     assert r.rc == 2 and "Traceback" not in r.stderr, r.explain()

@@ -74,8 +74,8 @@ def test_clean_killed_leaves_old_or_whole_outputs_and_rerun_is_identical(clean_s
 
 
 @pytest.mark.xfail(strict=True, reason="issue 14 item 9 (no fix assigned): a SIGKILL while clean writes leaves "
-                   ".OUT.<random>.tmp files beside OUT (mmdata.io.atomic_write uses mkstemp names) and a rerun "
-                   "never removes them")
+                   ".OUT.<random>.tmp files beside OUT (storage.local.atomic_file, behind io.atomic_write, uses "
+                   "mkstemp names) and a rerun never removes them")
 def test_clean_rerun_after_a_kill_mid_write_leaves_no_temp_file(clean_src, ref, tmp_path):
     out = tmp_path / "out"
     r = _clean(clean_src["llava_jsonl"], clean_src["images"], out, kill=fk.Kill(path=f"{out}/.out.jsonl.*.tmp"))
@@ -85,8 +85,6 @@ def test_clean_rerun_after_a_kill_mid_write_leaves_no_temp_file(clean_src, ref, 
     assert fk.strays(out) == []
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 item 7: clean's ProcessPoolExecutor workers do not use "
-                   "mmdata.procs.die_with_parent, so they outlive a SIGKILLed clean (fix: clean branch)")
 def test_clean_pool_workers_die_with_a_killed_parent(clean_src, tmp_path):
     r = _clean(clean_src["llava_jsonl"], clean_src["images"], tmp_path, kill=fk.Kill(children=2, delay_s=0.05))
     assert r.killed and r.seen, "the pool never started: the scenario did not happen\n" + r.explain()

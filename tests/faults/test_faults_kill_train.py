@@ -72,9 +72,6 @@ def test_killed_run_logged_the_reference_losses(killed, reference):
     assert got and all(got[i] == reference[i] for i in got), (got, reference)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 item 7: torch DataLoader workers of `mmtrain run` outlive a "
-                   "SIGKILLed trainer (they poll for the parent every 5 s); fix: ops branch, die_with_parent in the "
-                   "loader's worker_init")
 def test_loader_workers_die_with_a_killed_trainer(killed):
     r, _ = killed
     assert r.seen, "no loader worker was running: the scenario did not happen\n" + r.explain()
@@ -96,8 +93,6 @@ def test_load_after_the_kill_continues_with_the_uninterrupted_losses(killed, ref
     assert fk.strays(ck) == [], "a temp checkpoint folder was left behind"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 item 10 (ops branch): --load of a checkpoint made with another "
-                   "--model is a size-mismatch traceback")
 def test_load_with_another_model_is_one_line_before_training(reference_run, train_shards):
     _, ck = reference_run
     before = fk.tree(ck)

@@ -24,8 +24,6 @@ def _shard_argv(inputs: list[Path], images: Path, out: Path, *extra: str) -> lis
     return fk.cli_argv("mmdata.cli", "shard", *inputs, "--images", images, "--out", out, *SHARD_OPTS, *extra)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 item 4 (format branch): no lock on --out; two shard runs on one "
-                   "folder both write it")
 def test_two_shard_runs_on_one_out_one_refuses_and_the_output_is_whole(src, ref_shards, tmp_path):
     """Deterministic overlap: the first run is frozen (SIGSTOP to its group) while it writes a shard, the
     second runs to its end meanwhile, then the first goes on. The second must refuse; the first finish."""
@@ -53,8 +51,6 @@ def test_two_shard_runs_on_one_out_one_refuses_and_the_output_is_whole(src, ref_
     assert fk.tree(out) == fk.tree(ref), fk.diff(fk.tree(out), fk.tree(ref))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 item 2 (format branch): a failed shard deletes the previous "
-                   "shards, index and manifest before the input is checked")
 def test_a_failed_shard_leaves_the_previous_output_as_it_was(src, ref_shards, tmp_path):
     ref, _ = ref_shards
     out = tmp_path / "out"
@@ -69,8 +65,6 @@ def test_a_failed_shard_leaves_the_previous_output_as_it_was(src, ref_shards, tm
 
 
 @pytest.mark.parametrize("name", ["rejects.jsonl", "shard-000000.tar"])
-@pytest.mark.xfail(strict=True, reason="issue 14 item 6 (format branch): shard deletes or overwrites its own input "
-                   "when it lives in --out under a name shard writes")
 def test_shard_never_deletes_its_own_input_in_out(src, tmp_path, name):
     out = tmp_path / "out"
     out.mkdir()
@@ -105,7 +99,7 @@ def test_clean_refuses_an_out_that_is_the_input_through_a_symlink(dirty, tmp_pat
     assert fk.tree(tmp_path) == before
 
 
-@pytest.mark.xfail(strict=True, reason="found by this suite, no fix branch: mmdata.io.atomic_write renames its temp "
+@pytest.mark.xfail(strict=True, reason="found by this suite, no fix branch: storage.local.atomic_file renames its temp "
                    "file over a device node (`--rejects /dev/null` as root turns /dev/null into a regular file)")
 def test_an_output_path_that_is_a_device_node_is_not_replaced(dirty, tmp_path):
     """`--out /dev/null` as root would swap the system's null device for a regular file if the atomic

@@ -77,13 +77,8 @@ def test_inspect_verify_without_a_manifest_says_so(ref_shards, tmp_path):
     assert r.rc in (1, 2) and "Traceback" not in r.stderr and "manifest" in r.stdout + r.stderr, r.explain()
 
 
-MISSING = ("issue 14 item 1 (format branch): missing, truncated and swapped shards are not an error for the loader: "
-           "mmtrain trains on what is left, or tracebacks")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["deleted", "truncated", "swapped"])
-@pytest.mark.xfail(strict=True, reason=MISSING)
 def test_train_on_a_damaged_shard_set_is_one_line_exit_2(ref_shards, tmp_path, kind):
     ref, _ = ref_shards
     out = tmp_path / "shards"
