@@ -39,6 +39,7 @@ class TrainArgs:
     attn_impl: str | None = None
     template: str = "qwen2vl"
     overlong: str = "drop"
+    bad_sample_budget: int = 0  # samples (unreadable, or cut off a truncated shard) a run may skip; CONTRACT s.9
     num_workers: int = 2
     log_interval: int = 10
     save: str | None = None
@@ -141,6 +142,8 @@ def validate(args: TrainArgs, world_size: int) -> None:
             bad("--recompute-granularity full needs --recompute-num-layers N (N >= 1)")
     elif args.recompute_method or args.recompute_num_layers:
         bad("--recompute-method / --recompute-num-layers need --recompute-granularity full")
+    if args.bad_sample_budget < 0:
+        bad(f"--bad-sample-budget must be at least 0, got {args.bad_sample_budget}")
     if args.overlong not in ("drop", "truncate"):
         bad(f"--overlong must be drop or truncate, got {args.overlong!r}")
     if not args.shards:

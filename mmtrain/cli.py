@@ -47,6 +47,8 @@ def run_cmd(
     use_fused_swiglu: bool = typer.Option(False, "--use-fused-swiglu"),
     attn_impl: str | None = typer.Option(None, help="Force an attention path: npu_fusion | flash_attn | torch_varlen | sdpa_doc | sdpa_mask."),
     template: str = typer.Option("qwen2vl", help="Chat template of the loader."),
+    bad_sample_budget: int = typer.Option(0, "--bad-sample-budget", help="Samples the run may skip (unreadable, "
+                                          "or cut off a truncated shard) before it stops; 0: any is an error."),
     overlong: str = typer.Option("drop", help="Samples longer than --seq-len: drop (default) or truncate "
                                  "(cut the text, never an image)."),
     num_workers: int = typer.Option(2, help="Loader worker processes per rank."),

@@ -82,7 +82,7 @@ def loader_data(args: TrainArgs, rank: int, world_size: int, pixel_dtype: str = 
     from mmtrain.args import cache_limit_bytes
 
     cfg = LoaderConfig(seq_len=args.seq_len, template=args.template, seed=args.seed, overlong=args.overlong,
-                       pixel_dtype=pixel_dtype, shard_cache_dir=args.cache_dir,
+                       pixel_dtype=pixel_dtype, bad_sample_budget=args.bad_sample_budget, shard_cache_dir=args.cache_dir,
                        cache_limit=cache_limit_bytes(args.cache_limit))
     shards = args.shards[0] if len(args.shards) == 1 else list(args.shards)
     try:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Iterator
@@ -48,9 +50,13 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
     ``WriteError`` naming ``path``; errors raised by the block pass through unchanged.
     """
     path = to_path(path)
+    if _is_special(path):  # /dev/null, a FIFO: write into it; renaming over it would replace the node
+        yield from _write_special(path, mode, encoding)
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        _remove_stale_temps(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise WriteError(path, f"cannot write: {e.strerror or e}") from None
     try:
@@ -75,6 +81,44 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _is_special(path: Path) -> bool:
+    """An existing output that is not a regular file or a folder (a device node, a FIFO, a socket)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode))
+
+
+def _write_special(path: Path, mode: str, encoding: str | None) -> Iterator[IO[Any]]:
+    try:
+        f = open(path, mode, encoding=encoding)
+    except OSError as e:
+        raise WriteError(path, f"cannot write: {e.strerror or e}") from None
+    with f:
+        yield f
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Remove ``.NAME.PID.*.tmp`` left beside ``path`` by a killed writer (its PID is gone); a live
+    writer's temp file is left alone."""
+    for p in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = p.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class LocalBackend:

@@ -73,9 +73,6 @@ def test_clean_killed_leaves_old_or_whole_outputs_and_rerun_is_identical(clean_s
     assert fk.tree(clean_src["root"]) == inputs
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 item 9 (no fix assigned): a SIGKILL while clean writes leaves "
-                   ".OUT.<random>.tmp files beside OUT (storage.local.atomic_file, behind io.atomic_write, uses "
-                   "mkstemp names) and a rerun never removes them")
 def test_clean_rerun_after_a_kill_mid_write_leaves_no_temp_file(clean_src, ref, tmp_path):
     out = tmp_path / "out"
     r = _clean(clean_src["llava_jsonl"], clean_src["images"], out, kill=fk.Kill(path=f"{out}/.out.jsonl.*.tmp"))

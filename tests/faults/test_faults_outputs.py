@@ -99,8 +99,6 @@ def test_clean_refuses_an_out_that_is_the_input_through_a_symlink(dirty, tmp_pat
     assert fk.tree(tmp_path) == before
 
 
-@pytest.mark.xfail(strict=True, reason="found by this suite, no fix branch: storage.local.atomic_file renames its temp "
-                   "file over a device node (`--rejects /dev/null` as root turns /dev/null into a regular file)")
 def test_an_output_path_that_is_a_device_node_is_not_replaced(dirty, tmp_path):
     """`--out /dev/null` as root would swap the system's null device for a regular file if the atomic
     rename went ahead; checked on a private node (mknod c 1 3) so the machine's /dev is never at risk."""

@@ -93,8 +93,6 @@ def test_train_on_a_damaged_shard_set_is_one_line_exit_2(ref_shards, tmp_path, k
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="CONTRACT s.9 names `mmtrain run --bad-sample-budget N`; no branch adds the "
-                   "flag, so a user cannot choose to train past a truncated shard")
 def test_train_past_a_truncated_shard_only_with_a_bad_sample_budget(train_shards, tmp_path):
     out = tmp_path / "shards"
     shutil.copytree(train_shards, out, ignore=shutil.ignore_patterns(".mmdata-cache"))
