@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -165,3 +166,43 @@ def test_prefetch_further_than_the_limit_never_stalls_the_reader(tmp_path, shard
             assert c.local(u).read_bytes() == Path(u).read_bytes()
             c.release(u)
             assert c.usage() <= 2100
+
+
+class GatedStore(LocalStore):
+    """Downloads of ``gated`` wait on ``go`` after starting (``started`` set): a download held open."""
+
+    def __init__(self, gated: str):
+        super().__init__()
+        self.gated, self.started, self.go = gated, threading.Event(), threading.Event()
+
+    def open_input(self, url: str):
+        if url == self.gated:
+            self.started.set()
+            self.go.wait(10)
+        return super().open_input(url)
+
+
+def test_a_download_finishing_during_eviction_is_not_counted_as_freed(tmp_path, shards):
+    """Thread A's download ends (partial renamed into place) while the reader's eviction has listed
+    that partial: the shard is still there under its final name, so its bytes are not free."""
+    store = GatedStore(shards[1])
+    with ShardCache(tmp_path / "c", 2100, storage=store, wait_s=5) as c:
+        c.local(shards[0])  # pinned: 1000 bytes
+        a = threading.Thread(target=lambda: (c.local(shards[1]), c.release(shards[1])))
+        a.start()  # reserves its 1001-byte partial, then waits on the gate
+        assert store.started.wait(10)
+        real, hooked = c._remove_if_free, []
+
+        def remove_if_free(p: Path) -> bool:  # the reader's eviction, between listing and removing
+            if p.name.endswith(".part") and not hooked:
+                hooked.append(p)
+                store.go.set()  # let A finish; before the fix it renames now, racing this eviction
+                deadline = time.monotonic() + 1
+                while not c.path(shards[1]).exists() and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            return real(p)
+
+        c._remove_if_free = remove_if_free
+        assert c.local(shards[2]).read_bytes() == Path(shards[2]).read_bytes()
+        a.join(10)
+        assert hooked and c.usage() <= 2100

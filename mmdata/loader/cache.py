@@ -9,7 +9,9 @@ created at its final size), and evicts least-recently-used shards nobody is read
 Processes share the folder safely: accounting runs under an exclusive ``flock`` on ``.lock``; a
 shard in use is pinned by a shared ``flock`` on its file (eviction only takes files whose exclusive
 lock it can get); a download writes ``.NAME.PID.part`` under an exclusive lock and renames it into
-place, so a crashed download is recognised (its lock is gone) and removed.
+place, so a crashed download is recognised (its lock is gone) and removed. Every change to the
+folder's names (reserve, rename, evict, unlink) happens under the dir lock and this process's
+``_mu``, so an eviction never sees a download half-renamed.
 """
 
 from __future__ import annotations
@@ -103,7 +105,14 @@ class ShardCache:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def usage(self) -> int:
-        """Bytes of every file under the cache folder (partial downloads at their reserved size)."""
+        """Bytes of every file under the cache folder (partial downloads at their reserved size).
+        Taken under the locks, so no rename or eviction of this cache is half-seen."""
+        if self._lock_fd < 0:  # closed: nothing of this cache runs any more
+            return self._usage()
+        with self._mu, self._dir_locked():
+            return self._usage()
+
+    def _usage(self) -> int:
         total = 0
         for root, _, files in os.walk(self.dir):
             for f in files:
@@ -129,7 +138,7 @@ class ShardCache:
     def _make_room(self, need: int, keep: set[str]) -> bool:
         """Under the dir lock: evict unpinned files, stale partials first, then least recently used,
         never those in ``keep``, until ``need`` more bytes fit. False if they cannot fit yet."""
-        usage = self.usage()
+        usage = self._usage()
         if usage + need <= self.limit:
             return True
         entries = []
@@ -166,7 +175,10 @@ class ShardCache:
         """Another process is downloading ``name`` right now (a locked partial)."""
         for e in os.scandir(self.dir):
             if e.name.startswith(f".{name}.") and e.name.endswith(".part"):
-                fd = os.open(e.path, os.O_RDONLY)
+                try:
+                    fd = os.open(e.path, os.O_RDONLY)
+                except FileNotFoundError:
+                    continue
                 try:
                     if not _try_lock(fd, fcntl.LOCK_SH):
                         return True
@@ -211,16 +223,35 @@ class ShardCache:
                 raise InputError(self.dir, f"--cache-limit {self.limit:,} bytes cannot hold the shards in use at "
                                            f"once (waited {self.wait_s:.0f} s for room for {url}): raise --cache-limit")
             time.sleep(_POLL_S)
+        return self._download_into(url, part, fd, size, pin)
+
+    def _download_into(self, url: str, part: Path, fd: int, size: int, pin: bool) -> Path:
+        """Fill the reserved partial, then rename it into place (pinned if ``pin``) under the locks.
+
+        Every change to the folder's names happens under ``_mu`` and the dir lock: a rename outside
+        them let another thread's ``_make_room`` list the partial, find it gone (renamed, so its
+        lock no longer guards that name), count its bytes as freed and overfill the cache."""
+        name = self.name(url)
+        final = self.dir / name
         try:
             self._download(url, fd, size)
-            os.rename(part, final)
         except BaseException:
-            part.unlink(missing_ok=True)
+            with self._mu, self._dir_locked():
+                part.unlink(missing_ok=True)
+                os.close(fd)
             raise
-        finally:
-            os.close(fd)
-        self.downloaded_bytes += size
-        return self._fetch(url, pin) if pin else final
+        with self._mu, self._dir_locked():
+            try:
+                os.rename(part, final)
+            except BaseException:
+                part.unlink(missing_ok=True)
+                raise
+            finally:
+                os.close(fd)  # drop the exclusive lock before the shared one of the pin
+            self.downloaded_bytes += size
+            if pin:
+                self._pin(name)  # still under the dir lock: nobody could evict it since the rename
+        return final
 
     def _download(self, url: str, fd: int, size: int) -> None:
         with self.storage.open_input(url) as src:
@@ -309,6 +340,7 @@ class ShardCache:
             self._pins.clear()
         with contextlib.suppress(OSError):
             os.close(self._lock_fd)
+        self._lock_fd = -1
 
     def __enter__(self) -> ShardCache:
         return self
