@@ -27,6 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch
 
+from benchmarks.bench_train import make_shards
+
 # Qwen2-VL-2B-Instruct's config.json (the Hub's flat form), token ids replaced by the shipped tokenizer's.
 QWEN2VL_2B = {
     "architectures": ["Qwen2VLForConditionalGeneration"], "model_type": "qwen2_vl", "torch_dtype": "bfloat16",
@@ -67,19 +69,6 @@ def make_model_dir(workdir: Path, device: str = "cuda", smoke: bool = False) -> 
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     (out / "preprocessor_config.json").write_text(json.dumps(hf.preset_processor_config(), indent=2))
     hf.write_tokenizer_files(out)
-    return out
-
-
-def make_shards(workdir: Path, n_records: int) -> Path:
-    out = workdir / f"shards{n_records}"
-    if (out / "manifest.json").is_file():
-        return out
-    from fixtures.generate import generate_llava_scale
-    from mmdata.shard import writer
-
-    src = generate_llava_scale(workdir / f"src{n_records}", n_records=n_records, n_images=max(8, n_records // 10),
-                               image_size=(448, 336), seed=0)
-    writer.write_shards(src["llava_json"], src["images"], out, samples_per_shard=256, workers=4)
     return out
 
 
@@ -151,7 +140,7 @@ def main() -> None:
     wd = Path(a.workdir)
     wd.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    model_dir, shards = make_model_dir(wd, a.device, a.smoke), make_shards(wd, a.records)
+    model_dir, shards = make_model_dir(wd, a.device, a.smoke), make_shards(wd, a.records, samples_per_shard=256, workers=4)
     print(f"setup (model folder + shards): {time.perf_counter() - t0:.0f} s", flush=True)
     par = parity(model_dir, shards, a.seq_len, a.device)
     if a.device == "cuda":

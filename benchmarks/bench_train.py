@@ -35,7 +35,8 @@ from mmtrain.model import IGNORE_INDEX
 from mmtrain.run import Data, TrainArgs, train
 
 
-def make_shards(workdir: Path, n_records: int) -> Path:
+def make_shards(workdir: Path, n_records: int, samples_per_shard: int = 128, workers: int = 1) -> Path:
+    """Shards of the fixtures' scaled LLaVA data (made once per workdir; bench_gpu_qwen2vl.py shares it)."""
     out = workdir / f"shards{n_records}"
     if (out / "manifest.json").is_file():
         return out
@@ -44,7 +45,7 @@ def make_shards(workdir: Path, n_records: int) -> Path:
 
     src = generate_llava_scale(workdir / f"src{n_records}", n_records=n_records, n_images=max(8, n_records // 10),
                                image_size=(448, 336), seed=0)
-    writer.write_shards(src["llava_json"], src["images"], out, samples_per_shard=128, workers=1)
+    writer.write_shards(src["llava_json"], src["images"], out, samples_per_shard=samples_per_shard, workers=workers)
     return out
 
 
