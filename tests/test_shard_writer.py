@@ -1,5 +1,6 @@
 """write_shards: the on-disk format of DESIGN.md "Shard format", rejects, determinism across workers,
-shard limits, index offsets, manifest sha256, and resume after a crash."""
+the layout (jobs of N records, keys = record positions, parts cut by --max-shard-bytes), index
+offsets, manifest sha256, and resume after a crash."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from PIL import Image
 
 from mmdata.errors import InputError
 from mmdata.shard import write_shards
-from mmdata.format.names import JOURNAL, STAGING
+from mmdata.format.names import JOURNAL, STAGING, done_name, part_name
 from mmdata.shard.resize import created_with
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,6 +83,9 @@ EXPECTED_REJECTS = {
 }
 
 
+KEYS = [f"{i:09d}" for i in [*range(15), 24]]  # the samples' record positions in make_set(n=12)
+
+
 def tree_bytes(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
 
@@ -103,8 +107,10 @@ def made(tmp_path_factory):
 def test_outputs_and_counts(made):
     src, img, out, report = made
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["index.parquet", "manifest.json", "rejects.jsonl",  # no journal once finished
-                     "shard-000000.tar", "shard-000001.tar", "shard-000002.tar", "shard-000003.tar"]
+    # Jobs of 4 records: 0-3, 4-7, 8-11, 12-15 (3 samples), 16-19 and 20-23 (all rejected: no shard), 24.
+    assert names == ["index.parquet", "manifest.json", "rejects.jsonl",  # no staging once finished
+                     "shard-000000.tar", "shard-000001.tar", "shard-000002.tar", "shard-000003.tar",
+                     "shard-000004.tar"]
     assert not list(out.glob(".*.tmp"))
     # 12 photos + text-only + multi + no-id + last = 16 samples; 9 rejects; every record accounted for.
     assert (report.samples, report.rejected, report.records) == (16, 9, 25)
@@ -128,7 +134,7 @@ def test_keys_have_no_dots_and_ids_are_kept(made):
             key = name.split(".", 1)[0]
             if name.endswith(".json"):
                 seen.append((key, json.loads(data)["id"]))
-    assert [k for k, _ in seen] == [f"{i:09d}" for i in range(16)]
+    assert [k for k, _ in seen] == KEYS  # record positions: rejects leave gaps
     ids = [i for _, i in seen]
     assert ids[:12] == [f"coco.{i}" for i in range(12)]
     assert ids[12:] == ["777", "multi.a", "clean-14", "last"]
@@ -179,7 +185,7 @@ def test_index_rows_point_at_their_tar_headers(made):
     assert t.column_names[:14] == ["key", "shard", "shard_idx", "offset", "nbytes", "id", "n_images", "image_tokens",
                                    "image_tokens_list", "widths", "heights", "text_chars", "n_turns", "source"]
     rows = t.to_pylist()
-    assert [r["key"] for r in rows] == [f"{i:09d}" for i in range(16)]
+    assert [r["key"] for r in rows] == KEYS
     for r in rows:
         blob = (out / r["shard"]).read_bytes()[r["offset"]: r["offset"] + r["nbytes"]]
         with tarfile.open(fileobj=io.BytesIO(blob + b"\0" * 1024)) as tf:
@@ -200,7 +206,7 @@ def test_index_rows_point_at_their_tar_headers(made):
 def test_manifest_counts_and_sha256(made):
     _, _, out, report = made
     m = json.loads((out / "manifest.json").read_text())
-    assert m["format"] == "mmdata.shards" and m["version"] == 1
+    assert m["format"] == "mmdata.shards" and m["version"] == 2
     assert m["options"] == {"rule": "qwen2vl", "max_res": 448, "max_image_tokens": 1280, "quality": 90,
                             "samples_per_shard": 4, "max_shard_bytes": 1_000_000_000, "inputs": ["clean.json"],
                             "created_with": created_with()}
@@ -210,8 +216,9 @@ def test_manifest_counts_and_sha256(made):
     for s in m["shards"]:
         data = (out / s["name"]).read_bytes()
         assert s["sha256"] == hashlib.sha256(data).hexdigest() and s["bytes"] == len(data)
-    assert [s["samples"] for s in m["shards"]] == [4, 4, 4, 4]
+    assert [s["samples"] for s in m["shards"]] == [4, 4, 4, 3, 1]
     assert (m["shards"][1]["first_key"], m["shards"][1]["last_key"]) == ("000000004", "000000007")
+    assert (m["shards"][4]["first_key"], m["shards"][4]["last_key"]) == ("000000024", "000000024")
     assert "/" not in json.dumps(m["options"])  # no absolute paths
 
 
@@ -226,9 +233,12 @@ def test_max_shard_bytes_splits_before_the_limit(made, tmp_path):
     src, img, _, _ = made
     out = tmp_path / "b"
     report = write_shards([src], img, out, max_shard_bytes=100_000, workers=1)  # --max-shard-bytes 100KB
-    assert len(report.shards) > 1
+    assert len(report.shards) > 1  # one job (25 records < 1000) in several parts
     for s in report.shards:  # the finished file, end-of-archive blocks and record padding included
         assert s.bytes == (out / s.name).stat().st_size <= 100_000
+    assert [s.name for s in report.shards] == [f"shard-{i:06d}.tar" for i in range(len(report.shards))]
+    keys = [k for s in report.shards for k in (s.first_key, s.last_key)]
+    assert keys == sorted(keys) and keys[0] == KEYS[0] and keys[-1] == KEYS[-1]
     assert sum(s.samples for s in report.shards) == 16
 
 
@@ -247,7 +257,8 @@ def test_several_inputs_number_keys_across_files(made, tmp_path):
     out = tmp_path / "two"
     report = write_shards([src, second], img, out, workers=1)
     rows = pq.read_table(out / "index.parquet").to_pylist()
-    assert report.samples == 17 and rows[-1]["key"] == "000000016" and rows[-1]["source"] == "more"
+    # keys count records across the files in order: the second file's first record is position 25
+    assert report.samples == 17 and rows[-1]["key"] == "000000025" and rows[-1]["source"] == "more"
     assert json.loads((out / "manifest.json").read_text())["options"]["inputs"] == ["clean.json", "more.jsonl"]
 
 
@@ -297,41 +308,33 @@ def test_text_tokens_with_a_tokenizer(made, tmp_path):
 def test_resume_after_an_interrupt_gives_the_same_bytes(made, tmp_path):
     src, img, out, _ = made
     out2 = tmp_path / "r"
-
-    class Crash(Exception):
-        pass
-
-    def crash(records, samples, rejected):
-        if samples >= 9:
-            raise Crash
-
+    Crash, crash = _crash_after(9)
     with pytest.raises(Crash):
         write_shards([src], img, out2, samples_per_shard=4, workers=1, progress=crash)
     stage = out2 / STAGING  # a run writes here; OUTDIR changes only when it is complete
-    done = sorted(p.name for p in stage.glob("shard-*.tar"))
-    assert done and len(done) < 4 and not (out2 / "manifest.json").exists() and not list(out2.glob("shard-*"))
-    # What a SIGKILL leaves: a half-written temp shard and a torn journal line.
-    (stage / f".shard-{len(done):06d}.tar.tmp").write_bytes(b"partial")
-    with open(stage / JOURNAL, "ab") as j:
-        j.write(b'{"shard": {"name": "shard-0000')
+    done = sorted(p.name for p in stage.glob("job-*.done.json"))
+    assert done == [done_name(k) for k in range(3)]  # jobs 0-2 finished when 12 samples were in
+    assert not (out2 / "manifest.json").exists() and not list(out2.glob("shard-*"))
+    # What a SIGKILL leaves: a half-written temp part of the next job, from a process now gone.
+    (stage / f".{part_name(3, 0)}.999999999.x.tmp").write_bytes(b"partial")
     report = write_shards([src], img, out2, samples_per_shard=4, workers=2, resume=True)
-    assert report.resumed_shards == len(done)
-    assert tree_bytes(out2) == tree_bytes(out)
+    assert report.resumed_shards == 3
+    assert tree_bytes(out2) == tree_bytes(out) and not stage.exists()
 
 
-def test_resume_rewrites_a_damaged_shard_and_later_ones(made, tmp_path):
+def test_resume_rewrites_only_a_damaged_job(made, tmp_path):
     src, img, out, _ = made
     out2 = tmp_path / "d"
     Crash, crash = _crash_after(13)
     with pytest.raises(Crash):
         write_shards([src], img, out2, samples_per_shard=4, workers=1, progress=crash)
-    assert (out2 / STAGING / "shard-000002.tar").exists() and (out2 / STAGING / JOURNAL).exists()
-    tar = out2 / STAGING / "shard-000001.tar"
+    assert (out2 / STAGING / done_name(3)).exists()  # jobs 0-3 done (15 samples)
+    tar = out2 / STAGING / part_name(1, 0)
     data = bytearray(tar.read_bytes())
-    data[700] ^= 0xFF
+    data[700] ^= 0xFF  # same size, other bytes: the sha256 in the done-record catches it
     tar.write_bytes(bytes(data))
     report = write_shards([src], img, out2, samples_per_shard=4, workers=1, resume=True)
-    assert report.resumed_shards == 1
+    assert report.resumed_shards == 3  # jobs 0, 2, 3 kept; job 1 made again
     assert tree_bytes(out2) == tree_bytes(out)
 
 
@@ -368,7 +371,7 @@ def test_killed_process_then_resume_gives_the_same_bytes(tmp_path):
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
-        if (out / STAGING / "shard-000005.tar").exists():
+        if (out / STAGING / done_name(5)).exists():
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.005)
@@ -490,7 +493,7 @@ def test_workers_exit_quietly_when_the_main_process_is_killed(tmp_path):
                             env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
-        if out.exists() and any(out.glob("*shard-0*")):  # the first results are in: chunks are in flight
+        if any((out / STAGING).glob("job-*")):  # the first results are in: chunks are in flight
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.002)

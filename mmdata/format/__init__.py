@@ -2,7 +2,7 @@
 
 ``names`` (file names), ``tar`` (deterministic writing + the one strict reader), ``index`` (the
 index.parquet schema, writer, reader), ``manifest`` (manifest.json), ``sample`` (the typed
-``ShardSample`` json), ``journal`` (the resume journal) and ``writer`` (``ShardWriter``). Every file is
+``ShardSample`` json), ``journal`` (``sha256_file``) and ``writer`` (``sample_members``, a sample's tar members). Every file is
 opened through ``mmdata.storage``. Exports load on first use.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from mmdata._lazy import lazy_exports
 
 _WHERE = {
-    "ShardWriter": "mmdata.format.writer",
+    "sample_members": "mmdata.format.writer",
     "ShardSample": "mmdata.format.sample",
     "ImageMeta": "mmdata.format.sample",
     "SampleError": "mmdata.format.sample",

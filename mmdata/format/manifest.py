@@ -15,7 +15,7 @@ from mmdata.io import read_json
 __all__ = ["FORMAT", "VERSION", "ShardInfo", "build_manifest", "write_manifest", "read_manifest"]
 
 FORMAT = "mmdata.shards"
-VERSION = 1
+VERSION = 2  # 2: one layout, jobs of N input records, keys = record positions (docs/shard.md "Layout")
 
 
 @dataclass

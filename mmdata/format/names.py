@@ -5,19 +5,23 @@ from __future__ import annotations
 import re
 
 __all__ = ["SHARD_PATTERN", "SHARD_RE", "INDEX", "MANIFEST", "REJECTS", "JOURNAL", "TMP_SUFFIX", "TMP_RE",
-           "CACHE_DIR", "LOCK", "STAGING", "OUTPUTS", "shard_name", "shard_number", "tmp_name"]
+           "CACHE_DIR", "LOCK", "STAGING", "OUTPUTS", "STAGE_RUN", "STAGE_MOVING", "OLD_DONE_RE", "shard_name",
+           "shard_number", "tmp_name", "part_name", "done_name"]
 
 SHARD_PATTERN = "shard-%06d.tar"
 SHARD_RE = re.compile(r"^shard-\d{6}\.tar$")
 INDEX = "index.parquet"
 MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"
-JOURNAL = ".shard-journal.jsonl"  # the resume journal; removed once the manifest is written
+JOURNAL = ".shard-journal.jsonl"  # the resume journal of the layout before manifest version 2 (removed if found)
 TMP_SUFFIX = ".tmp"
 TMP_RE = re.compile(r"^\.shard-\d{6}\.tar\.tmp$")  # a shard being written
 CACHE_DIR = ".mmdata-cache"  # the loader's length / plan cache inside a shard folder
 LOCK = ".mmdata-shard.lock"  # held (flock) by a running `mmdata shard` on its --out; removed on exit
 STAGING = ".mmdata-staging"  # a run's new output, moved into place only once complete
+STAGE_RUN = "run.json"  # in STAGING: the run's options and input sha256 (what --resume compares)
+STAGE_MOVING = "moving"  # in STAGING: every job is done and the parts are being moved to their final names
+OLD_DONE_RE = re.compile(r"^\.shard-\d{6}\.done\.json$")  # done-records of the old --records-per-shard layout
 OUTPUTS = (INDEX, MANIFEST, REJECTS, JOURNAL, LOCK, STAGING)  # the fixed names `mmdata shard` writes (+ shards)
 
 
@@ -33,3 +37,13 @@ def shard_number(name: str) -> int | None:
 def tmp_name(name: str) -> str:
     """The name a file is written under before its rename (``.shard-000000.tar.tmp``)."""
     return f".{name}{TMP_SUFFIX}"
+
+
+def part_name(job: int, part: int) -> str:
+    """A job's part in STAGING (``job-000003.part-000001.tar``); renamed to ``shard-NNNNNN.tar`` at the end."""
+    return f"job-{job:06d}.part-{part:06d}.tar"
+
+
+def done_name(job: int) -> str:
+    """A job's done-record in STAGING (``job-000003.done.json``)."""
+    return f"job-{job:06d}.done.json"

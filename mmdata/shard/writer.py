@@ -1,11 +1,8 @@
-"""Write deterministic webdataset shards: ordered parallel workers -> tars, index, manifest, rejects.
+"""`mmdata shard`'s entry point: options, the run's header, the worker side of sample making.
 
-Records are read in input order and handed to worker processes in chunks; results are consumed
-in submission order, so keys, shard boundaries and bytes never depend on ``workers``. Each shard
-is written to ``.shard-NNNNNN.tar.tmp`` and renamed when complete; after each rename a line is
-appended to ``.shard-journal.jsonl`` (its sha256, index rows, rejects and the input position),
-so ``resume=True`` keeps the verified complete shards and continues from there with identical bytes.
-The journal is removed once the manifest is written; resuming a finished folder is then a no-op.
+``write_shards`` checks the options and inputs, takes the --out lock and hands the run to
+``mmdata.shard.driver`` (one layout for every engine and storage: docs/shard.md "Layout"). The
+worker side (``_init_worker``, ``_run_chunk``) turns records into samples in any process.
 """
 
 from __future__ import annotations
@@ -14,7 +11,6 @@ import contextlib
 import errno
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,20 +24,18 @@ from mmdata.format import names
 from mmdata.format.journal import sha256_file
 from mmdata.format.manifest import ShardInfo
 from mmdata.format.lock import hold_lock
-from mmdata.format.writer import ShardWriter
 from mmdata.storage.base import WriteError
-from mmdata.io import iter_json_records
-from mmdata.procs import die_with_parent, resolve_workers
+from mmdata.procs import die_with_parent
 from mmdata.models.rules import RULES
+from mmdata.shard.planned import JobContext
 from mmdata.shard.resize import ResizeSpec, created_with
-from mmdata.shard.sample import Reject, Sample, SampleMaker, Task
+from mmdata.shard.sample import Sample, SampleMaker, Task
 from mmdata.models.qwen2vl import DEFAULT_MAX_IMAGE_TOKENS
 
-__all__ = ["write_shards", "ShardReport", "JOURNAL", "shard_name"]
+__all__ = ["write_shards", "ShardReport", "shard_name", "DEFAULT_SAMPLES_PER_SHARD"]
 
-JOURNAL = names.JOURNAL
 shard_name = names.shard_name
-CHUNK = 16  # records per worker task
+DEFAULT_SAMPLES_PER_SHARD = 1000  # records per job (docs/shard.md "Layout": why 1000)
 
 
 @dataclass
@@ -99,7 +93,7 @@ def _run_chunk_safe(tasks: list[Task]) -> tuple:
         return ("error", traceback.format_exc())
 
 
-def _unwrap(result: tuple) -> list[Sample | Reject]:
+def _unwrap(result: tuple) -> list:
     if result[0] == "ok":
         return result[1]
     if result[0] == "input_error":
@@ -107,7 +101,24 @@ def _unwrap(result: tuple) -> list[Sample | Reject]:
     raise RuntimeError(f"a shard worker failed:\n{result[1]}")
 
 
-def _run_chunk(tasks: list[Task]) -> list[Sample | Reject]:
+_INIT: tuple | None = None
+
+
+def ensure_worker(init: tuple) -> None:
+    """Set up this process's sample maker (and tokenizer) once per distinct ``init``."""
+    global _INIT
+    if _INIT != init:
+        _init_worker(*init)
+        _INIT = init
+
+
+def make_chunk(init: tuple, tasks: list[Task]) -> tuple:
+    """Per-record work for a pool: the samples / rejects of ``tasks``, errors as plain tuples."""
+    ensure_worker(init)
+    return _run_chunk_safe(tasks)
+
+
+def _run_chunk(tasks: list[Task]) -> list:
     assert _MAKER is not None
     out = [_MAKER.make(t) for t in tasks]
     if _TOK is not None:
@@ -163,101 +174,7 @@ def _pretokenize(samples: list[Sample]) -> None:
 # main side
 
 
-def _tasks(inputs: list[Path], start: tuple[int, int]) -> Iterator[Task]:
-    for fi, path in enumerate(inputs):
-        if fi < start[0]:
-            continue
-        stem = path.stem
-        for index, line, rec in iter_json_records(path):
-            if fi == start[0] and index < start[1]:
-                continue
-            yield Task(fi, stem, index, line, rec)
-
-
-def _chunks(tasks: Iterator[Task], n: int) -> Iterator[list[Task]]:
-    buf: list[Task] = []
-    for t in tasks:
-        buf.append(t)
-        if len(buf) == n:
-            yield buf
-            buf = []
-    if buf:
-        yield buf
-
-
-def _ordered(chunks: Iterator[list[Task]], workers: int, init_args: tuple) -> Iterator[tuple[list[Task], list]]:
-    """(chunk, results) in input order; at most ``4 * workers`` chunks in flight (bounded memory)."""
-    if workers <= 1:
-        _init_worker(*init_args)
-        for ch in chunks:
-            yield ch, _run_chunk(ch)
-        return
-    import multiprocessing as mp
-
-    # fork: no re-import of the caller's __main__ (library use from a plain script); spawn elsewhere.
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(*init_args, os.getpid()))
-    try:
-        pending: deque = deque()
-        for ch in chunks:
-            pending.append((ch, pool.apply_async(_run_chunk_safe, (ch,))))
-            if len(pending) >= 4 * workers:
-                c, r = pending.popleft()
-                yield c, _unwrap(r.get())
-        while pending:
-            c, r = pending.popleft()
-            yield c, _unwrap(r.get())
-        pool.close()
-        pool.join()
-    finally:
-        pool.terminate()
-
-
-def _check_same_run(out_dir: Path, inputs: list[Path], old: dict, options: dict, hashes: list[str]) -> None:
-    """InputError (exit 2, one line) unless ``old`` (a journal header or a manifest) records the same
-    options and the same input contents (sha256) as this run."""
-    if old.get("options") != options:
-        raise InputError(
-            out_dir, "--resume: options or inputs differ from the run being resumed (run again without --resume)"
-        )
-    old_hashes = old.get("input_sha256")
-    for i, p in enumerate(inputs):
-        if not isinstance(old_hashes, list) or i >= len(old_hashes) or old_hashes[i] != hashes[i]:
-            raise InputError(p, "--resume: input changed since the run being resumed (sha256 differs); "
-                                "run again without --resume")
-
-
-def _finished_run(out_dir: Path, inputs: list[Path], options: dict, hashes: list[str]) -> ShardReport | None:
-    """The report of a complete run already in ``out_dir`` with these options and inputs, checked
-    cheaply (files present, shard sizes as in the manifest; no re-hashing), else None."""
-    try:
-        manifest = orjson.loads(storage.read_bytes(out_dir / names.MANIFEST))
-    except (OSError, orjson.JSONDecodeError):
-        return None
-    if not isinstance(manifest, dict) or "shards" not in manifest:
-        return None
-    _check_same_run(out_dir, inputs, manifest, options, hashes)
-    shards = [ShardInfo(**s) for s in manifest["shards"]]
-    listed = {s.name for s in shards}
-    for s in shards:
-        p = out_dir / s.name
-        if not p.is_file() or storage.size(p) != s.bytes:
-            return None
-    for n in storage.listdir(out_dir):
-        if (names.SHARD_RE.match(n) and n not in listed) or names.TMP_RE.match(n):
-            return None
-    if not (out_dir / names.INDEX).is_file() or not (out_dir / names.REJECTS).is_file():
-        return None
-    return ShardReport(
-        out_dir=out_dir, records=manifest["samples"] + manifest["rejected"], samples=manifest["samples"],
-        rejected=manifest["rejected"], images=manifest["images"], passthrough=manifest["passthrough_images"],
-        image_tokens=manifest["image_tokens"], bytes=sum(s.bytes for s in shards), shards=shards,
-        reasons=dict(manifest["reject_reasons"]), resumed_shards=len(shards),
-        text_tokens="text_tokens" in options,
-    )
-
-
-def _check_options(inputs: list[Path], images_root: Path, spec: ResizeSpec, samples_per_shard: int | None,
+def _check_options(inputs: list[Path], images_root: Path, spec: ResizeSpec, samples_per_shard: int,
                    max_shard_bytes: int, quality: int) -> None:
     if spec.rule not in RULES:
         raise InputError(None, f"--rule: unknown rule {spec.rule!r}; choose one of {', '.join(RULES)}")
@@ -265,7 +182,7 @@ def _check_options(inputs: list[Path], images_root: Path, spec: ResizeSpec, samp
         raise InputError(None, f"--max-res must be at least 28, got {spec.max_res}")
     if spec.max_image_tokens < 1:
         raise InputError(None, f"--max-image-tokens must be positive, got {spec.max_image_tokens}")
-    if samples_per_shard is not None and samples_per_shard < 1:
+    if samples_per_shard < 1:
         raise InputError(None, f"--samples-per-shard must be positive, got {samples_per_shard}")
     if max_shard_bytes < 10240:
         raise InputError(None, f"--max-shard-bytes must be at least 10 kB, got {max_shard_bytes}")
@@ -305,7 +222,7 @@ def _tokenizer_sha(tokenizer: str | Path | None, template: str) -> str | None:
     return load_tokenizer(tokenizer).sha256
 
 
-def _run_header(inputs: list[Path], spec: ResizeSpec, samples_per_shard: int | None, max_shard_bytes: int,
+def _run_header(inputs: list[Path], spec: ResizeSpec, samples_per_shard: int, max_shard_bytes: int,
                 tok_sha: str | None, template: str) -> dict[str, Any]:
     """What identifies a run: options (as the manifest records them), input sizes and sha256."""
     options: dict[str, Any] = {
@@ -367,7 +284,7 @@ def _check_own_outputs(inputs: list[Path], images_root: Path, out_dir: Path) -> 
                                       "replaces: choose another --out")
 
 
-def _os_error(e: OSError, out_dir: Path) -> WriteError:
+def _os_error(e: OSError, out_dir: str | Path) -> WriteError:
     """A file-system error of the run as one line naming the file (the previous output is unchanged)."""
     where = e.filename or out_dir
     if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
@@ -414,6 +331,17 @@ def _local_inputs(inputs: list[str | Path]) -> Iterator[list[str | Path]]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+
+
+def _per_job(samples_per_shard: int | None, records_per_shard: int | None) -> int:
+    """N, the records of one job (``--samples-per-shard``; ``--records-per-shard`` is its old name)."""
+    if samples_per_shard is not None and records_per_shard is not None and samples_per_shard != records_per_shard:
+        raise InputError(None, f"--samples-per-shard {samples_per_shard} and --records-per-shard {records_per_shard} "
+                               "are one option (records per job): give one of them")
+    n = samples_per_shard if samples_per_shard is not None else records_per_shard
+    return DEFAULT_SAMPLES_PER_SHARD if n is None else n
+
+
 def _write_shards(
     inputs: list[str | Path] | str | Path,
     images_root: str | Path,
@@ -436,108 +364,33 @@ def _write_shards(
 ) -> ShardReport:
     """Shard cleaned conversation files into ``out_dir`` (see docs/shard.md and CONTRACT s.3).
 
-    Same inputs and options give byte-identical outputs whatever ``workers`` is; ``resume`` keeps
-    the complete shards of a killed run and ends with the bytes an uninterrupted run gives.
-    ``progress(records_done, samples, rejected)`` is called after each chunk of records.
-    ``records_per_shard`` plans the shards by input records instead (``mmdata.shard.planned``): the
-    only mode for ``engine="ray"`` and for an ``s3://`` ``out_dir``, and the same bytes on either.
+    Job k takes input records [kN, (k+1)N) (N = ``samples_per_shard``, default 1000) and writes them
+    as one or more shards of at most ``max_shard_bytes``; keys are record positions. The same inputs
+    and options give byte-identical folders for any ``workers``, ``engine`` and storage; ``resume``
+    keeps what a killed run finished and ends with the bytes of an uninterrupted run.
+    ``progress(records_done, samples, rejected)`` is called as records are done.
     """
     t0 = time.perf_counter()
     inputs = [Path(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)]
     images_root = storage.as_path(images_root)  # an s3:// URL stays one (Path would collapse its '//')
-    if records_per_shard is not None or engine != "local" or storage.is_remote(out_dir):
-        return _write_planned(inputs, images_root, os.fspath(out_dir), t0, max_res=max_res,
-                              max_image_tokens=max_image_tokens, rule=rule, samples_per_shard=samples_per_shard,
-                              max_shard_bytes=max_shard_bytes, quality=quality, workers=workers, resume=resume,
-                              tokenizer=tokenizer, template=template, progress=progress,
-                              records_per_shard=records_per_shard, engine=engine, ray_address=ray_address)
-    out_dir = Path(out_dir)
+    per_job = _per_job(samples_per_shard, records_per_shard)
     spec = ResizeSpec(rule=rule, max_res=max_res, max_image_tokens=max_image_tokens, quality=quality)
-    _check_options(inputs, images_root, spec, samples_per_shard, max_shard_bytes, quality)
-    workers = resolve_workers(workers)
+    _check_options(inputs, images_root, spec, per_job, max_shard_bytes, quality)
     tok_sha = _tokenizer_sha(tokenizer, template)
-    header = _run_header(inputs, spec, samples_per_shard, max_shard_bytes, tok_sha, template)
-    options, hashes = header["options"], header["input_sha256"]
-
-    _check_own_outputs(inputs, images_root, out_dir)
-    _make_out_dir(out_dir)
-    with hold_lock(out_dir):
-        if resume and not (out_dir / names.STAGING / names.JOURNAL).exists():
-            done = _finished_run(out_dir, inputs, options, hashes)
-            if done is not None:  # a finished folder: nothing to do, nothing rewritten
-                done.seconds = time.perf_counter() - t0
-                return done
-        sw = ShardWriter(out_dir, header, samples_per_shard=samples_per_shard, max_shard_bytes=max_shard_bytes,
-                         with_text_tokens=tok_sha is not None)
-        init_args = (str(images_root), spec, None if tokenizer is None else str(tokenizer), template)
-        report = _run(sw, resume, inputs, workers, init_args, progress,
-                      lambda old: _check_same_run(out_dir, inputs, old, options, hashes))
-    report.seconds = time.perf_counter() - t0
-    return report
-
-
-def _run(sw: ShardWriter, resume: bool, inputs: list[Path], workers: int, init_args: tuple,
-         progress: Callable[[int, int, int], None] | None, check_header: Callable[[dict], None]) -> ShardReport:
-    """Start (or resume) ``sw``, feed it every record, finish. On a user error (bad input, full disk)
-    nothing of the run is left; on an interrupt or crash the staged shards stay for ``--resume``."""
-    try:
-        start = sw.start(resume, check_header)  # refusing a resume changes nothing
-    except OSError as e:
-        raise _os_error(e, sw.out_dir) from None
-    try:
-        report = ShardReport(out_dir=sw.out_dir, text_tokens=sw.with_text_tokens, resumed_shards=sw.resumed,
-                             records=sum(s.samples for s in sw.shards) + len(sw.rejects))
-        _feed(sw, report, inputs, start, workers, init_args, progress)
-        manifest = sw.finish()
-    except MMDataError:
-        sw.abort(keep_for_resume=False)
-        raise
-    except OSError as e:
-        sw.abort(keep_for_resume=False)
-        raise _os_error(e, sw.out_dir) from None
-    except BaseException:
-        sw.abort(keep_for_resume=True)
-        raise
-    report.samples, report.rejected = manifest["samples"], manifest["rejected"]
-    report.images, report.image_tokens = manifest["images"], manifest["image_tokens"]
-    report.passthrough, report.reasons = manifest["passthrough_images"], manifest["reject_reasons"]
-    report.shards = list(sw.shards)
-    report.bytes = sum(s.bytes for s in report.shards)
-    return report
-
-
-def _write_planned(inputs: list[Path], images_root: Path, out: str, t0: float, *, max_res: int, max_image_tokens: int,
-                   rule: str, samples_per_shard: int | None, max_shard_bytes: int, quality: int, workers: int | None,
-                   resume: bool, tokenizer: str | Path | None, template: str,
-                   progress: Callable[[int, int, int], None] | None, records_per_shard: int | None, engine: str,
-                   ray_address: str | None) -> ShardReport:
-    """``write_shards`` with planned membership (``--records-per-shard``) on ``--engine local|ray``."""
-    from mmdata.engine import open_engine
-    from mmdata.shard.planned import write_planned_shards
-
-    if records_per_shard is None:
-        why = f"--engine {engine}" if engine != "local" else f"--out {out} (object storage)"
-        raise InputError(None, f"{why} needs --records-per-shard N: shards are then planned by input records, so "
-                               "any engine and any storage give the same bytes (the same flag locally gives them too)")
-    if samples_per_shard is not None:
-        raise InputError(None, "--samples-per-shard does not apply with --records-per-shard (a shard holds the "
-                               "samples of N input records)")
-    spec = ResizeSpec(rule=rule, max_res=max_res, max_image_tokens=max_image_tokens, quality=quality)
-    _check_options(inputs, images_root, spec, None, max_shard_bytes, quality)
-    tok_sha = _tokenizer_sha(tokenizer, template)
-    header = _run_header(inputs, spec, None, max_shard_bytes, tok_sha, template)
-    header["options"]["records_per_shard"] = records_per_shard
-    header["options"].pop("max_shard_bytes", None)  # not used: membership is by records
-    lock = contextlib.nullcontext()  # S3 has no lock: two runs into one s3:// prefix are not prevented
-    if not storage.is_remote(out):
+    header = _run_header(inputs, spec, per_job, max_shard_bytes, tok_sha, template)
+    out = os.fspath(out_dir)
+    if storage.is_remote(out):
+        storage.makedirs(out)
+        lock: Any = contextlib.nullcontext()  # TODO(s3lock): one writer per s3:// prefix (format/lock.py)
+    else:
         _check_own_outputs(inputs, images_root, Path(out))
         _make_out_dir(Path(out))
         lock = hold_lock(Path(out))
-    with lock, open_engine(engine, workers=workers, ray_address=ray_address) as eng:
-        manifest, kept, _ = write_planned_shards(
-            inputs, images_root, out, spec=spec, records_per_shard=records_per_shard, header=header,
-            tokenizer=None if tokenizer is None else str(tokenizer), template=template, resume=resume,
-            engine=eng, progress=progress)
+    init = (str(images_root), spec, None if tokenizer is None else str(tokenizer), template)
+    ctx = JobContext(storage.join(out, names.STAGING), tuple(p.name for p in inputs), init, tok_sha is not None,
+                     max_shard_bytes)
+    with lock:
+        manifest, kept = _run(out, ctx, header, inputs, per_job, resume, engine, workers, ray_address, progress)
     shards = [ShardInfo(**s) for s in manifest["shards"]]
     return ShardReport(
         out_dir=out if storage.is_remote(out) else Path(out), records=manifest["samples"] + manifest["rejected"],
@@ -545,3 +398,36 @@ def _write_planned(inputs: list[Path], images_root: Path, out: str, t0: float, *
         passthrough=manifest["passthrough_images"], image_tokens=manifest["image_tokens"],
         bytes=sum(s.bytes for s in shards), shards=shards, reasons=dict(manifest["reject_reasons"]),
         resumed_shards=kept, seconds=time.perf_counter() - t0, text_tokens=tok_sha is not None)
+
+
+def _run(out: str, ctx: JobContext, header: dict, inputs: list[Path], per_job: int, resume: bool, engine: str,
+         workers: int | None, ray_address: str | None,
+         progress: Callable[[int, int, int], None] | None) -> tuple[dict, int]:
+    """Stage, run the jobs, finish; returns (manifest, shards kept from an earlier run). On a user
+    error (bad input, full disk) nothing of the run is left; on an interrupt or crash staging stays."""
+    from mmdata.engine import open_engine
+    from mmdata.shard.driver import open_stage, run_jobs
+    from mmdata.shard.finish import finish, load_moving, remove_stage
+
+    try:
+        finished = open_stage(out, ctx.stage, header, inputs, resume)  # refusing a resume changes nothing
+    except OSError as e:
+        raise _os_error(e, out) from None
+    if finished is not None:
+        return finished, len(finished["shards"])
+    records = load_moving(ctx.stage)
+    if records is None:
+        try:
+            with open_engine(engine, workers=workers, ray_address=ray_address) as eng:
+                records = run_jobs(inputs, per_job, ctx, eng, progress)
+        except MMDataError:
+            remove_stage(ctx.stage)
+            raise
+        except OSError as e:
+            remove_stage(ctx.stage)
+            raise _os_error(e, out) from None
+    kept = sum(len(r["parts"]) for r in records if r.get("resumed"))
+    try:
+        return finish(out, ctx.stage, header, records), kept
+    except OSError as e:  # staging stays: --resume completes the move
+        raise _os_error(e, out) from None

@@ -19,7 +19,7 @@ from mmdata.storage.local import to_path
 from mmdata.storage.urlpath import UrlPath, as_path
 
 __all__ = ["Backend", "StorageError", "WriteError", "is_remote", "join", "open_input", "read_range", "read_bytes",
-           "size", "exists", "isdir", "listdir", "makedirs", "remove", "atomic_output", "local_path",
+           "size", "exists", "isdir", "listdir", "makedirs", "remove", "move", "atomic_output", "local_path",
            "backend_for", "REGISTRY", "UrlPath", "as_path", "arrow_source"]
 
 # scheme -> "module:Class", imported on first use (s3.py may not exist on every branch)
@@ -107,6 +107,14 @@ def makedirs(url: str | os.PathLike) -> None:
 
 def remove(url: str | os.PathLike) -> None:
     backend_for(url).remove(os.fspath(url))
+
+
+def move(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Give the complete file ``src`` the name ``dst`` (replacing it), on the same storage: a rename
+    locally, a server-side copy then delete on S3; ``dst`` is never seen incomplete."""
+    if _scheme(src) != _scheme(dst):
+        raise StorageError(os.fspath(dst), f"cannot move across storages (from {os.fspath(src)})")
+    backend_for(dst).move(os.fspath(src), os.fspath(dst))  # type: ignore[attr-defined]
 
 
 def atomic_output(url: str | os.PathLike) -> AbstractContextManager[BinaryIO]:

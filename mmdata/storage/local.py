@@ -151,5 +151,10 @@ class LocalBackend:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(to_path(url))
 
+    def move(self, src: str, dst: str) -> None:
+        """``os.replace`` (atomic on one file system), then fsync the folder so it survives a crash."""
+        os.replace(to_path(src), to_path(dst))
+        fsync_dir(to_path(dst).parent)
+
     def atomic_output(self, url: str) -> contextlib.AbstractContextManager[BinaryIO]:
         return atomic_file(url, "wb")  # type: ignore[return-value]
