@@ -183,7 +183,7 @@ def test_refusing_a_resume_keeps_the_killed_runs_shards(good, tmp_path):
     with pytest.raises(Crash):
         write_shards([src], img, out, samples_per_shard=4, workers=1, progress=crash)
     staged = snapshot(out / names.STAGING)
-    assert any(k.startswith("shard-") for k in staged)
+    assert any(k.startswith("job-") and k.endswith(".tar") for k in staged)  # the finished jobs' parts
     with pytest.raises(InputError, match="differ"):
         write_shards([src], img, out, samples_per_shard=5, workers=1, resume=True)
     assert snapshot(out / names.STAGING) == staged  # what --resume needs is still there

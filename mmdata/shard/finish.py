@@ -43,6 +43,8 @@ def load_moving(stage: str) -> list[dict[str, Any]] | None:
     if any(r is None for r in records):
         raise InputError(stage, "--resume: the staged run is incomplete (a done-record is missing); "
                                 "re-shard without --resume")
+    for r in records:
+        r["resumed"] = True  # type: ignore[index]
     return records  # type: ignore[return-value]
 
 
