@@ -299,8 +299,9 @@ STRAY = re.compile(r"(\.tmp$|\.probe$|^\.shard-journal\.jsonl$|\.part$|\.lock$)"
 
 
 def strays(root: Path) -> list[str]:
-    """Temp, journal, probe and lock files under ``root``: none may be left once a command has finished."""
-    return sorted(k for k in tree(root) if STRAY.search(Path(k).name))
+    """Temp, journal, probe and lock files and shard's staging folder under ``root``: none may be left
+    once a command has finished."""
+    return sorted(k for k in tree(root) if STRAY.search(Path(k).name) or ".mmdata-staging" in Path(k).parts)
 
 
 def diff(a: dict[str, str], b: dict[str, str]) -> str:

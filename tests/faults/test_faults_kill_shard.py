@@ -1,7 +1,8 @@
-"""SIGKILL `mmdata shard` at seeded points (mid-shard, right after a rename, at a random time) and
+"""SIGKILL `mmdata shard` at seeded points (mid-part, after a job's done-record, during the final
+move, at a random time) and
 check CONTRACT s.3 / s.9: no live child, every shard under its final name is complete, the inputs are
 untouched, and a rerun (with or without --resume) ends byte-identical to an uninterrupted run with no
-temp or journal file left."""
+temp or staging file left."""
 
 from __future__ import annotations
 
@@ -16,12 +17,13 @@ import faultkit as fk
 
 def kill_points(ref_seconds: float) -> list[tuple[str, fk.Kill]]:
     """Named kill points; the time-based ones are seeded fractions of the uninterrupted run's time.
-    File globs use ``**`` so they fire whether shards are written in OUTDIR or in a staging folder."""
+    Jobs write ``job-NNNNNN.part-NNNNNN.tar`` and ``job-NNNNNN.done.json`` in the staging folder; a
+    ``shard-NNNNNN.tar`` appears in OUTDIR only during the final move."""
     rng = rng_for("shard")
     points = [
-        ("mid-shard", lambda out: fk.Kill(path=f"{out}/**/.shard-*.tar.tmp")),  # any shard being written
-        ("after-rename-5", lambda out: fk.Kill(path=f"{out}/**/shard-000005.tar")),
-        ("at-index", lambda out: fk.Kill(path=f"{out}/**/shard-000011.tar")),
+        ("mid-part", lambda out: fk.Kill(path=f"{out}/**/.job-*.part-*.tar.*.tmp")),  # any part being written
+        ("after-job-5", lambda out: fk.Kill(path=f"{out}/**/job-000005.done.json")),
+        ("during-move", lambda out: fk.Kill(path=f"{out}/shard-000003.tar")),
     ]
     for k in range(6 if LARGE else 1):
         t = rng.uniform(0.2, 0.8) * ref_seconds
@@ -91,8 +93,8 @@ def test_resume_of_a_finished_folder_rewrites_nothing(src, ref_shards, ref, tmp_
 def test_shard_killed_again_while_resuming_still_ends_byte_identical(src, src_tree, ref, tmp_path):
     ref_tree, _ = ref
     out = tmp_path / "out"
-    first = _shard(src, out, kill=fk.Kill(path=f"{out}/**/shard-000003.tar"))
-    second = _shard(src, out, "--resume", kill=fk.Kill(path=f"{out}/**/shard-000008.tar"))
+    first = _shard(src, out, kill=fk.Kill(path=f"{out}/**/job-000003.done.json"))
+    second = _shard(src, out, "--resume", kill=fk.Kill(path=f"{out}/**/job-000008.done.json"))
     assert first.killed and second.killed, second.explain()
     _check_killed_state(out, ref_tree, second)
     again = _shard(src, out, "--resume")
@@ -113,13 +115,12 @@ def earlier(src, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def killed_over_earlier(src, earlier, tmp_path_factory) -> tuple[Path, dict[str, str], fk.Run]:
-    """A new run with other options killed once its journal records 3 shards, in a folder that holds
-    an earlier output (whose own shard files must not trigger the kill: hence the journal, ~0.8 kB a
-    shard after a ~0.3 kB header)."""
+    """A new run with other options killed once 3 of its jobs are done, in a folder that holds an
+    earlier output (whose own shard files must not trigger the kill: hence the done-record)."""
     out = tmp_path_factory.mktemp("shard-over") / "out"
     shutil.copytree(earlier, out)
     before = fk.tree(out)
-    r = _shard(src, out, kill=fk.Kill(path=f"{out}/**/.shard-journal.jsonl", min_bytes=2700))
+    r = _shard(src, out, kill=fk.Kill(path=f"{out}/**/job-000002.done.json"))
     assert r.killed, r.explain()
     return out, before, r
 

@@ -35,7 +35,7 @@ def test_two_shard_runs_on_one_out_one_refuses_and_the_output_is_whole(src, ref_
                              start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while not glob.glob(f"{out}/**/shard-000001.tar", recursive=True, include_hidden=True):
+        while not glob.glob(f"{out}/**/job-000001.done.json", recursive=True, include_hidden=True):
             assert first.poll() is None and time.monotonic() < deadline, "the first run ended before it was frozen"
             time.sleep(0.005)
         os.killpg(first.pid, signal.SIGSTOP)
