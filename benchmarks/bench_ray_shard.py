@@ -50,7 +50,7 @@ def main() -> None:
                                                             "include_dashboard": False})
     cluster.add_node(num_cpus=1, object_store_memory=80 << 20)
     started = time.perf_counter() - t
-    kw = dict(max_res=448, records_per_shard=a.records_per_shard)
+    kw = dict(max_res=448, samples_per_shard=a.records_per_shard)  # records per job (the one layout)
 
     def run(engine: str) -> tuple[float, Path]:
         out = Path(tempfile.mkdtemp(dir=work)) / "out"

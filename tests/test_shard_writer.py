@@ -242,6 +242,22 @@ def test_max_shard_bytes_splits_before_the_limit(made, tmp_path):
     assert sum(s.samples for s in report.shards) == 16
 
 
+def test_three_records_a_job_keys_are_record_positions(made, tmp_path):
+    """--samples-per-shard 3: job k = records 3k..3k+2, so a shard holds <= 3 samples, all of one
+    job; keys are the records' positions (rejected records leave gaps); all-rejected jobs make none."""
+    src, img, _, _ = made
+    out = tmp_path / "three"
+    report = write_shards([src], img, out, samples_per_shard=3, workers=2)
+    t = pq.read_table(out / "index.parquet").to_pydict()
+    assert t["key"] == KEYS
+    assert [s.samples for s in report.shards] == [3, 3, 3, 3, 3, 1]  # records 0-14 and 24; 15-23 rejected
+    for s in report.shards:
+        keys = [k for k, n in zip(t["key"], t["shard"]) if n == s.name]
+        assert len(keys) <= 3 and len({int(k) // 3 for k in keys}) == 1
+        assert (keys[0], keys[-1]) == (s.first_key, s.last_key)
+        assert [n for n, _ in members(out / s.name) if n.endswith(".json")] == [f"{k}.json" for k in keys]
+
+
 def test_a_sample_bigger_than_max_shard_bytes_gets_a_shard_of_its_own(made, tmp_path):
     src, img, _, _ = made
     out = tmp_path / "one"
