@@ -27,7 +27,7 @@ def shard_cmd(
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Local tokenizer.json or folder (the loader's): pre-tokenise each sample ({key}.ids.npy) and fill the index's text_tokens, so the loader does not tokenise at train time."),
     template: str = typer.Option("qwen2vl", "--template", help="Chat template of the pre-tokenised ids and text_tokens (with --tokenizer)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary."),
-    records_per_shard: Optional[int] = typer.Option(None, "--records-per-shard", help="Old name of --samples-per-shard (the same option).", hidden=True),
+    records_per_shard: Optional[int] = typer.Option(None, "--records-per-shard", help="The same option as --samples-per-shard (its earlier name); giving both with different values is an error."),
     engine: str = typer.Option("local", "--engine", help="local (a process pool) or ray (tasks on a Ray cluster); the output is the same."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join with --engine ray: auto (default) or HOST:PORT."),
 ) -> None:

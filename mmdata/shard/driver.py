@@ -23,7 +23,7 @@ from mmdata.engine.base import LocalEngine
 from mmdata.errors import InputError
 from mmdata.format import names
 from mmdata.format.manifest import VERSION
-from mmdata.shard.finish import remove_stage
+from mmdata.shard.finish import compact, remove_stage
 from mmdata.shard.sample import Reject
 from mmdata.shard.planned import CHUNK, Job, JobContext, JobWriter, existing_done, plan_jobs, run_job
 
@@ -176,11 +176,11 @@ def run_jobs(inputs: list[Path], per_job: int, ctx: JobContext, engine: Any, pro
     records: list[dict] = []
     if isinstance(engine, LocalEngine):
         for rec in _local_jobs(engine, jobs, ctx, tally):
-            records.append(rec)
+            records.append(compact(rec))
             if rec.get("resumed"):
                 tally.job(rec)
         return records
     for rec in engine.map(partial(run_job, ctx=ctx), jobs):
-        records.append(rec)
+        records.append(compact(rec))
         tally.job(rec)
     return records

@@ -13,6 +13,7 @@ import shutil
 from typing import Any
 
 import orjson
+import pyarrow as pa
 
 from mmdata import storage
 from mmdata.errors import InputError
@@ -21,7 +22,7 @@ from mmdata.format.index import to_table, write_index
 from mmdata.format.manifest import ShardInfo, build_manifest, write_manifest
 from mmdata.shard.planned import read_done
 
-__all__ = ["finish", "remove_stage", "load_moving"]
+__all__ = ["finish", "remove_stage", "load_moving", "compact"]
 
 
 def remove_stage(stage: str) -> None:
@@ -44,6 +45,7 @@ def load_moving(stage: str) -> list[dict[str, Any]] | None:
         raise InputError(stage, "--resume: the staged run is incomplete (a done-record is missing); "
                                 "re-shard without --resume")
     for r in records:
+        compact(r)  # type: ignore[arg-type]
         r["resumed"] = True  # type: ignore[index]
     return records  # type: ignore[return-value]
 
@@ -77,13 +79,26 @@ def _drop_stale(out: str, total: int) -> None:
             storage.remove(storage.join(out, n))
 
 
+def compact(rec: dict[str, Any]) -> dict[str, Any]:
+    """Turn each part's index rows (lists of Python values) into an arrow table (~100 bytes a row),
+    so the driver holds a whole data set's index compactly until the end; the final ``shard`` /
+    ``shard_idx`` are placeholders until ``finish`` names the parts."""
+    for p in rec["parts"]:
+        rows = p.pop("rows", None)
+        if rows is not None:
+            n = len(rows["key"])
+            p["table"] = to_table(dict(rows, shard=[""] * n, shard_idx=[0] * n))
+    return rec
+
+
 def _index_tables(parts: list[tuple[dict[str, Any], int]]) -> list:
     tables = []
     for p, k in parts:
-        rows = dict(p["rows"])
-        n = len(rows["key"])
-        rows["shard"], rows["shard_idx"] = [names.shard_name(k)] * n, [k] * n
-        tables.append(to_table(rows))
+        t = p["table"]
+        for col, v, typ in (("shard", names.shard_name(k), pa.string()), ("shard_idx", k, pa.int32())):
+            i = t.schema.get_field_index(col)
+            t = t.set_column(i, t.schema.field(i), pa.array([v] * t.num_rows, type=typ))
+        tables.append(t)
     return tables
 
 
