@@ -518,3 +518,33 @@ def test_workers_exit_quietly_when_the_main_process_is_killed(tmp_path):
         pytest.skip("the run finished before it could be killed")
     assert proc.returncode == -signal.SIGKILL
     assert err == ""
+
+
+_PIDS_SCRIPT = """
+import os, sys, time
+from mmdata.shard import writer
+
+real = writer._run_chunk
+
+def recording(tasks):
+    time.sleep(0.2)  # long enough that one worker cannot take every chunk before the other starts
+    with open(os.path.join(sys.argv[4], str(os.getpid())), "a") as f:
+        f.write("x")
+    return real(tasks)
+
+writer._run_chunk = recording  # inherited by the forked pool workers
+writer.write_shards([sys.argv[1]], sys.argv[2], sys.argv[3], workers=2)
+"""
+
+
+def test_one_job_still_uses_every_worker(made, tmp_path):
+    """25 records are one job (N = 1000): its records still go to both pool workers, in chunks."""
+    src, img, out, _ = made
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    big, bimg = make_set(tmp_path / "data", n=40)  # 53 records: 4 chunks of 16
+    p = subprocess.run([sys.executable, "-c", _PIDS_SCRIPT, str(big), str(bimg), str(tmp_path / "o"), str(pids)],
+                       cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert p.returncode == 0, p.stderr
+    assert len(list(pids.iterdir())) == 2 and os.getpid() not in {int(q.name) for q in pids.iterdir()}
+    assert json.loads((tmp_path / "o" / "manifest.json").read_text())["shards"][0]["first_key"] == "000000000"
