@@ -173,3 +173,16 @@ def test_s3_specific_endpoint_wins(s3, monkeypatch, server):
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", server.endpoint)
     assert S3Backend().listdir(p) == []
+
+
+def test_move_is_a_server_side_copy_then_delete(s3):
+    be, p = s3
+    with be.atomic_output(f"{p}/m/old") as f:
+        f.write(b"old bytes")
+    with be.atomic_output(f"{p}/m/.stage/new") as f:
+        f.write(b"new bytes" * 1000)
+    assert be.read_range(f"{p}/m/old", 0, 3) == b"old"  # a cached reader of the name being replaced
+    be.move(f"{p}/m/.stage/new", f"{p}/m/old")
+    assert be.read_bytes(f"{p}/m/old") == b"new bytes" * 1000
+    assert be.read_range(f"{p}/m/old", 0, 3) == b"new"
+    assert not be.exists(f"{p}/m/.stage/new") and be.listdir(f"{p}/m") == ["old"]

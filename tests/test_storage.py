@@ -82,3 +82,12 @@ def test_io_atomic_write_is_the_storage_implementation(tmp_path):
         with atomic_write(tmp_path / "t.txt" / "below"):
             pass
     assert str(e.value).startswith(str(tmp_path / "t.txt" / "below") + ": cannot write")
+
+
+def test_move_renames_and_refuses_to_cross_storages(tmp_path):
+    (tmp_path / "a").write_bytes(b"new")
+    (tmp_path / "b").write_bytes(b"old")
+    storage.move(tmp_path / "a", tmp_path / "b")
+    assert (tmp_path / "b").read_bytes() == b"new" and not (tmp_path / "a").exists()
+    with pytest.raises(StorageError, match="cannot move across storages"):
+        storage.move(tmp_path / "b", "s3://bucket/b")
