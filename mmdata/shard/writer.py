@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from mmdata.errors import InputError, MMDataError
 from mmdata import storage
 from mmdata.format import names
@@ -224,7 +222,7 @@ def _tokenizer_sha(tokenizer: str | Path | None, template: str) -> str | None:
 
 def _run_header(inputs: list[Path], spec: ResizeSpec, samples_per_shard: int, max_shard_bytes: int,
                 tok_sha: str | None, template: str) -> dict[str, Any]:
-    """What identifies a run: options (as the manifest records them), input sizes and sha256."""
+    """What identifies a run: options (as the manifest records them) and the inputs' sha256."""
     options: dict[str, Any] = {
         "rule": spec.rule,
         "max_res": spec.max_res,
@@ -238,27 +236,7 @@ def _run_header(inputs: list[Path], spec: ResizeSpec, samples_per_shard: int, ma
     if tok_sha is not None:
         options["text_tokens"] = {"template": template, "tokenizer_sha256": tok_sha}
     hashes = [sha256_file(p) for p in inputs]  # streamed; what --resume compares (a size can stay the same)
-    return {"options": options, "input_bytes": [p.stat().st_size for p in inputs], "input_sha256": hashes}
-
-
-def _feed(sw: ShardWriter, report: ShardReport, inputs: list[Path], start: tuple[int, int], workers: int,
-          init_args: tuple, progress: Callable[[int, int, int], None] | None) -> None:
-    """Make the samples of every record from ``start`` on (in worker processes) and write them in order."""
-    ordered = _ordered(_chunks(_tasks(inputs, start), CHUNK), workers, init_args)
-    try:
-        for chunk, results in ordered:
-            for task, res in zip(chunk, results):
-                report.records += 1
-                if isinstance(res, Reject):
-                    sw.reject({"index": task.index, "id": res.id, "reason": res.reason, "detail": res.detail,
-                               "input": inputs[task.file_idx].name, "record": task.record, "_file": task.file_idx})
-                else:
-                    sw.add(res, (task.file_idx, task.index + 1))
-            if progress is not None:
-                progress(report.records, sw.n, len(sw.rejects))
-        sw.close_inputs()
-    finally:
-        ordered.close()  # stops the worker pool now, not when the traceback is collected
+    return {"options": options, "input_sha256": hashes}
 
 
 def _own_output(p: Path, out_dir: Path) -> bool:
