@@ -16,9 +16,11 @@ JOURNAL = ".shard-journal.jsonl"  # the resume journal; removed once the manifes
 TMP_SUFFIX = ".tmp"
 TMP_RE = re.compile(r"^\.shard-\d{6}\.tar\.tmp$")  # a shard being written
 CACHE_DIR = ".mmdata-cache"  # the loader's length / plan cache inside a shard folder
-LOCK = ".mmdata-shard.lock"  # held (flock) by a running `mmdata shard` on its --out; removed on exit
+LOCK = ".mmdata-shard.lock"  # held by a running `mmdata shard` on its --out (flock; s3: a lease); removed on exit
 STAGING = ".mmdata-staging"  # a run's new output, moved into place only once complete
-OUTPUTS = (INDEX, MANIFEST, REJECTS, JOURNAL, LOCK, STAGING)  # the fixed names `mmdata shard` writes (+ shards)
+# The fixed names `mmdata shard` writes (+ shards); a run clears them. Not LOCK: the running writer holds it
+# while it clears the folder (removing it would let a second writer in; hold_lock refuses a non-lock file).
+OUTPUTS = (INDEX, MANIFEST, REJECTS, JOURNAL, STAGING)
 
 
 def shard_name(i: int) -> str:

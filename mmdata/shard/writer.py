@@ -27,7 +27,7 @@ from mmdata import storage
 from mmdata.format import names
 from mmdata.format.journal import sha256_file
 from mmdata.format.manifest import ShardInfo
-from mmdata.format.lock import hold_lock
+from mmdata.format.lock import hold_lock, hold_output_lock
 from mmdata.format.writer import ShardWriter
 from mmdata.storage.base import WriteError
 from mmdata.io import iter_json_records
@@ -528,7 +528,7 @@ def _write_planned(inputs: list[Path], images_root: Path, out: str, t0: float, *
     header = _run_header(inputs, spec, None, max_shard_bytes, tok_sha, template)
     header["options"]["records_per_shard"] = records_per_shard
     header["options"].pop("max_shard_bytes", None)  # not used: membership is by records
-    lock = contextlib.nullcontext()  # S3 has no lock: two runs into one s3:// prefix are not prevented
+    lock = hold_output_lock(out)  # s3://: a lease on PREFIX/.mmdata-shard.lock (a local folder: flock, below)
     if not storage.is_remote(out):
         _check_own_outputs(inputs, images_root, Path(out))
         _make_out_dir(Path(out))
