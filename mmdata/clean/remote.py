@@ -50,6 +50,7 @@ def output_lock(out_path: Path | UrlPath) -> contextlib.AbstractContextManager[N
     replaced atomically)."""
     if not storage.is_remote(out_path):
         return contextlib.nullcontext()
+    check_reachable(out_path)  # endpoint, credentials, bucket: one line naming OUT
     prefix, _, name = os.fspath(out_path).rstrip("/").rpartition("/")
     return storage.hold_lease(f"{prefix}/.{name}.mmdata-clean.lock", "mmdata clean")
 

@@ -148,7 +148,7 @@ class S3Backend:
         """Hold the lock object ``url`` for a with-block (one writer per prefix; see ``s3lease``)."""
         from mmdata.storage.s3lease import S3Lease
 
-        self.check(url)
+        self.check(url.rsplit("/", 1)[0])  # an unusable endpoint or bucket names the output, not the lock
         return S3Lease(self, url, what, lease_s)
 
     def check(self, url: str) -> None:

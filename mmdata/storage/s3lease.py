@@ -301,7 +301,14 @@ class S3Lease:
                                    "run, then rerun (with --resume where the command has it)")
 
     def __enter__(self) -> S3Lease:
-        self.acquire()
+        from mmdata.storage.s3 import _classify
+
+        try:
+            self.acquire()
+        except StorageError:
+            raise
+        except Exception as e:  # connection, credentials, bucket: one line naming the lock and the fix
+            raise _classify(self.url, e) or StorageError(self.url, f"cannot take the lock: {e}") from None
         if threading.current_thread() is threading.main_thread() \
                 and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
             self._old_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
