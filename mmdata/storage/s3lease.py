@@ -115,6 +115,13 @@ class Held:
         return f"host {b.get('host', '?')}, pid {b.get('pid', '?')}, since {b.get('started', '?')}"
 
 
+def _default_sigterm_in_child() -> None:
+    """A forked worker must not inherit the holder's SIGTERM handler: ``Pool.terminate`` ends workers
+    with SIGTERM, and workers that ran the handler instead of dying hung the pool's shutdown."""
+    if isinstance(getattr(signal.getsignal(signal.SIGTERM), "__self__", None), S3Lease):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 class S3Lease:
     """The lock object ``url`` held for a with-block by this process (see the module doc)."""
 
@@ -287,10 +294,6 @@ class S3Lease:
             signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)  # type: ignore[arg-type]
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
-        if os.getpid() != self.pid:  # a forked child inherited the handler: die as by default
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
         if self.lost is not None:
             raise self._lost_error()
         sys.stderr.write(f"terminated: releasing the lock {self.url}\n")
@@ -346,3 +349,6 @@ class S3Lease:
         except Exception as e:
             sys.stderr.write(f"warning: {self.url}: could not remove the lock ({e}); it expires by itself "
                              f"{self.lease_s:.0f} s after its last renewal\n")
+
+
+os.register_at_fork(after_in_child=_default_sigterm_in_child)
