@@ -159,9 +159,9 @@ def test_an_expired_lease_is_taken_over_and_two_takers_cannot_both_win(s3env):
 
 def test_a_holder_that_loses_its_lease_stops_with_one_line(s3env):
     url = f"s3://{s3env.bucket}/lock/lost"
-    holder = _holder(s3env, url, lease_s="3")
+    holder = _holder(s3env, url, lease_s="6")
     s3env.client().put_object(Bucket=s3env.bucket, Key="lock/lost/" + names.LOCK, Body=b"{}")  # someone else's
-    holder.wait(20)  # renewed every 0.5 s: the next renewal finds the object replaced
+    holder.wait(30)  # renewed every 1 s: the next renewal finds the object replaced
     err = holder.stderr.read()
     assert holder.returncode == 2
     assert err == (f"error: {url}/{names.LOCK}: this run lost its lock: it was replaced or removed by someone else; "
