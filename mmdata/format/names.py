@@ -17,12 +17,14 @@ JOURNAL = ".shard-journal.jsonl"  # the resume journal of the layout before mani
 TMP_SUFFIX = ".tmp"
 TMP_RE = re.compile(r"^\.shard-\d{6}\.tar\.tmp$")  # a shard being written
 CACHE_DIR = ".mmdata-cache"  # the loader's length / plan cache inside a shard folder
-LOCK = ".mmdata-shard.lock"  # held (flock) by a running `mmdata shard` on its --out; removed on exit
+LOCK = ".mmdata-shard.lock"  # held by a running `mmdata shard` on its --out (flock; s3: a lease); removed on exit
 STAGING = ".mmdata-staging"  # a run's new output, moved into place only once complete
 STAGE_RUN = "run.json"  # in STAGING: the run's options and input sha256 (what --resume compares)
 STAGE_MOVING = "moving"  # in STAGING: every job is done and the parts are being moved to their final names
 OLD_DONE_RE = re.compile(r"^\.shard-\d{6}\.done\.json$")  # done-records of the old --records-per-shard layout
-OUTPUTS = (INDEX, MANIFEST, REJECTS, JOURNAL, LOCK, STAGING)  # the fixed names `mmdata shard` writes (+ shards)
+# The fixed names `mmdata shard` writes (+ shards); a run clears them. Not LOCK: the running writer holds it
+# while it clears the folder (removing it would let a second writer in; hold_lock refuses a non-lock file).
+OUTPUTS = (INDEX, MANIFEST, REJECTS, JOURNAL, STAGING)
 
 
 def shard_name(i: int) -> str:

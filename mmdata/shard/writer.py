@@ -21,7 +21,7 @@ from mmdata import storage
 from mmdata.format import names
 from mmdata.format.journal import sha256_file
 from mmdata.format.manifest import ShardInfo
-from mmdata.format.lock import hold_lock
+from mmdata.format.lock import hold_lock, hold_output_lock
 from mmdata.storage.base import WriteError
 from mmdata.procs import die_with_parent
 from mmdata.models.rules import RULES
@@ -282,31 +282,12 @@ def write_shards(inputs: list[str | Path] | str | Path, images_root: str | Path,
 
 @contextlib.contextmanager
 def _local_inputs(inputs: list[str | Path]) -> Iterator[list[str | Path]]:
-    remote = [p for p in inputs if storage.is_remote(p)]
-    if not remote:
-        yield inputs
-        return
-    import shutil
-    import tempfile
-
-    tmp = Path(tempfile.mkdtemp(prefix="mmdata-inputs-"))
-    try:
-        out: list[str | Path] = []
-        for i, p in enumerate(inputs):
-            if not storage.is_remote(p):
-                out.append(p)
-                continue
-            url = os.fspath(p)
-            if not storage.exists(url) or storage.isdir(url):
-                raise InputError(url, "no such file")
-            dst = tmp / str(i) / url.rstrip("/").rsplit("/", 1)[-1]
-            dst.parent.mkdir()
-            with storage.open_input(url) as src, open(dst, "wb") as f:
-                shutil.copyfileobj(src, f, 8 << 20)
-            out.append(dst)
-        yield out
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    """``inputs`` with each ``s3://`` one copied to a local file for the fast reader; errors name the URL."""
+    for p in inputs:
+        if storage.is_remote(p) and (not storage.exists(p) or storage.isdir(p)):
+            raise InputError(os.fspath(p), "no such file")
+    with storage.local_copies(inputs, expected="a JSON or JSON Lines file") as local:
+        yield local
 
 
 
@@ -359,7 +340,7 @@ def _write_shards(
     out = os.fspath(out_dir)
     if storage.is_remote(out):
         storage.makedirs(out)
-        lock: Any = contextlib.nullcontext()  # TODO(s3lock): one writer per s3:// prefix (format/lock.py)
+        lock: Any = hold_output_lock(out)  # a lease on PREFIX/.mmdata-shard.lock (format/lock.py)
     else:
         _check_own_outputs(inputs, images_root, Path(out))
         _make_out_dir(Path(out))

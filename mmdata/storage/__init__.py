@@ -16,11 +16,12 @@ from typing import BinaryIO
 
 from mmdata.storage.base import Backend, StorageError, WriteError
 from mmdata.storage.local import to_path
+from mmdata.storage.staging import local_copies
 from mmdata.storage.urlpath import UrlPath, as_path
 
 __all__ = ["Backend", "StorageError", "WriteError", "is_remote", "join", "open_input", "read_range", "read_bytes",
            "size", "exists", "isdir", "listdir", "makedirs", "remove", "move", "atomic_output", "local_path",
-           "backend_for", "REGISTRY", "UrlPath", "as_path", "arrow_source"]
+           "backend_for", "REGISTRY", "UrlPath", "as_path", "arrow_source", "hold_lease", "local_copies"]
 
 # scheme -> "module:Class", imported on first use (s3.py may not exist on every branch)
 REGISTRY: dict[str, str] = {
@@ -128,3 +129,12 @@ def arrow_source(url: str | os.PathLike) -> tuple[str, object | None]:
     if not is_remote(url):
         return str(to_path(url)), None
     return backend_for(url).arrow_source(os.fspath(url))  # type: ignore[attr-defined]
+
+
+def hold_lease(url: str | os.PathLike, what: str, lease_s: float | None = None) -> AbstractContextManager[None]:
+    """Hold the remote lock object ``url`` for a with-block (one writer per prefix; ``s3lease`` says
+    how); StorageError (one line) if another run holds it or the scheme has no lock."""
+    lease = getattr(backend_for(url), "lease", None)
+    if lease is None:
+        raise StorageError(os.fspath(url), "this storage has no lock for one writer per output")
+    return lease(os.fspath(url), what, lease_s)

@@ -129,15 +129,27 @@ class S3Backend:
         """A boto3 S3 client (writes only), with the same endpoint, timeouts and retry limit."""
         self._settings_changed()
         if self._client is None:
-            import boto3
-            from botocore.config import Config
-
-            cfg = Config(connect_timeout=CONNECT_TIMEOUT_S, read_timeout=REQUEST_TIMEOUT_S * 3,
-                         retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
-                         s3={"addressing_style": "path"} if endpoint_url() else None)
-            self._client = boto3.session.Session().client("s3", endpoint_url=endpoint_url(),
-                                                          region_name=_region(), config=cfg)
+            self._client = self.new_client(CONNECT_TIMEOUT_S, REQUEST_TIMEOUT_S * 3, MAX_ATTEMPTS)
         return self._client
+
+    @staticmethod
+    def new_client(connect_timeout: float, read_timeout: float, attempts: int) -> Any:
+        """A fresh boto3 S3 client on the configured endpoint with these timeouts (the lease's heartbeat
+        needs answers within a fraction of its lease, so it keeps one of its own)."""
+        import boto3
+        from botocore.config import Config
+
+        cfg = Config(connect_timeout=connect_timeout, read_timeout=read_timeout,
+                     retries={"max_attempts": attempts, "mode": "standard"},
+                     s3={"addressing_style": "path"} if endpoint_url() else None)
+        return boto3.session.Session().client("s3", endpoint_url=endpoint_url(), region_name=_region(), config=cfg)
+
+    def lease(self, url: str, what: str, lease_s: float | None = None) -> contextlib.AbstractContextManager[None]:
+        """Hold the lock object ``url`` for a with-block (one writer per prefix; see ``s3lease``)."""
+        from mmdata.storage.s3lease import S3Lease
+
+        self.check(url.rsplit("/", 1)[0])  # an unusable endpoint or bucket names the output, not the lock
+        return S3Lease(self, url, what, lease_s)
 
     def check(self, url: str) -> None:
         """Fail fast (StorageError, one line) when the endpoint, credentials or bucket of ``url`` are

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 from mmdata.clean.checks import ImageChecker, Verdict
 from mmdata.clean.engine import Decider, Progress, check_common_args, frame, sample_key
-from mmdata.clean.remote import as_path, staged_input
+from mmdata.clean.remote import as_path, staged_input, one_writer
 from mmdata.clean.prompts import DEFAULT_PROMPTS, prompt_for
 from mmdata.clean.report import CleanReport, Sink, default_paths, dump
 from mmdata.errors import InputError
@@ -202,6 +202,7 @@ class _Writer:
         return self.dec.decide(p.index, rid, [rec["image"]], key, data, p.listing, extra)
 
 
+@one_writer  # an s3:// OUT: one run at a time
 def clean_coco(
     captions_path: str | Path,
     images_root: str | Path,

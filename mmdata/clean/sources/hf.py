@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 from mmdata import storage
 from mmdata.clean.checks import ImageChecker
-from mmdata.clean.remote import as_path, check_reachable
+from mmdata.clean.remote import as_path, check_reachable, one_writer
 from mmdata.clean.engine import (
     Decider,
     Item,
@@ -258,6 +258,7 @@ def _items(files: list[Path], layout: Layout, extra: list[str], store: ImageStor
             n += len(recs)
 
 
+@one_writer  # an s3:// OUT: one run at a time
 def clean_hf(
     input_path: str | Path,
     out_path: str | Path,

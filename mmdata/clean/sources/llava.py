@@ -29,7 +29,7 @@ from mmdata.clean.engine import (
 )
 from mmdata.clean.fastread import NotFast, iter_spans
 from mmdata.clean.pool import ray_active, worker_pool
-from mmdata.clean.remote import as_path, staged_input
+from mmdata.clean.remote import as_path, staged_input, one_writer
 from mmdata.clean.report import CleanReport, Sink, default_paths
 from mmdata.errors import InputError
 from mmdata.images import DEFAULT_MAX_PIXELS
@@ -43,6 +43,7 @@ _BATCH = 1000  # records per structure task
 _INLINE_BYTES = 4 << 20  # inputs up to this size are parsed and checked without worker processes
 
 
+@one_writer  # an s3:// OUT: one run at a time
 def clean_llava(
     input_path: str | Path,
     images_root: str | Path,
