@@ -44,9 +44,6 @@ def test_shard_into_a_small_tmpfs_is_one_line_exit_2_and_leaves_no_temp_file(src
         assert fk.strays(out) == []
 
 
-@pytest.mark.xfail(strict=True, reason="found here, no fix branch: clean on a full disk is now exit 2 and one "
-                   "line, but the line names OUT.rejects.jsonl (empty here) instead of OUT, the file that hit the "
-                   "limit (repro: ulimit -f 1000; mmdata clean llava BIG.jsonl --images I --out out.jsonl)")
 def test_clean_on_a_full_disk_is_one_line_and_keeps_the_previous_output(clean_src, tmp_path):
     out = tmp_path / "out.jsonl"
     first = _clean(clean_src["llava_json"], clean_src["images"], out)  # the .json twin: the same records
