@@ -73,7 +73,7 @@ def run_cmd(
     profile_ranks: list[int] = typer.Option([0], help="Ranks to profile (repeat: --profile-ranks 0 --profile-ranks 1)."),
     tensor_model_parallel_size: int = typer.Option(1, help="Split each decoder layer over N ranks (DTensor TP); "
                                                    "data parallelism runs over world / N."),
-    cache_dir: str | None = typer.Option(None, "--cache-dir", help="Local cache of shards read from s3:// (default: $MMDATA_CACHE or ~/.cache/mmdata)."),
+    cache_dir: str | None = typer.Option(None, "--cache-dir", help="Local cache: shards read from s3://, and the loader's length/plan caches under derived/ (default: $MMDATA_CACHE or ~/.cache/mmdata; never the --shards folder)."),
     cache_limit: str = typer.Option("10GB", "--cache-limit", help="At most this many bytes under --cache-dir, partial downloads included."),
 ) -> None:
     """Stream the shards through the sequence-packed loader into a vision-language model and train it."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 __all__ = ["SHARD_PATTERN", "SHARD_RE", "INDEX", "MANIFEST", "REJECTS", "JOURNAL", "TMP_SUFFIX", "TMP_RE",
-           "CACHE_DIR", "LOCK", "STAGING", "OUTPUTS", "shard_name", "shard_number", "tmp_name"]
+           "LOCK", "STAGING", "OUTPUTS", "shard_name", "shard_number", "tmp_name"]
 
 SHARD_PATTERN = "shard-%06d.tar"
 SHARD_RE = re.compile(r"^shard-\d{6}\.tar$")
@@ -15,7 +15,6 @@ REJECTS = "rejects.jsonl"
 JOURNAL = ".shard-journal.jsonl"  # the resume journal; removed once the manifest is written
 TMP_SUFFIX = ".tmp"
 TMP_RE = re.compile(r"^\.shard-\d{6}\.tar\.tmp$")  # a shard being written
-CACHE_DIR = ".mmdata-cache"  # the loader's length / plan cache inside a shard folder
 LOCK = ".mmdata-shard.lock"  # held (flock) by a running `mmdata shard` on its --out; removed on exit
 STAGING = ".mmdata-staging"  # a run's new output, moved into place only once complete
 OUTPUTS = (INDEX, MANIFEST, REJECTS, JOURNAL, LOCK, STAGING)  # the fixed names `mmdata shard` writes (+ shards)

@@ -113,12 +113,14 @@ class ShardCache:
             return self._usage()
 
     def _usage(self) -> int:
+        """Its own files only (the top level): the loader's small derived caches live beside them,
+        under ``derived/``, and are not shards to count or evict."""
         total = 0
-        for root, _, files in os.walk(self.dir):
-            for f in files:
-                if f != ".lock":
-                    with contextlib.suppress(FileNotFoundError):
-                        total += os.stat(os.path.join(root, f)).st_size
+        for e in os.scandir(self.dir):
+            if e.name != ".lock":
+                with contextlib.suppress(FileNotFoundError):
+                    if e.is_file():
+                        total += e.stat().st_size
         return total
 
     def _remove_if_free(self, p: Path) -> bool:
