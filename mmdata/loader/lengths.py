@@ -117,11 +117,11 @@ def cache_dir_for(index: ShardIndex, cache_dir: str | Path | None = None,
     ``BASE/derived/<manifest sha256[:16]>`` with BASE = ``base`` (``--cache-dir``), ``$MMDATA_CACHE``
     or ``~/.cache/mmdata``; never inside the shard folder (it may be read-only or shared by many
     jobs). None when that folder cannot be made writable: the caches only save time."""
-    from mmdata.loader.cache import default_cache_dir
+    from mmdata.loader.cache import DERIVED, default_cache_dir
 
     if cache_dir is not None:
         return Path(cache_dir)
-    where = Path(base or default_cache_dir()) / "derived" / index.cache_key[:16]
+    where = Path(base or default_cache_dir()) / DERIVED / index.cache_key[:16]
     try:
         where.mkdir(parents=True, exist_ok=True)
     except OSError:
