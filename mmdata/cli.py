@@ -47,9 +47,13 @@ _register()
 
 
 def main() -> None:
-    """Entry point: click handles usage errors and exit codes; user errors become one line + exit 2."""
+    """Entry point: usage errors and user errors become one line + exit 2 (`mmdata.usage.run_app`)."""
+    from mmdata.usage import run_app
+
     try:
-        app()
+        rc = run_app(app, "mmdata")
+        if rc:
+            sys.exit(rc)
     except MMDataError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)

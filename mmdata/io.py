@@ -14,6 +14,7 @@ import orjson
 
 from mmdata import storage
 from mmdata.errors import InputError
+from mmdata.records import Unrepresentable
 from mmdata.storage.base import WriteError
 from mmdata.storage.local import atomic_file
 
@@ -234,14 +235,46 @@ def _iter_array(path: Path, f: IO[str]) -> Iterator[tuple[int, int, Any]]:
             except RecursionError:  # the stdlib decoder recurses per level; orjson stops at 1024 too
                 raise InputError(path, "invalid JSON: depth limit exceeded (a value nested too deeply)",
                                  *cur.where(cur.pos)) from None
+            except ValueError:  # valid JSON, but an integer of more digits than int() converts
+                end = _TEXT_NUMBERS.raw_decode(cur.buf, cur.pos)[1]
+                obj = _UNREPRESENTABLE
             # A number or literal that ends exactly at the buffer end may continue in the next chunk.
             if end >= len(cur.buf) and cur.fill():
                 continue
             break
+        if obj is _UNREPRESENTABLE:
+            obj = unrepresentable(cur.buf[cur.pos:end], cur.line)
         yield index, cur.line, obj
         index += 1
         cur.advance(end - cur.pos)
         expect_value = False
+
+
+_UNREPRESENTABLE = object()
+_TEXT_NUMBERS = json.JSONDecoder(parse_int=str, parse_float=str)  # numbers kept as their text
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def unrepresentable(text: str, line: int) -> Unrepresentable | None:
+    """``text`` (one record) as an `Unrepresentable` when it is valid JSON that orjson or Python's int
+    cannot hold (a number of thousands of digits); None when it is not valid JSON at all."""
+    lengths: list[int] = []
+
+    def number(s: str) -> str:
+        lengths.append(len(s))
+        return s
+
+    try:
+        obj = json.loads(text, parse_int=number, parse_float=number, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        return None
+    rid = obj.get("id") if isinstance(obj, dict) and isinstance(obj.get("id"), str) else None
+    longest = max(lengths, default=0)
+    return Unrepresentable(text, f"line {line}: holds a number of {longest} characters, more than the JSON "
+                                 "readers represent exactly; write such a value as a string", rid)
 
 
 def _line_error_col(raw: bytes, pos: int) -> int:
@@ -286,7 +319,9 @@ def _iter_lines(path: Path, f: IO[bytes]) -> Iterator[tuple[int, int, Any]]:
             bad = _utf8_error(raw)
             if bad is not None:
                 raise InputError(path, bad[1], lineno, bad[0]) from None
-            raise InputError(path, f"invalid JSON: {e.msg}", lineno, _line_error_col(raw, e.pos)) from None
+            obj = unrepresentable(raw.decode("utf-8").rstrip("\r\n"), lineno)
+            if obj is None:
+                raise InputError(path, f"invalid JSON: {e.msg}", lineno, _line_error_col(raw, e.pos)) from None
         yield index, lineno, obj
         index += 1
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 __all__ = [
+    "Unrepresentable",
     "CHAT_ROLES",
     "DEFAULT_MAX_TEXT_CHARS",
     "IMAGE_TOKEN",
@@ -96,6 +97,20 @@ def json_type(x: Any) -> str:
 
 
 _type = json_type
+
+
+class Unrepresentable(str):
+    """A record that is valid JSON (RFC 8259 sets no limit on a number's digits) but holds a number the
+    readers cannot represent (more digits than Python's int conversion or orjson take): kept as its
+    text, so it is rejected as one record (``malformed``) and its reject holds it unchanged."""
+
+    why: str
+    rid: str | None
+
+    def __new__(cls, text: str, why: str, rid: str | None = None) -> Unrepresentable:
+        self = super().__new__(cls, text)
+        self.why, self.rid = why, rid
+        return self
 
 
 def _reject(code: str, detail: str, rid: str) -> Normalized:
@@ -297,6 +312,8 @@ def normalize(raw: Any, default_id: str, shape: str = "auto",
         fast = _fast_llava(raw, default_id, max_text_chars)
         if fast is not None:
             return fast
+    if type(raw) is Unrepresentable:
+        return _reject("malformed", raw.why, raw.rid or default_id)
     if not isinstance(raw, dict):
         return _reject("malformed", f"record is {_type(raw)}, expected an object", default_id)
     rid = _record_id(raw, default_id)

@@ -11,6 +11,7 @@ os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
 import typer
 
 from mmdata.errors import MMDataError
+from mmdata.usage import run_app
 
 app = typer.Typer(name="mmtrain", help="Train a Qwen2-VL-shaped model on mmdata's packed shards (NPU / CUDA / CPU).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -73,7 +74,7 @@ def run_cmd(
     profile_ranks: list[int] = typer.Option([0], help="Ranks to profile (repeat: --profile-ranks 0 --profile-ranks 1)."),
     tensor_model_parallel_size: int = typer.Option(1, help="Split each decoder layer over N ranks (DTensor TP); "
                                                    "data parallelism runs over world / N."),
-    cache_dir: str | None = typer.Option(None, "--cache-dir", help="Local cache of shards read from s3:// (default: $MMDATA_CACHE or ~/.cache/mmdata)."),
+    cache_dir: str | None = typer.Option(None, "--cache-dir", help="Local cache: shards read from s3://, and the loader's length/plan caches under derived/ (default: $MMDATA_CACHE or ~/.cache/mmdata; never the --shards folder)."),
     cache_limit: str = typer.Option("10GB", "--cache-limit", help="At most this many bytes under --cache-dir, partial downloads included."),
 ) -> None:
     """Stream the shards through the sequence-packed loader into a vision-language model and train it."""
@@ -181,8 +182,8 @@ def doctor_cmd(
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     try:
-        rc = app(args=expand_multi(sys.argv[1:], ("--profile-ranks",)), standalone_mode=False)
-        if isinstance(rc, int) and rc:  # a command's typer.Exit(code) comes back as the return value here
+        rc = run_app(app, "mmtrain", expand_multi(sys.argv[1:], ("--profile-ranks",)))
+        if rc:  # a command's typer.Exit(code) comes back as the return value here
             sys.exit(rc)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: see leave_distributed_run
             leave_distributed_run(0)
@@ -194,11 +195,6 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
-    except Exception as e:
-        if isinstance(e, _click_exceptions()):  # a usage error: typer's message, no traceback
-            e.show()
-            sys.exit(e.exit_code)
-        raise
 
 
 def expand_multi(argv: list[str], flags: tuple[str, ...]) -> list[str]:
@@ -217,19 +213,6 @@ def expand_multi(argv: list[str], flags: tuple[str, ...]) -> list[str]:
             flag = None
         out.append(a)
     return out
-
-
-def _click_exceptions() -> tuple[type, ...]:
-    """ClickException of the click bundled in typer (typer >= 0.16) and of a standalone click."""
-    import importlib
-
-    out = []
-    for name in ("typer._click.exceptions", "click.exceptions"):
-        try:
-            out.append(importlib.import_module(name).ClickException)
-        except ImportError:
-            pass
-    return tuple(out)
 
 
 if __name__ == "__main__":

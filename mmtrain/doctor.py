@@ -424,28 +424,27 @@ def _model_rule(model: str) -> str | None:
 
 
 def quick_verify(folder: Path) -> tuple[list[str], dict]:
-    """`inspect --verify`'s quick form: manifest, index rows, every listed shard present at its size.
-    Returns (problems, facts) with facts = the manifest's options plus per-sample image tokens."""
+    """The format's one folder check (manifest, index rows, every shard present, whole, unreplaced).
+    Returns (problem lines, facts); facts (the manifest's options plus per-sample index columns) only
+    for a whole folder."""
     from mmdata import storage
+    from mmdata.format.check import folder_problems
     from mmdata.format.index import read_table
-    from mmtrain.preflight import shard_file_problems
 
-    probs, man = shard_file_problems(folder)
-    if not man:
+    problems, man = folder_problems(folder)
+    probs = [p.line() for p in problems]
+    if probs:
         return probs, {}
     facts = dict(man.get("options", {}))
-    try:
-        idx = read_table(storage.read_bytes(folder / "index.parquet"))
-    except Exception as e:
-        probs.append(f"{folder / 'index.parquet'}: cannot read: {e}")
-        return probs, facts
-    if idx.num_rows != man.get("samples"):
-        probs.append(f"{folder / 'index.parquet'}: {idx.num_rows} rows, manifest.json says {man.get('samples')} samples")
+    idx = read_table(storage.read_bytes(folder / "index.parquet"))
     facts["image_tokens"] = idx.column("image_tokens").to_pylist()
     facts["text_chars"] = idx.column("text_chars").to_pylist()
     if "text_tokens" in idx.column_names:
         facts["text_tokens"] = idx.column("text_tokens").to_pylist()
     return probs, facts
+
+
+MAX_LISTED = 20  # problem lines doctor prints per shard folder before it counts the rest
 
 
 def check_shards(a: DoctorArgs, env: Env) -> Iterator[Result]:
@@ -455,11 +454,13 @@ def check_shards(a: DoctorArgs, env: Env) -> Iterator[Result]:
             yield Result(FAIL, "shards", f"{folder}: not a folder", "give the --out folder of `mmdata shard`")
             continue
         probs, facts = quick_verify(folder)
-        if probs:
-            yield Result(FAIL, "shards", f"{probs[0]}" + (f" (+{len(probs) - 1} more)" if len(probs) > 1 else ""),
-                         f"`mmdata inspect {folder} --verify` for all; re-run `mmdata shard ... --resume`")
-            continue
-        yield from _shard_fit(a, env, folder, facts)
+        fix = f"`mmdata inspect {folder} --verify`; re-shard or `mmdata shard ... --resume`"
+        for p in probs[:MAX_LISTED]:
+            yield Result(FAIL, "shards", p, fix)
+        if len(probs) > MAX_LISTED:
+            yield Result(FAIL, "shards", f"{folder}: {len(probs) - MAX_LISTED} more problem(s)", fix)
+        if not probs:
+            yield from _shard_fit(a, env, folder, facts)
 
 
 def _shard_fit(a: DoctorArgs, env: Env, folder: Path, facts: dict) -> Iterator[Result]:

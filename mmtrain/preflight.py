@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from mmdata.format.names import MANIFEST
+from mmdata.format.names import INDEX, MANIFEST
 from mmdata.errors import InputError
 
 BYTES_PER_PARAM = 12  # fp32 weights + AdamW's two fp32 moments
@@ -60,37 +60,13 @@ def check_free_space(root: str | Path, need: int) -> None:
                                f"{human(free)} free: make room or choose another --save")
 
 
-def shard_file_problems(folder: str | Path) -> tuple[list[str], dict]:
-    """Each shard manifest.json lists is there at its size, and no unlisted one: (problems, manifest).
-    Stat calls only, so `mmtrain run` can afford it before it starts."""
-    from mmdata.format.manifest import FORMAT, read_manifest
-
-    folder = Path(folder)
-    try:
-        man = read_manifest(folder / MANIFEST)
-    except Exception as e:
-        return [f"{folder / 'manifest.json'}: {getattr(e, 'message', None) or e}"], {}
-    probs = [] if man.get("format") == FORMAT else [f"{folder / 'manifest.json'}: not an mmdata shard manifest"]
-    listed = {s["name"]: s for s in man.get("shards", [])}
-    for name, s in listed.items():
-        f = folder / name
-        if not f.is_file():
-            probs.append(f"{f}: listed in manifest.json but missing")
-        elif f.stat().st_size != s["bytes"]:
-            probs.append(f"{f}: {f.stat().st_size} bytes, manifest.json says {s['bytes']}")
-    extra = sorted(p.name for p in folder.glob("*.tar") if p.name not in listed)
-    if extra:
-        probs.append(f"{folder}: {len(extra)} shard(s) not in manifest.json, e.g. {extra[0]}")
-    return probs, man
-
-
 def check_shard_files(folders: list[str]) -> None:
     """InputError (exit 2) naming the first shard that is missing or holds other bytes than the index
-    says: the loader's own check (a stat and one 512-byte read per shard, no torch), run before the
-    model is built. Truncated shards are left to the loader, which weighs them against the bad-sample budget."""
-    from mmdata.loader.lengths import check_shards, read_index
+    says: the format's one folder check (a stat and one 512-byte read per shard, no torch), run before
+    the model is built. Truncated shards are left to the loader, which weighs them against the bad-sample budget."""
+    from mmdata.format.check import folder_problems, refuse_first
 
     for folder in folders:
-        if not (Path(folder) / MANIFEST).is_file():
-            continue  # a folder of bare tars: the loader reads what is there
-        check_shards(read_index(folder))
+        if not any((Path(folder) / n).is_file() for n in (MANIFEST, INDEX)):
+            continue  # a folder of bare tars, or object storage: the loader checks what is there
+        refuse_first(folder_problems(folder)[0], folder)

@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_mmdata_cache(tmp_path_factory):
+    """The loader's derived caches (lengths, plans) go to $MMDATA_CACHE: one per test session, so tests
+    never write into the user's ~/.cache/mmdata (commands the tests start inherit it)."""
+    old = os.environ.get("MMDATA_CACHE")
+    os.environ["MMDATA_CACHE"] = str(tmp_path_factory.mktemp("mmdata-cache"))
+    yield
+    if old is None:
+        os.environ.pop("MMDATA_CACHE", None)
+    else:
+        os.environ["MMDATA_CACHE"] = old
 
 
 @pytest.fixture

@@ -125,3 +125,20 @@ def test_mmtrain_stops_on_missing_and_swapped_shards_with_one_line(made, tmp_pat
     r = _cli("--shards", str(same))
     assert r.returncode == 2 and "Traceback" not in r.stderr and "OverflowError" not in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "replaced by another shard's bytes" in r.stderr
+
+
+def test_derived_caches_go_under_the_cache_base_keyed_by_the_manifest_never_into_the_shards(made, tmp_path):
+    import hashlib
+
+    out = _copy(made[0], tmp_path)
+    before = sorted(p.name for p in out.rglob("*"))
+    base = tmp_path / "base"
+    cfg = LoaderConfig(seq_len=2048, shard_cache_dir=str(base))
+    whole = _samples(PackedLoader(out, config=cfg, num_workers=0))
+    assert sorted(p.name for p in out.rglob("*")) == before
+    key = hashlib.sha256((out / "manifest.json").read_bytes()).hexdigest()[:16]
+    assert {p.name.split("-")[0] for p in (base / "derived" / key).iterdir()} == {"plan", "text"}
+    blocked = tmp_path / "a-file"  # a cache base that cannot be a folder: no cache, same samples
+    blocked.write_bytes(b"")
+    cfg = LoaderConfig(seq_len=2048, shard_cache_dir=str(blocked))
+    assert _samples(PackedLoader(out, config=cfg, num_workers=0)) == whole

@@ -66,7 +66,7 @@ def test_missing_and_truncated_shards_fail_naming_the_file(shards, tmp_path):
     (bad / "shard-000001.tar").unlink()
     r = _doctor("--shards", str(bad))
     assert r.returncode == 1 and _lines(r)["shards"] == "FAIL"
-    assert f"{bad / 'shard-000001.tar'}: listed in manifest.json but missing" in r.stdout
+    assert f"{bad / 'shard-000001.tar'}: shard file is missing (index.parquet lists" in r.stdout
     shutil.copy(shards / "shard-000001.tar", bad / "shard-000001.tar")
     with open(bad / "shard-000000.tar", "r+b") as f:
         f.truncate(1024)

@@ -115,9 +115,13 @@ class Sink:
 
     def __exit__(self, et, ev, tb) -> bool:
         if et is None:
-            self.flush()
-            if self.fmt == "json":
-                self._f.write(b"\n]\n" if self.count else b"]\n")  # type: ignore[union-attr]
+            try:
+                self.flush()
+                if self.fmt == "json":
+                    self._f.write(b"\n]\n" if self.count else b"]\n")  # type: ignore[union-attr]
+            except BaseException as e:  # the atomic writer still removes its temp file and names OUT
+                self._cm.__exit__(type(e), e, e.__traceback__)
+                raise
         return bool(self._cm.__exit__(et, ev, tb))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 __all__ = ["SHARD_PATTERN", "SHARD_RE", "INDEX", "MANIFEST", "REJECTS", "JOURNAL", "TMP_SUFFIX", "TMP_RE",
-           "CACHE_DIR", "LOCK", "STAGING", "OUTPUTS", "STAGE_RUN", "STAGE_MOVING", "OLD_DONE_RE", "shard_name",
+           "LOCK", "STAGING", "OUTPUTS", "STAGE_RUN", "STAGE_MOVING", "OLD_DONE_RE", "shard_name",
            "shard_number", "tmp_name", "part_name", "done_name"]
 
 SHARD_PATTERN = "shard-%06d.tar"
@@ -16,7 +16,6 @@ REJECTS = "rejects.jsonl"
 JOURNAL = ".shard-journal.jsonl"  # the resume journal of the layout before manifest version 2 (removed if found)
 TMP_SUFFIX = ".tmp"
 TMP_RE = re.compile(r"^\.shard-\d{6}\.tar\.tmp$")  # a shard being written
-CACHE_DIR = ".mmdata-cache"  # the loader's length / plan cache inside a shard folder
 LOCK = ".mmdata-shard.lock"  # held by a running `mmdata shard` on its --out (flock; s3: a lease); removed on exit
 STAGING = ".mmdata-staging"  # a run's new output, moved into place only once complete
 STAGE_RUN = "run.json"  # in STAGING: the run's options and input sha256 (what --resume compares)

@@ -29,9 +29,10 @@ from typing import Any
 
 from mmdata.errors import InputError
 
-__all__ = ["ShardCache", "default_cache_dir", "DEFAULT_CACHE_LIMIT"]
+__all__ = ["ShardCache", "default_cache_dir", "DEFAULT_CACHE_LIMIT", "DERIVED"]
 
 DEFAULT_CACHE_LIMIT = 10 * 10**9
+DERIVED = "derived"  # the loader's length / plan caches, beside the shards: CACHE/derived/<manifest sha256>/
 CHUNK = 8 << 20
 _POLL_S = 0.05
 
@@ -113,12 +114,14 @@ class ShardCache:
             return self._usage()
 
     def _usage(self) -> int:
+        """Its own files only (the top level): the loader's small derived caches live beside them,
+        under ``DERIVED/``, and are not shards to count or evict."""
         total = 0
-        for root, _, files in os.walk(self.dir):
-            for f in files:
-                if f != ".lock":
-                    with contextlib.suppress(FileNotFoundError):
-                        total += os.stat(os.path.join(root, f)).st_size
+        for e in os.scandir(self.dir):
+            if e.name != ".lock":
+                with contextlib.suppress(FileNotFoundError):
+                    if e.is_file():
+                        total += e.stat().st_size
         return total
 
     def _remove_if_free(self, p: Path) -> bool:

@@ -25,7 +25,8 @@ from mmdata.procs import die_with_parent
 from mmdata.format.sample import SampleError, ShardSample
 from mmdata.format.tar import TarFormatError, parse_sample
 from mmdata.loader.batch import Document, RowSpec, collate_row, decode_images
-from mmdata.loader.lengths import MANIFEST, ShardIndex, _fix, check_shards, _index_text_tokens_made_with, cache_dir_for, read_index, text_tokens
+from mmdata.format.check import fix_hint
+from mmdata.loader.lengths import MANIFEST, ShardIndex, check_shards, _index_text_tokens_made_with, cache_dir_for, read_index, text_tokens
 from mmdata.loader.plan import NoSampleFits, PlanConfig, Planner, SetLengths, iter_positions, normalize_position
 from mmdata.models.family import family_for_rule
 from mmdata.models.patches import PatchProcessor
@@ -121,7 +122,8 @@ def open_shard_set(root: str | Path, tokenizer, config: LoaderConfig) -> ShardSe
     made_with = _index_text_tokens_made_with(index.manifest)
     pretokenized = made_with == (getattr(tokenizer, "sha256", None), config.template)
     lost = check_shards(index)  # a missing or replaced shard is an InputError here
-    tt = text_tokens(index, tokenizer, config.template, config.cache_dir)
+    cdir = cache_dir_for(index, config.cache_dir, config.shard_cache_dir)
+    tt = text_tokens(index, tokenizer, config.template, cdir)
     if lost:
         tt = _leave_out_truncated(tt, lost, config.bad_sample_budget)
     return ShardSet(index, tt, max_pixels, pretokenized)
@@ -133,7 +135,7 @@ def _leave_out_truncated(tt: np.ndarray, lost: dict[str, np.ndarray], budget: in
     path, rows = max(lost.items(), key=lambda kv: len(kv[1]))
     if n > budget:
         raise InputError(path, f"truncated: {n} sample(s) past the end of damaged shards, over bad_sample_budget "
-                               f"{budget}; {_fix(Path(path).parent)}")
+                               f"{budget}; {fix_hint(Path(path).parent)}")
     for p, r in lost.items():
         log.warning("%s is truncated: %d sample(s) past its end left out (within bad_sample_budget %d)", p, len(r), budget)
     tt = tt.copy()
@@ -504,7 +506,8 @@ class PackedLoader:
         self.sets = [open_shard_set(p, self.tokenizer, self.config) for p in paths]
         try:
             self.planner = Planner([s.plan_input() for s in self.sets], self.config.plan_config(), weights,
-                                   cache_dir=cache_dir_for(self.sets[0].index.root, self.config.cache_dir))
+                                   cache_dir=cache_dir_for(self.sets[0].index, self.config.cache_dir,
+                                                           self.config.shard_cache_dir))
         except NoSampleFits as e:  # name the folder(s) and say what to change
             roots = ", ".join(str(s.index.root) for s in self.sets)
             fix = "" if e.shortest is None else "; raise seq_len" + (

@@ -4,8 +4,9 @@ length = text tokens (the template-rendered conversation, image pads excluded) +
 Text tokens come from the index column ``text_tokens`` when the shard writer made it with the same
 tokenizer and template (the manifest's ``options.text_tokens = {tokenizer_sha256, template}``); else
 they are counted once by reading only each sample's ``.json`` member (one seek + one read per
-sample) and cached under ``OUTDIR/.mmdata-cache/`` (or ``~/.cache/mmdata/`` when OUTDIR is
-read-only), keyed by (index sha256, tokenizer sha256, template).
+sample) and cached under ``$MMDATA_CACHE/derived/<manifest sha256>/`` (``~/.cache/mmdata`` by
+default, ``--cache-dir`` in mmtrain; never in the shard folder, which may be read-only or shared),
+keyed by (index sha256, tokenizer sha256, template).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from mmdata.format import names
 from mmdata.format.index import REQUIRED, read_table
 from mmdata.format.manifest import read_manifest
 from mmdata.format.sample import SampleError, ShardSample
-from mmdata.format.tar import TarFormatError, parse_header, read_first_member
+from mmdata.format.check import TRUNCATED, IndexRows, refuse_first, shard_problems
+from mmdata.format.tar import TarFormatError, read_first_member
 
 INDEX = names.INDEX
 MANIFEST = names.MANIFEST
@@ -36,6 +38,7 @@ class ShardIndex:
     root: Path  # a local folder, or a url string for remote storage
     manifest: dict
     index_sha256: str
+    cache_key: str  # sha256 of manifest.json (of index.parquet when there is none): names its derived caches
     shards: list[str]  # file names, by shard_idx
     keys: np.ndarray  # object [N]
     ids: np.ndarray  # object [N]
@@ -86,6 +89,7 @@ def read_index(root: str | Path) -> ShardIndex:
         root=root,
         manifest=manifest,
         index_sha256=hashlib.sha256(data).hexdigest(),
+        cache_key=hashlib.sha256(storage.read_bytes(mpath) if manifest else data).hexdigest(),
         shards=shards,
         keys=np.asarray(col["key"].to_pylist(), dtype=object),
         ids=np.asarray(col["id"].to_pylist(), dtype=object) if "id" in col else np.asarray(col["key"].to_pylist(), dtype=object),
@@ -107,22 +111,22 @@ def _index_text_tokens_made_with(manifest: dict) -> tuple[str, str] | None:
     return None
 
 
-def cache_dir_for(root: Path | str, cache_dir: str | Path | None = None) -> Path:
-    """``cache_dir`` if given, else ``root/.mmdata-cache`` when writable (a local folder), else
-    ``~/.cache/mmdata``."""
+def cache_dir_for(index: ShardIndex, cache_dir: str | Path | None = None,
+                  base: str | Path | None = None) -> Path | None:
+    """Where this shard set's length and plan caches go: ``cache_dir`` if given, else
+    ``BASE/derived/<manifest sha256[:16]>`` with BASE = ``base`` (``--cache-dir``), ``$MMDATA_CACHE``
+    or ``~/.cache/mmdata``; never inside the shard folder (it may be read-only or shared by many
+    jobs). None when that folder cannot be made writable: the caches only save time."""
+    from mmdata.loader.cache import DERIVED, default_cache_dir
+
     if cache_dir is not None:
         return Path(cache_dir)
-    home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mmdata"
-    if storage.is_remote(root):
-        return home
-    local = Path(root) / names.CACHE_DIR
+    where = Path(base or default_cache_dir()) / DERIVED / index.cache_key[:16]
     try:
-        local.mkdir(exist_ok=True)
-        if os.access(local, os.W_OK):
-            return local
+        where.mkdir(parents=True, exist_ok=True)
     except OSError:
-        pass
-    return home
+        return None
+    return where if os.access(where, os.W_OK) else None
 
 
 def text_tokens(index: ShardIndex, tokenizer, template: str, cache_dir: str | Path | None = None) -> np.ndarray:
@@ -131,10 +135,10 @@ def text_tokens(index: ShardIndex, tokenizer, template: str, cache_dir: str | Pa
 
     if index.text_tokens is not None and _index_text_tokens_made_with(index.manifest) == (tokenizer.sha256, template):
         return index.text_tokens
-    cdir = cache_dir_for(index.root, cache_dir)
+    cdir = cache_dir_for(index, cache_dir)
     name = f"text-tokens-{index.index_sha256[:16]}-{tokenizer.sha256[:16]}-{template}.npy"
-    cached = cdir / name
-    if cached.is_file():
+    cached = cdir / name if cdir is not None else None
+    if cached is not None and cached.is_file():
         try:
             arr = np.load(cached, allow_pickle=False)
             if arr.shape == (len(index),):
@@ -186,10 +190,10 @@ def text_tokens(index: ShardIndex, tokenizer, template: str, cache_dir: str | Pa
                 if len(batch_r) >= 1024:
                     flush()
     flush()
-    if damaged:
+    if damaged or cached is None:
         return out
     try:
-        with storage.atomic_output(cdir / name) as fh:
+        with storage.atomic_output(cached) as fh:
             np.save(fh, out, allow_pickle=False)
     except OSError:
         pass  # a cache we cannot write only costs time next run
@@ -222,75 +226,11 @@ def _remote_first_members(url: str, index: ShardIndex, rows: np.ndarray) -> list
         return list(pool.map(one, rows.tolist()))
 
 
-def _fix(root: Path | str) -> str:
-    return (f"run `mmdata inspect {root} --verify`, then re-shard, or `mmdata shard ... --resume` into the "
-            "same --out to rewrite what is damaged")
-
-
-def _first_member_name(path: str, offset: int) -> str | None:
-    """Name of the member whose header is at ``offset`` (None if no valid header is there)."""
-    try:
-        hdr = storage.read_range(path, offset, 512)
-        return parse_header(hdr, offset).name if len(hdr) == 512 and hdr.count(0) != 512 else None
-    except TarFormatError:
-        return None
-
-
-def _shard_facts(index: ShardIndex, bounds: np.ndarray) -> list[tuple[int | None, str | None]]:
-    """Per shard: (size, or None when missing; name of the member at its first row's offset). One
-    stat and one 512-byte read each, 32 shards at a time on remote storage (a round trip each)."""
-
-    def one(s: int) -> tuple[int | None, str | None]:
-        name = index.shards[s]
-        if not name or bounds[s] == bounds[s + 1]:
-            return None, None
-        path = storage.join(index.root, name)
-        try:
-            size = storage.size(path)
-        except FileNotFoundError:
-            return None, None
-        first = int(index.offset[bounds[s]])
-        return size, (_first_member_name(path, first) if first < size else None)
-
-    shards = range(len(index.shards))
-    if not storage.is_remote(index.root):
-        return [one(s) for s in shards]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(32) as pool:
-        return list(pool.map(one, shards))
-
-
 def check_shards(index: ShardIndex) -> dict[str, np.ndarray]:
-    """Check every shard file the index lists against its rows and the manifest (one stat and one
-    512-byte read per shard). A missing shard, or one holding other bytes (another shard's, or a size
-    over the manifest's) is an InputError naming the shard and the fix. Returns, per truncated shard,
-    the rows cut off (the caller weighs them against the bad-sample budget)."""
-    listed = {s.get("name"): s for s in index.manifest.get("shards", []) if isinstance(s, dict)}
-    bounds = np.searchsorted(index.shard_idx, np.arange(len(index.shards) + 1))
-    lost: dict[str, np.ndarray] = {}
-    facts = _shard_facts(index, bounds)
-    for s, name in enumerate(index.shards):
-        rows = np.arange(bounds[s], bounds[s + 1])
-        if not name or len(rows) == 0:
-            continue
-        path = storage.join(index.root, name)
-        size, got = facts[s]
-        if size is None:
-            raise InputError(path, f"shard file is missing (index.parquet lists {len(rows)} samples in it): "
-                                   f"{_fix(index.root)}")
-        want = listed.get(name, {}).get("bytes")
-        if isinstance(want, int) and size > want:
-            raise InputError(path, f"{size} bytes, manifest.json says {want}: not the shard the index describes; "
-                                   f"{_fix(index.root)}")
-        key, first = str(index.keys[rows[0]]), int(index.offset[rows[0]])
-        if got is not None and got.rsplit("/", 1)[-1].split(".", 1)[0] != key:
-            raise InputError(path, f"holds {got!r} where index.parquet puts {key}.json: replaced by another "
-                                   f"shard's bytes? {_fix(index.root)}")
-        cut = rows[index.offset[rows] + index.nbytes[rows] > size]
-        if got is None and len(cut) < len(rows):
-            raise InputError(path, f"no tar header at byte {first} where index.parquet puts {key}.json: "
-                                   f"{_fix(index.root)}")
-        if len(cut) or (isinstance(want, int) and size < want):
-            lost[str(path)] = cut
-    return lost
+    """The format's one folder check (``mmdata.format.check``) on this index: InputError naming the
+    first missing or replaced shard (or missing manifest) and the fix; else, per truncated shard, the
+    rows cut off (the caller weighs them against the bad-sample budget)."""
+    rows = IndexRows(index.shards, index.keys, index.shard_idx, index.offset, index.nbytes)
+    problems = shard_problems(index.root, index.manifest, rows)
+    refuse_first(problems, index.root)
+    return {p.path: p.rows for p in problems if p.kind == TRUNCATED}

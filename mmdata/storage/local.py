@@ -60,7 +60,8 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
     except OSError as e:
         raise WriteError(path, f"cannot write: {e.strerror or e}") from None
     try:
-        with os.fdopen(fd, mode, encoding=encoding) as f:
+        f = os.fdopen(fd, mode, encoding=encoding)
+        try:
             try:
                 yield f
             except OSError as e:  # the disk filled while the block wrote: name the file, no traceback
@@ -70,8 +71,13 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
             try:
                 f.flush()
                 os.fsync(f.fileno())
+                f.close()
             except OSError as e:
                 raise WriteError(path, f"cannot write: {e.strerror or e}") from None
+        except BaseException:
+            with contextlib.suppress(OSError):  # closing flushes what is buffered: on a full disk that
+                f.close()  # fails again, and must not replace the error that names this file
+            raise
         try:
             os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
             os.replace(tmp, path)

@@ -68,8 +68,8 @@ def ref_shards(src, tmp_path_factory) -> tuple[Path, fk.Run]:
 
 @pytest.fixture(scope="session")
 def train_shards(ref_shards, tmp_path_factory) -> Path:
-    """A copy of the reference shards for `mmtrain`: its loader writes a plan cache (.mmdata-cache/)
-    into the shard folder, which would change the reference that shard scenarios compare against."""
+    """A copy of the reference shards for `mmtrain`, so no training scenario can change the reference
+    that shard scenarios compare against (the loader's caches go under $MMDATA_CACHE, not here)."""
     import shutil
 
     out = tmp_path_factory.mktemp("faults-train") / "shards"

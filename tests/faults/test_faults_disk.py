@@ -44,9 +44,6 @@ def test_shard_into_a_small_tmpfs_is_one_line_exit_2_and_leaves_no_temp_file(src
         assert fk.strays(out) == []
 
 
-@pytest.mark.xfail(strict=True, reason="found here, no fix branch: clean on a full disk is now exit 2 and one "
-                   "line, but the line names OUT.rejects.jsonl (empty here) instead of OUT, the file that hit the "
-                   "limit (repro: ulimit -f 1000; mmdata clean llava BIG.jsonl --images I --out out.jsonl)")
 def test_clean_on_a_full_disk_is_one_line_and_keeps_the_previous_output(clean_src, tmp_path):
     out = tmp_path / "out.jsonl"
     first = _clean(clean_src["llava_json"], clean_src["images"], out)  # the .json twin: the same records
@@ -89,6 +86,28 @@ def test_shard_into_an_unwritable_folder_is_one_line_exit_2(src, ref_shards, tmp
         r = _shard(src, out)
         fk.assert_user_error(r, str(out))
     assert fk.tree(out) == before, f"{how}: {fk.diff(fk.tree(out), before)}"
+
+
+@pytest.mark.slow
+def test_train_on_a_read_only_shard_folder_writes_nothing_into_it(ref_shards, tmp_path):
+    """A data folder may be read-only or shared by many jobs: the loader's length and plan caches go
+    under --cache-dir/derived/<manifest sha256>, never into --shards."""
+    import hashlib
+
+    shards = tmp_path / "shards"
+    shutil.copytree(ref_shards[0], shards)
+    before = fk.tree(shards)
+    cache = tmp_path / "cache"
+    argv = ("run", "--shards", shards, "--seq-len", "512", "--global-batch-size", "2", "--max-steps", "1",
+            "--device", "cpu", "--num-workers", "0", "--cache-dir", cache)
+    with fk.unwritable(shards) as how:
+        r = fk.mmtrain(*argv)
+    assert r.rc == 0 and "Traceback" not in r.stderr, f"{how}\n{r.explain()}"
+    r = fk.mmtrain(*argv)  # writable: still untouched
+    assert r.rc == 0, r.explain()
+    assert fk.tree(shards) == before, fk.diff(fk.tree(shards), before)
+    key = hashlib.sha256((shards / "manifest.json").read_bytes()).hexdigest()[:16]
+    assert {p.name.split("-")[0] for p in (cache / "derived" / key).iterdir()} == {"plan", "text"}
 
 
 @pytest.mark.slow

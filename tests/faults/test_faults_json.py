@@ -175,3 +175,24 @@ def test_shard_rejects_an_enormous_text_as_text_too_long(dirty, tmp_path):
     rejects = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
     assert [(x["id"], x["reason"]) for x in rejects] == [("huge", "text_too_long")]
     assert json.loads((out / "manifest.json").read_text())["samples"] == 1
+
+
+@pytest.mark.parametrize("form", ["jsonl", "json"])
+def test_a_5000_digit_number_is_one_malformed_reject_naming_its_line(dirty, tmp_path, form):
+    """RFC 8259 sets no limit on a number's digits, so the file is valid JSON (CONTRACT s.2 refuses only
+    invalid JSON): the one record the readers cannot represent is rejected, kept verbatim in the rejects."""
+    bad = BAD_LINES["5000-digit-number"]
+    good = [json.dumps({"id": f"g{i}", "conversations": conv(a=f"A{i}.")}) for i in range(2)]
+    inp = tmp_path / f"in.{form}"
+    inp.write_text(f"{good[0]}\n{bad}\n{good[1]}\n" if form == "jsonl" else f"[{good[0]},\n{bad},\n{good[1]}]\n")
+    out = tmp_path / "out.jsonl"
+    got = accounted(clean(inp, dirty["images"], out), out, 3)
+    assert [w["id"] for w in got["written"]] == ["g0", "g1"] and got["rejects"] == {"big": "malformed"}
+    (rej,) = [json.loads(x) for x in out.with_name("out.rejects.jsonl").read_text().splitlines()]
+    assert rej["index"] == 1 and rej["detail"].startswith("line 2: holds a number of 5000 characters")
+    assert rej["record"] == bad  # nothing lost: the record as it was written
+
+
+def test_nan_is_invalid_json_and_refuses_the_file_naming_the_line(dirty, tmp_path):
+    inp = one_bad_line(tmp_path, BAD_LINES["nan"])
+    fk.assert_user_error(clean(inp, dirty["images"], tmp_path / "out.jsonl"), f"{inp}:2")
