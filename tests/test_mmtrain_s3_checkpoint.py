@@ -214,3 +214,25 @@ def test_doctor_checks_the_bucket(s3):
     bad = list(check_save(DoctorArgs(save="s3://no-such-bucket/ck"), None))
     assert bad[0].status == "FAIL" and "bucket 'no-such-bucket' does not exist" in bad[0].detail
     assert _keys(server, url) == []  # the probe object is gone
+
+
+@pytest.mark.slow  # one torchrun of 2 interpreters importing torch
+def test_two_ranks_fsdp2_write_a_sharded_checkpoint_to_s3_that_one_process_resumes(s3, tmp_path):
+    """Under torchrun (2 CPU ranks, gloo, FSDP2): every rank uploads its own DCP shard, rank 0 commits once
+    both are complete; one process resumes from the url with the uninterrupted losses."""
+    from test_mmtrain_torchrun import torchrun
+
+    server, url = s3
+    (two,) = torchrun(2, [dict(fsdp=True, max_steps=4, save=url, exit_interval=2)], tmp_path)
+    assert sorted(two) == [1, 2] and _tracker(server, url) == "2\n"
+    keys = _keys(server, url)
+    assert [k for k in keys if k.startswith("iter_0000002/dcp/")] == [
+        "iter_0000002/dcp/.metadata", "iter_0000002/dcp/__0_0.distcp", "iter_0000002/dcp/__1_0.distcp"]
+    assert {"iter_0000002/loader_rank001.pt", "iter_0000002/rng_rank001.pt", "iter_0000002/state.json"} <= set(keys)
+    assert not _uploads(server)
+    full, _ = _run(max_steps=4, fsdp=True)
+    on1, _ = _run(max_steps=4, fsdp=True, load=url)
+    for it in (1, 2):
+        assert two[it] == pytest.approx(full.losses[it], abs=1e-6)
+    for it in (3, 4):
+        assert on1.losses[it] == pytest.approx(full.losses[it], abs=1e-6)
