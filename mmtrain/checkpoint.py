@@ -261,15 +261,18 @@ def _save_remote(root: str, iteration: int, wrapped, model, opt, *, fsdp: bool, 
     """`save` onto object storage: files under their final names, then (rank 0, once every rank reported
     its files complete) `state.json` and the tracker; on any error, what this save wrote is removed."""
     final = _at(root, f"iter_{iteration:07d}")
-    resave = False
+    resave, prep_err = False, None
     if rank == 0:  # objects under an iteration no tracker names are a killed save's: start it clean
-        resave = _tracker_value(root) == iteration
-        if not resave:
-            _remove_tree(final)
-        _abort_uploads(final)
+        try:
+            resave = _tracker_value(root) == iteration
+            if not resave:
+                _remove_tree(final)
+            _abort_uploads(final)
+        except Exception as e:  # reported with the ranks' write errors: no rank is left at a barrier
+            prep_err = _reason(e)
     _barrier()
     err = _write_rank_files(final, fmt, wrapped, model, opt, fsdp, rank, loader_state)
-    errors = _gather_errors(err)
+    errors = _gather_errors(prep_err or err)
     if not errors and rank == 0:
         try:
             _write_state(final, state, fmt)  # the iteration is complete: every rank's files are
@@ -284,7 +287,8 @@ def _save_remote(root: str, iteration: int, wrapped, model, opt, *, fsdp: bool, 
         errors = _gather_errors(None)
     if errors:
         if rank == 0 and not resave:
-            _remove_tree(final)
+            with contextlib.suppress(Exception):  # what stays is under an untracked iteration: never loaded
+                _remove_tree(final)
         _barrier()
         raise InputError(root, f"cannot write checkpoint iteration {iteration} ({errors[0]}): fix what it names "
                                "or choose another --save (the previous checkpoint is kept)")
