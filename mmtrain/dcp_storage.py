@@ -5,8 +5,8 @@ torch ships the pattern: `FsspecWriter` / `FsspecReader` are `FileSystemWriter` 
 their `fs` (a `FileSystemBase`) swapped for one over fsspec. Here `fs` is the seam: every file DCP writes
 is one `storage.atomic_output` (visible only when complete; an S3 multipart upload aborted on error), the
 `.metadata.tmp` + rename DCP does for its metadata becomes one atomic write of the final name (no temp
-object ever exists on S3), and reads are one ranged GET per tensor (a rank that holds a slice of every
-tensor never downloads whole files).
+object ever exists on S3), and reads are ranged GETs of at least 4 MiB (a rank that holds a slice of every
+tensor never downloads whole files; small tensors side by side cost one request).
 """
 
 from __future__ import annotations
@@ -22,6 +22,23 @@ from torch.distributed.checkpoint.filesystem import FileSystemBase, FileSystemRe
 from mmdata import storage
 
 TMP_SUFFIX = ".tmp"
+READAHEAD = 4 << 20  # bytes one ranged read fetches at least: small tensors side by side cost one request
+
+
+class _Readahead:
+    """Ranged reads of one object; each request fetches at least READAHEAD bytes, and a read that falls
+    inside the last block is served from it (DCP reads a file's items roughly in the order they were
+    written). The waste is bounded by one block per request, so a rank that needs only slices of
+    large tensors does not download whole files."""
+
+    def __init__(self, f: Any) -> None:
+        self._f, self._start, self._buf = f, 0, b""
+
+    def read_at(self, length: int, offset: int) -> bytes:
+        if not (self._start <= offset and offset + length <= self._start + len(self._buf)):
+            self._buf, self._start = self._f.read_at(max(length, READAHEAD), offset), offset
+        i = offset - self._start
+        return self._buf[i:i + length]
 
 
 class SeamFileSystem(FileSystemBase):
@@ -35,7 +52,7 @@ class SeamFileSystem(FileSystemBase):
         url = os.fspath(path)
         if "r" in mode:
             with storage.open_input(url) as f:
-                yield f
+                yield _Readahead(f) if hasattr(f, "read_at") else f
             return
         if url.endswith(TMP_SUFFIX):  # DCP's metadata: kept in memory until rename() names it
             buf = io.BytesIO()
@@ -81,7 +98,7 @@ class SeamWriter(FileSystemWriter):
 
 
 class SeamReader(FileSystemReader):
-    """A DCP reader of `url` through the seam: one ranged read per tensor or blob."""
+    """A DCP reader of `url` through the seam: ranged reads of at least READAHEAD bytes."""
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -89,7 +106,7 @@ class SeamReader(FileSystemReader):
         self.path = url
 
     def _slice_file(self, file: Any, sinfo: Any) -> IO[bytes]:
-        if hasattr(file, "read_at"):  # pyarrow's random-access file: one GET for the item's bytes
+        if isinstance(file, _Readahead):  # an object: one ranged GET per block, not per tensor
             return io.BytesIO(file.read_at(sinfo.length, sinfo.offset))
         return super()._slice_file(file, sinfo)
 

@@ -236,3 +236,27 @@ def test_two_ranks_fsdp2_write_a_sharded_checkpoint_to_s3_that_one_process_resum
         assert two[it] == pytest.approx(full.losses[it], abs=1e-6)
     for it in (3, 4):
         assert on1.losses[it] == pytest.approx(full.losses[it], abs=1e-6)
+
+
+def test_dcp_reads_are_blocks_served_in_order_and_exact():
+    """The DCP reader's ranged reads: small items beside each other cost one request, each read returns
+    exactly its bytes, and a read outside the last block (or larger than a block) fetches again."""
+    from mmtrain.dcp_storage import READAHEAD, _Readahead
+
+    data = bytes(range(256)) * ((2 * READAHEAD) // 256 + 8)
+    calls = []
+
+    class F:
+        def read_at(self, n, off):
+            calls.append((n, off))
+            return data[off:off + n]
+
+    r = _Readahead(F())
+    assert r.read_at(10, 0) == data[:10] and r.read_at(100, 50) == data[50:150]
+    assert r.read_at(7, READAHEAD - 7) == data[READAHEAD - 7:READAHEAD]
+    assert calls == [(READAHEAD, 0)]
+    assert r.read_at(20, READAHEAD - 10) == data[READAHEAD - 10:READAHEAD + 10]
+    assert r.read_at(5, 3) == data[3:8]  # behind the block now: fetched again
+    big = READAHEAD + 100
+    assert r.read_at(big, 1) == data[1:1 + big]
+    assert calls == [(READAHEAD, 0), (READAHEAD, READAHEAD - 10), (READAHEAD, 3), (big, 1)]
