@@ -240,7 +240,7 @@ def save(root: str | Path, iteration: int, wrapped: torch.nn.Module, model: torc
     if rank == 0 and err is None:
         try:
             _write_state(tmp, state, fmt)
-        except OSError as e:
+        except Exception as e:  # as before: every rank hears of it, none is left at a barrier
             err = _reason(e)
     errors = _gather_errors(err)
     if errors:

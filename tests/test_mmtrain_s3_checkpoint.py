@@ -260,3 +260,16 @@ def test_dcp_reads_are_blocks_served_in_order_and_exact():
     big = READAHEAD + 100
     assert r.read_at(big, 1) == data[1:1 + big]
     assert calls == [(READAHEAD, 0), (READAHEAD, READAHEAD - 10), (READAHEAD, 3), (big, 1)]
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(save_hf="s3://b/hf"), "--save-hf s3://b/hf: writes local files"),
+    (dict(tensorboard_dir="s3://b/tb"), "--tensorboard-dir s3://b/tb: writes local files"),
+    (dict(save="s3://b/ck", profile=True), "--profile with --save on object storage needs --tensorboard-dir"),
+])
+def test_outputs_that_stay_local_refuse_a_url(kw, msg):
+    from mmtrain.args import validate
+
+    with pytest.raises(InputError, match=msg):
+        validate(_args(**kw), 1)
+    validate(_args(save="s3://b/ck", load="s3://b/ck"), 1)  # checkpoints themselves are fine
