@@ -5,8 +5,8 @@ torch ships the pattern: `FsspecWriter` / `FsspecReader` are `FileSystemWriter` 
 their `fs` (a `FileSystemBase`) swapped for one over fsspec. Here `fs` is the seam: every file DCP writes
 is one `storage.atomic_output` (visible only when complete; an S3 multipart upload aborted on error), the
 `.metadata.tmp` + rename DCP does for its metadata becomes one atomic write of the final name (no temp
-object ever exists on S3), and reads are ranged GETs of at least 4 MiB (a rank that holds a slice of every
-tensor never downloads whole files; small tensors side by side cost one request).
+object ever exists on S3), and reads are ranged GETs of 4-64 MiB blocks (a rank that holds a slice of
+every tensor never downloads whole files; small tensors side by side cost one request).
 """
 
 from __future__ import annotations
@@ -23,20 +23,25 @@ from mmdata import storage
 
 TMP_SUFFIX = ".tmp"
 READAHEAD = 4 << 20  # bytes one ranged read fetches at least: small tensors side by side cost one request
+READAHEAD_MAX = 64 << 20  # reading on through a file doubles the block up to this (bounded memory)
 
 
 class _Readahead:
-    """Ranged reads of one object; each request fetches at least READAHEAD bytes, and a read that falls
-    inside the last block is served from it (DCP reads a file's items roughly in the order they were
-    written). The waste is bounded by one block per request, so a rank that needs only slices of
-    large tensors does not download whole files."""
+    """Ranged reads of one object. Each request fetches at least a block; a read inside the last block
+    is served from it; reading on through the file doubles the block (4 -> 64 MiB), a jump resets it.
+    DCP reads a file's items roughly in the order they were written, so one rank loading a whole file
+    makes a few dozen requests, while one that needs only slices of large tensors wastes at most a
+    block per request and never downloads whole files."""
 
     def __init__(self, f: Any) -> None:
-        self._f, self._start, self._buf = f, 0, b""
+        self._f, self._start, self._buf, self._block = f, 0, b"", READAHEAD
 
     def read_at(self, length: int, offset: int) -> bytes:
-        if not (self._start <= offset and offset + length <= self._start + len(self._buf)):
-            self._buf, self._start = self._f.read_at(max(length, READAHEAD), offset), offset
+        end = self._start + len(self._buf)
+        if not (self._start <= offset and offset + length <= end):
+            onward = self._buf and self._start <= offset <= end
+            self._block = min(2 * self._block, READAHEAD_MAX) if onward else READAHEAD
+            self._buf, self._start = self._f.read_at(max(length, self._block), offset), offset
         i = offset - self._start
         return self._buf[i:i + length]
 
