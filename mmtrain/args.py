@@ -95,10 +95,12 @@ def validate(args: TrainArgs, world_size: int) -> None:
 
     from mmdata.storage import is_remote
 
-    for flag, where in (("--save", args.save), ("--load", args.load)):
+    for flag, where in (("--save-hf", args.save_hf), ("--tensorboard-dir", args.tensorboard_dir),
+                        ("--metrics", args.metrics)):
         if where and is_remote(where):
-            bad(f"{flag} {where}: object storage is not supported for checkpoints yet; give a local or "
-                "shared file system folder (and copy it to object storage afterwards)")
+            bad(f"{flag} {where}: writes local files; give a local folder (--save and --load take s3:// urls)")
+    if args.profile and args.save and is_remote(args.save) and not args.tensorboard_dir:
+        bad("--profile with --save on object storage needs --tensorboard-dir (a local folder for the traces)")
     cache_limit_bytes(args.cache_limit)
 
     if args.model not in MODEL_NAMES and not Path(args.model).expanduser().is_dir():

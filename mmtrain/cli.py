@@ -86,11 +86,13 @@ def run_cmd(
     args.profile_ranks = list(profile_ranks)
     validate(args, int(os.environ.get("WORLD_SIZE", "1")))  # before torch is imported: fast errors
     check_shards(args.shards)
-    from mmtrain.preflight import check_save_dir, check_shard_files
+    from mmtrain.preflight import check_load_source, check_save_dir, check_shard_files
 
     check_shard_files(args.shards)  # every listed shard there at its size: found now, not mid-run
     if args.save:
         check_save_dir(args.save, int(os.environ.get("RANK", "0")))
+    if args.load:
+        check_load_source(args.load)
     import torch.distributed as dist
 
     from mmtrain.run import train

@@ -22,8 +22,13 @@ def human(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def check_save_dir(root: str | Path, rank: int = 0) -> Path:
-    """Create `root` if needed and prove it writable with a probe file; InputError (exit 2) otherwise."""
+def check_save_dir(root: str | Path, rank: int = 0) -> Path | str:
+    """Create `root` if needed and prove it writable with a probe file; InputError (exit 2) otherwise.
+    On object storage: the endpoint, credentials and bucket answer, and a probe object can be written."""
+    from mmdata import storage
+
+    if storage.is_remote(root):
+        return _check_remote_save(str(root), rank)
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise InputError(root, "--save needs a folder, this is a file: choose another --save")
@@ -37,6 +42,34 @@ def check_save_dir(root: str | Path, rank: int = 0) -> Path:
         raise InputError(root, f"--save folder is not writable ({e.strerror or e}): fix its permissions "
                                "or choose another --save") from None
     return root
+
+
+def _check_remote_save(url: str, rank: int) -> str:
+    """Write and remove a probe object under `url`: a missing bucket, wrong keys, an unreachable endpoint
+    or a read-only key fail here, in one line naming the url and what to set, before the model is built."""
+    from mmdata import storage
+
+    storage.makedirs(url)  # on S3: one request that fails naming `url` for a bad endpoint, bucket or keys
+    probe = storage.join(url, f".mmtrain-write-probe.{rank}.{os.getpid()}")
+    try:
+        with storage.atomic_output(probe) as f:
+            f.write(b"ok")
+        storage.remove(probe)
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(url, f"--save is not writable ({str(e).splitlines()[0][:200]}): set AWS_ACCESS_KEY_ID and "
+                              "AWS_SECRET_ACCESS_KEY to keys allowed to write there, or choose another --save") from None
+    return url
+
+
+def check_load_source(url: str) -> None:
+    """A --load on object storage: the endpoint, credentials and bucket answer (one request), so a bad
+    setup fails before the model is built; a missing prefix is fine (the run starts from scratch)."""
+    from mmdata import storage
+
+    if storage.is_remote(url):
+        storage.isdir(url)
 
 
 def free_bytes(path: str | Path) -> int:

@@ -34,7 +34,7 @@ from mmtrain.flops import row_flops
 from mmtrain.freeze import apply_freeze, parse_freeze, peak_memory_note
 from mmtrain.hf import FILES_DIR, model_from_args, save_hf, save_model_files
 from mmtrain.model import VLModel, num_params
-from mmtrain.preflight import check_free_space, check_save_dir, checkpoint_bytes
+from mmtrain.preflight import check_free_space, check_load_source, check_save_dir, checkpoint_bytes
 
 
 @dataclass
@@ -398,7 +398,7 @@ def _setup(args: TrainArgs, data_factory: DataFactory, rank: int, world: int, lo
     model = model_from_args(args, data.vocab_size, data.image_token_id, accel)
     log.info(apply_freeze(model, parse_freeze(args.freeze)))
     if args.save and rank == 0 and data.tokenizer_file:  # what export / generate need besides the weights
-        save_model_files(Path(args.save) / FILES_DIR, model.cfg, args.model, data.tokenizer_file)
+        _save_model_files(args.save, model.cfg, args.model, data.tokenizer_file)
     if args.recompute_granularity == "full":
         model.set_recompute(args.recompute_method, args.recompute_num_layers)
     dp_group = None
@@ -414,6 +414,23 @@ def _setup(args: TrainArgs, data_factory: DataFactory, rank: int, world: int, lo
     n_micro = args.global_batch_size // (args.micro_batch_size * dp)
     return Run(args=args, rank=rank, world=world, dp=dp, dp_group=dp_group, accel=accel, log=log, data=data,
                model=model, wrapped=wrapped, opt=opt, n_micro=n_micro, peak_flops=accel.peak_flops(args.bf16))
+
+
+def _save_model_files(save: str, cfg: Any, model_arg: str, tokenizer_file: str) -> None:
+    """`save_model_files` into `save/hf_files`; on object storage written in a local temp folder and
+    uploaded file by file (each object appears only when complete)."""
+    from mmdata import storage
+
+    if not storage.is_remote(save):
+        save_model_files(Path(save) / FILES_DIR, cfg, model_arg, tokenizer_file)
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        files = save_model_files(Path(tmp) / FILES_DIR, cfg, model_arg, tokenizer_file)
+        for f in sorted(files.iterdir()):
+            with storage.atomic_output(storage.join(save, FILES_DIR, f.name)) as out:
+                out.write(f.read_bytes())
 
 
 def _resume(r: Run) -> None:
@@ -530,10 +547,14 @@ def _close(r: Run) -> None:
 
 
 def _train(args: TrainArgs, data_factory: DataFactory, rank: int, world: int, local_rank: int, out) -> TrainResult:
+    from mmdata.storage import is_remote
+
     if args.save:
         check_save_dir(args.save, rank)  # an unwritable --save fails now, not after the run
+    if args.load:
+        check_load_source(args.load)  # an unreachable endpoint or missing bucket too
     r = _setup(args, data_factory, rank, world, local_rank, out)
-    if args.save:
+    if args.save and not is_remote(args.save):  # object storage has no free-space figure to check
         check_free_space(args.save, checkpoint_bytes(num_params(r.model)))
     if args.load:
         _resume(r)
