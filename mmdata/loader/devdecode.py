@@ -158,16 +158,16 @@ def _torchvision_decoder(device_type: str) -> tuple[JpegDecoder | None, str]:
 
 def find_decoder(device: torch.device | str) -> tuple[JpegDecoder | None, str]:
     """The accelerator's JPEG decoder, probed with one small JPEG, or (None, why there is none)."""
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    kind = device.split(":")[0] if isinstance(device, str) else device.type  # "npu" parses only after torch_npu
+    if kind == "cuda" and not torch.cuda.is_available():
         return None, "no CUDA device is visible"
-    if device.type not in ("cuda", "npu"):
-        return None, f"no JPEG decoder on device {device.type} (cuda: nvJPEG, npu: DVPP)"
-    dec, why = _torchvision_decoder(device.type)
+    if kind not in ("cuda", "npu"):
+        return None, f"no JPEG decoder on device {kind} (cuda: nvJPEG, npu: DVPP)"
+    dec, why = _torchvision_decoder(kind)
     if dec is None:
         return None, why
     try:
-        _probe(dec, device)
+        _probe(dec, torch.device(device))
     except Exception as e:
         return None, f"{dec.name} failed a test decode ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
     return dec, ""
@@ -194,7 +194,7 @@ def resolve_image_decode(mode: str, device: torch.device | str) -> tuple[str, st
     dec, why = find_decoder(device)
     if dec is None:
         return "cpu", f"image decode: cpu, not device (--image-decode {mode}): {why}"
-    return "device", f"image decode: device (--image-decode {mode}): {dec.name} on {torch.device(device)}"
+    return "device", f"image decode: device (--image-decode {mode}): {dec.name} on {device}"
 
 
 # ------------------------------------------------------------------------------------ trainer side
