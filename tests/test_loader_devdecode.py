@@ -256,3 +256,45 @@ def test_mmtrain_rejects_a_bad_image_decode_in_one_line(shards):
     r = subprocess.run([sys.executable, "-m", "mmtrain.cli", "run", "--device", "cpu", "--shards", str(shards),
                         "--image-decode", "gpu"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert r.returncode == 2 and r.stderr.strip() == "error: --image-decode must be cpu, device or auto, got 'gpu'"
+
+
+# ----------------------------------------------------------------------------- on a GPU (skipped on CPU)
+
+def _nvjpeg():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device: nvJPEG is checked by scripts/device_check_decode.sh on a lent GPU")
+    dec, why = dd.find_decoder("cuda")
+    if dec is None:
+        pytest.fail(f"CUDA is visible but the device decoder is not usable: {why}")
+    return dec
+
+
+def test_nvjpeg_rows_match_the_cpu_rows_within_torchvisions_tolerance(both):
+    """torchvision documents no pixel tolerance for nvJPEG; its own test (test_image.py::test_decode_jpegs_cuda)
+    requires mean |cuda - cpu| < 2 levels per image. Everything but the pixels must be identical."""
+    dec = _nvjpeg()
+    (cpu, _), (dev, _) = both
+    for x, y in zip(cpu, dev):
+        got = dd.decode_shipped(y, "cuda", dec)
+        assert got.device.type == "cuda" and got.shape == x["images"].shape
+        at = 0
+        for h, w in y["image_sizes"].tolist():
+            d = (got[at:at + h * w * 3].cpu().int() - x["images"][at:at + h * w * 3].int()).abs()
+            assert float(d.float().mean()) < 2, (h, w, int(d.max()))
+            at += h * w * 3
+        pv = to_device(y, torch.device("cuda"), dec)
+        ref = to_device(x, torch.device("cuda"))
+        assert all(torch.equal(pv[k].cpu() if isinstance(pv[k], torch.Tensor) else torch.tensor(pv[k]),
+                               ref[k].cpu() if isinstance(ref[k], torch.Tensor) else torch.tensor(ref[k]))
+                   for k in ("input_ids", "labels", "position_ids", "cu_seqlens", "image_grid_thw"))
+
+
+def test_mmtrain_auto_decodes_on_the_gpu(shards):
+    _nvjpeg()
+    from mmtrain.run import TrainArgs, train
+
+    out = io.StringIO()
+    args = TrainArgs(shards=[str(shards)], seq_len=SEQ, global_batch_size=2, max_steps=2, lr=1e-3, log_interval=1,
+                     device="cuda", num_workers=2, bad_sample_budget=5, image_decode="auto")
+    assert train(args, out=out).iteration == 2
+    assert "image decode: device (--image-decode auto): nvJPEG via torchvision on cuda:0" in out.getvalue()
