@@ -27,6 +27,7 @@ import loader_helpers
 from loader_helpers import all_rows, make_records, same_batch, write_shards
 from mmdata.loader import LoaderConfig, PackedLoader, load_tokenizer
 from mmdata.loader import devdecode as dd
+from mmdata.loader.adapters import _images
 from mmtrain.batch import concat_rows, to_device
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,6 +99,8 @@ def test_device_rows_decode_to_todays_cpu_rows_bit_for_bit(both, caplog):
         assert same_batch(x, _as_cpu_batch(y, images))  # ids, labels, positions, grids, sample ids: all equal
         assert torch.equal(to_device(y, torch.device("cpu"), dd.CPU_DECODER)["pixel_values"],
                            to_device(x, torch.device("cpu"))["pixel_values"])
+        a, b = _images(x)[0], _images(y)[0]  # the outside stacks' adapters decode shipped rows too
+        assert (a is None and b is None) or torch.equal(a, b)
     assert sorted(USED) == ["cmyk", "cmyk", "grey", "png", "progressive"]
     assert raw == 3  # the PNG and the two CMYK JPEGs were decoded in the worker; grey and progressive ship as JPEG
 

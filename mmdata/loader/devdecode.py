@@ -250,7 +250,7 @@ def decode_shipped(row: dict, device: torch.device | str, decoder: JpegDecoder |
     refuses is decoded on the CPU. With the CPU backend the result is bit-identical to the CPU path."""
     device = torch.device(device)
     dec = decoder or decoder_for(device)
-    data, offs = row["image_bytes"], row["image_offsets"].tolist()
+    data, offs = row["image_bytes"].cpu(), row["image_offsets"].tolist()  # decoders read host memory
     sizes = [tuple(s) for s in row["image_sizes"].reshape(-1, 2).tolist()]
     raw = row["image_raw"].tolist()
     starts = np.zeros(len(sizes) + 1, dtype=np.int64)
