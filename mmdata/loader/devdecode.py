@@ -39,6 +39,12 @@ def say_once(msg: str, level: int = logging.WARNING) -> None:
         log.log(level, msg)
 
 
+def _said_why(e: BaseException) -> str:
+    """``Type: first line of the message``: an exception as one log line."""
+    text = str(e).splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
 # ------------------------------------------------------------------------------------ worker side
 
 
@@ -147,7 +153,7 @@ def _torchvision_decoder(device_type: str) -> tuple[JpegDecoder | None, str]:
         from torchvision.io import ImageReadMode
     except Exception as e:  # ImportError, or RuntimeError "operator torchvision::nms does not exist"
         pkg = "torch_npu / torchvision / torchvision_npu" if device_type == "npu" else "torchvision"
-        return None, f"{pkg} not importable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        return None, f"{pkg} not importable ({_said_why(e)})"
 
     def decode(blobs, sizes, device):
         return tvio.decode_jpeg(blobs, mode=ImageReadMode.RGB, device=device)
@@ -169,7 +175,7 @@ def find_decoder(device: torch.device | str) -> tuple[JpegDecoder | None, str]:
     try:
         _probe(dec, torch.device(device))
     except Exception as e:
-        return None, f"{dec.name} failed a test decode ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        return None, f"{dec.name} failed a test decode ({_said_why(e)})"
     return dec, ""
 
 
@@ -216,14 +222,14 @@ def _device_decode(dec: JpegDecoder, blobs: list[torch.Tensor], sizes: list[tupl
         outs = dec.decode(blobs, sizes, device)
         return [_hwc(o, h, w) for o, (h, w) in zip(outs, sizes)]
     except Exception as e:
-        say_once(f"{dec.name}: a batched decode failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+        say_once(f"{dec.name}: a batched decode failed ({_said_why(e)}); "
                  "decoding that row image by image")
     got: list[torch.Tensor | None] = []
     for b, (h, w) in zip(blobs, sizes):
         try:
             got.append(_hwc(dec.decode([b], [(h, w)], device)[0], h, w))
         except Exception as e:
-            say_once(f"{dec.name} refused an image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            say_once(f"{dec.name} refused an image ({_said_why(e)}); "
                      "such images are decoded on the CPU")
             got.append(None)
     return got
