@@ -61,6 +61,7 @@ class TrainArgs:
     tensor_model_parallel_size: int = 1
     cache_dir: str | None = None  # --cache-dir: local cache of shards read from object storage
     cache_limit: str = "10GB"  # --cache-limit
+    image_decode: str = "cpu"  # --image-decode cpu | device | auto (docs/loader.md "Device JPEG decode")
 
 
 def check_shards(shards: list[str]) -> None:
@@ -146,6 +147,8 @@ def validate(args: TrainArgs, world_size: int) -> None:
         bad("--recompute-method / --recompute-num-layers need --recompute-granularity full")
     if args.bad_sample_budget < 0:
         bad(f"--bad-sample-budget must be at least 0, got {args.bad_sample_budget}")
+    if args.image_decode not in ("cpu", "device", "auto"):
+        bad(f"--image-decode must be cpu, device or auto, got {args.image_decode!r}")
     if args.overlong not in ("drop", "truncate"):
         bad(f"--overlong must be drop or truncate, got {args.overlong!r}")
     if not args.shards:

@@ -56,6 +56,10 @@ def _pixels(rows: list[dict]) -> dict:
     """The rows' images (``pixel_dtype="images"``: flat uint8, patched on the device) or pixel rows, in order."""
     if all("images" in r for r in rows):
         return {"images": torch.cat([r["images"].reshape(-1) for r in rows], 0)}
+    if all("image_bytes" in r for r in rows):  # --image-decode device: still JPEG bytes
+        from mmdata.loader.devdecode import concat_shipped
+
+        return concat_shipped(rows)
     return {"pixel_values": torch.cat([r["pixel_values"] for r in rows], 0)}
 
 
@@ -107,10 +111,18 @@ MODEL_KEYS = ("input_ids", "labels", "position_ids", "cu_seqlens", "cu_seqlens_p
               "pixel_values", "image_grid_thw")
 
 
-def to_device(row: dict, device: torch.device) -> dict:
-    """The keys the model reads, on the device; segment bounds and the grid stay on the host."""
+def to_device(row: dict, device: torch.device, decoder=None) -> dict:
+    """The keys the model reads, on the device; segment bounds and the grid stay on the host. Rows of
+    ``--image-decode device`` have their JPEGs decoded on the device first (``decoder``: a
+    :class:`mmdata.loader.devdecode.JpegDecoder`, default the device's own, else the CPU's)."""
     out = {}
-    if "images" in row and "pixel_values" not in row:  # decoded images: the patch rows are made on the device
+    if "image_bytes" in row and "pixel_values" not in row:  # JPEG bytes: decoded on the device, then patched
+        from mmdata.loader import pixel_values_from_images
+        from mmdata.loader.devdecode import decode_shipped
+
+        images = decode_shipped(row, device, decoder)
+        out["pixel_values"] = pixel_values_from_images(images, row["image_grid_thw"], normalize=False)
+    elif "images" in row and "pixel_values" not in row:  # decoded images: the patch rows are made on the device
         from mmdata.loader import pixel_values_from_images
 
         images = row["images"].to(device, non_blocking=True)

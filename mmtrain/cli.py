@@ -76,6 +76,9 @@ def run_cmd(
                                                    "data parallelism runs over world / N."),
     cache_dir: str | None = typer.Option(None, "--cache-dir", help="Local cache: shards read from s3://, and the loader's length/plan caches under derived/ (default: $MMDATA_CACHE or ~/.cache/mmdata; never the --shards folder)."),
     cache_limit: str = typer.Option("10GB", "--cache-limit", help="At most this many bytes under --cache-dir, partial downloads included."),
+    image_decode: str = typer.Option("cpu", "--image-decode", help="cpu (the loader workers decode JPEGs) | device "
+                                     "(the workers ship JPEG bytes, the GPU decodes them: nvJPEG; NPU: DVPP) | auto "
+                                     "(device when it has a decoder); no decoder: cpu, with one log line."),
 ) -> None:
     """Stream the shards through the sequence-packed loader into a vision-language model and train it."""
     from mmtrain.args import TrainArgs, check_shards, validate

@@ -46,6 +46,7 @@ class Data:
     image_token_id: int
     plan: dict[str, Any] | None = None  # what the epoch plan uses and leaves out (see plan_facts)
     tokenizer_file: str | None = None  # the tokenizer.json read (None: synthetic ids); export / generate use it
+    notes: list[str] = field(default_factory=list)  # one-time lines for the run's log (e.g. the image decode)
 
 
 DataFactory = Callable[[TrainArgs, int, int], Data]
@@ -81,9 +82,10 @@ def loader_data(args: TrainArgs, rank: int, world_size: int, pixel_dtype: str = 
         raise InputError(tok.path, "the tokenizer has no <|image_pad|> (or <image>) token")
     from mmtrain.args import cache_limit_bytes
 
+    decode_mode, decode_note = image_decode(args, pixel_dtype)
     cfg = LoaderConfig(seq_len=args.seq_len, template=args.template, seed=args.seed, overlong=args.overlong,
                        pixel_dtype=pixel_dtype, bad_sample_budget=args.bad_sample_budget, shard_cache_dir=args.cache_dir,
-                       cache_limit=cache_limit_bytes(args.cache_limit))
+                       cache_limit=cache_limit_bytes(args.cache_limit), image_decode=decode_mode)
     shards = args.shards[0] if len(args.shards) == 1 else list(args.shards)
     try:
         loader = PackedLoader(shards, tokenizer=tok, config=cfg, rank=rank, world_size=world_size,
@@ -91,7 +93,19 @@ def loader_data(args: TrainArgs, rank: int, world_size: int, pixel_dtype: str = 
     except NoSampleFits as e:
         raise InputError(None, no_fit_message(args, e)) from None
     return Data(loader=loader, vocab_size=tok.vocab_size, image_token_id=image_id,
-                plan=plan_facts(loader, args), tokenizer_file=tok.path)
+                plan=plan_facts(loader, args), tokenizer_file=tok.path, notes=[decode_note] if decode_note else [])
+
+
+def image_decode(args: TrainArgs, pixel_dtype: str) -> tuple[str, str]:
+    """--image-decode resolved on this rank's device (device only where it has a working JPEG decoder),
+    and the line that says so (empty for the default, cpu)."""
+    if args.image_decode == "cpu" or pixel_dtype != "images":
+        return "cpu", ""
+    from mmdata.loader.devdecode import resolve_image_decode
+
+    kind = detect_device(args.device)
+    index = int(os.environ.get("LOCAL_RANK", "0")) if kind != "cpu" else None
+    return resolve_image_decode(args.image_decode, torch.device(kind, index))
 
 
 def plan_facts(loader: Any, args: TrainArgs) -> dict[str, Any]:
@@ -458,6 +472,8 @@ def _announce(r: Run) -> None:
     if r.data.plan is not None:
         for line in plan_note(r.data.plan):
             r.log.info(line)
+    for line in getattr(r.data, "notes", ()):
+        r.log.info(line)
 
 
 def _counts(r: Run, micro: list[dict], n_rows: int) -> torch.Tensor:

@@ -61,6 +61,11 @@ def _images(batch: dict) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         from mmdata.models.patches import pixel_values_from_images
 
         return pixel_values_from_images(batch["images"], thw), thw
+    if "pixel_values" not in batch and "image_bytes" in batch:  # image_decode="device": decode where the ids are
+        from mmdata.loader.devdecode import decode_shipped
+        from mmdata.models.patches import pixel_values_from_images
+
+        return pixel_values_from_images(decode_shipped(batch, batch["input_ids"].device), thw), thw
     pv = batch["pixel_values"]
     if pv.dtype == torch.uint8:
         from mmdata.loader.pixels import normalize_pixels

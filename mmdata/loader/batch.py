@@ -83,7 +83,7 @@ def _positions(docs: list[Document], lens: np.ndarray, ids: np.ndarray, local: n
 
 
 def collate_row(docs: list[Document], spec: RowSpec, images: torch.Tensor | None = None,
-                shared_memory: bool = False) -> dict:
+                shared_memory: bool = False, shipped: dict | None = None) -> dict:
     """Concatenate ``docs`` into one B=1 row. An empty row becomes one pad token with no loss, so
     every rank still yields a row for every step. ``images``: the docs' decoded images
     (:func:`decode_images`). ``shared_memory``: build the pixels in shared memory (DataLoader workers).
@@ -91,7 +91,8 @@ def collate_row(docs: list[Document], spec: RowSpec, images: torch.Tensor | None
     ``pixel_values`` is built from ``images`` by :func:`mmdata.models.patches.pixel_values_from_images`
     (float32 or uint8 patch rows); with ``pixel_dtype="images"`` the batch carries ``images`` itself
     instead (4x fewer bytes than float32 rows and no patch work on the host) and the device runs that
-    same function: the result is bit-identical."""
+    same function: the result is bit-identical. ``shipped``: the docs' images still encoded
+    (:func:`mmdata.loader.devdecode.ship_images`, ``image_decode="device"``), carried instead of ``images``."""
     if not docs:
         docs = [Document("", np.asarray([spec.pad_id], np.int32), np.asarray([IGNORE], np.int32))]
     lens = np.fromiter((len(d.input_ids) for d in docs), dtype=np.int64, count=len(docs))
@@ -119,10 +120,10 @@ def collate_row(docs: list[Document], spec: RowSpec, images: torch.Tensor | None
     cu_padded[-1] = total  # tail padding folded into the last document
     grids = [g for d in docs for g in d.grids]
     grid_thw = torch.tensor(grids, dtype=torch.int64).reshape(-1, 3)
-    if images is None:
+    if images is None and shipped is None:
         images = decode_images(docs)[0]
-    pixels: dict = {"images": images}
-    if spec.pixel_dtype != "images":
+    pixels: dict = {"images": images} if shipped is None else shipped
+    if shipped is None and spec.pixel_dtype != "images":
         n_patch = sum(t * h * w for t, h, w in grids)
         width = 3 * spec.temporal_patch_size * spec.patch_size**2
         normalize = spec.pixel_dtype == "float32"

@@ -26,6 +26,7 @@ from mmdata.format.sample import SampleError, ShardSample
 from mmdata.format.tar import TarFormatError, parse_sample
 from mmdata.loader.batch import Document, RowSpec, collate_row, decode_images
 from mmdata.format.check import fix_hint
+from mmdata.loader.devdecode import say_once
 from mmdata.loader.lengths import MANIFEST, ShardIndex, check_shards, _index_text_tokens_made_with, cache_dir_for, read_index, text_tokens
 from mmdata.loader.plan import NoSampleFits, PlanConfig, Planner, SetLengths, iter_positions, normalize_position
 from mmdata.models.family import family_for_rule
@@ -51,6 +52,8 @@ class LoaderConfig:
     overlong: str = "drop"  # or "truncate": cut the text, never inside an image block
     pixel_dtype: str = "float32"  # "uint8": normalise on the device (normalize_pixels); "images": decoded
     # images in the batch, patches made on the device (pixel_values_from_images)
+    image_decode: str = "cpu"  # "device" (with pixel_dtype="images"): the workers ship the JPEG bytes and
+    # the trainer decodes them on the accelerator (mmdata.loader.devdecode.decode_shipped)
     patch_size: int = 14
     merge_size: int = 2
     temporal_patch_size: int = 2
@@ -71,6 +74,11 @@ class LoaderConfig:
     def __post_init__(self) -> None:
         if self.pixel_dtype not in ("float32", "uint8", "images"):
             raise ValueError(f"pixel_dtype must be 'float32', 'uint8' or 'images', got {self.pixel_dtype!r}")
+        if self.image_decode not in ("cpu", "device"):
+            raise ValueError(f"image_decode must be 'cpu' or 'device', got {self.image_decode!r}")
+        if self.image_decode == "device" and self.pixel_dtype != "images":
+            raise ValueError(f"image_decode='device' needs pixel_dtype='images' (the patches are made after the "
+                             f"decode, on the device), got pixel_dtype={self.pixel_dtype!r}")
         if self.bad_sample_budget < 0:
             raise ValueError("bad_sample_budget must be >= 0")
         if self.remote_read not in ("cache", "ranges"):
@@ -370,7 +378,7 @@ class RowBuilder:
             else:
                 docs.append(doc)
                 kept.append((pos, i, cut))
-        images, failed = decode_images(docs, self.shared_memory and self.spec.pixel_dtype == "images")
+        images, shipped, failed, host = self._images(docs)
         for j, detail in failed:
             pos, i, _ = kept[j]
             bad.append((pos, (*where(i), "decode_error", detail)))
@@ -381,11 +389,24 @@ class RowBuilder:
         bad.sort(key=lambda b: b[0])  # in row order, as the samples were met
         if self.remote is not None:
             self.remote.row_done(self._files)
-        batch = collate_row(docs, self.spec, images, self.shared_memory)
+        batch = collate_row(docs, self.spec, images, self.shared_memory, shipped)
         info = {"bad": [b for _, b in bad], "docs": len(docs), "truncated": sum(c for _, _, c in kept),
                 "dropped": dropped, "set": set_id, "real_tokens": batch["num_real_tokens"],
                 "loss_tokens": batch["num_loss_tokens"], "stale_ids": self.stale_ids - stale0}
+        if host:
+            info["host_decoded"] = host
         return batch, info
+
+    def _images(self, docs: list[Document]):
+        """(decoded images, None, failed, []) as today; with ``image_decode="device"`` (None, the stored
+        JPEGs to ship, failed, why some images were decoded here after all)."""
+        if self.cfg.image_decode == "device":
+            from mmdata.loader.devdecode import ship_images
+
+            shipped, failed, host = ship_images(docs, self.shared_memory)
+            return None, shipped, failed, host
+        images, failed = decode_images(docs, self.shared_memory and self.spec.pixel_dtype == "images")
+        return images, None, failed, []
 
 
 class RowDataset(IterableDataset):
@@ -469,6 +490,8 @@ class _Progress:
         c.real_tokens += meta["real_tokens"]
         c.loss_tokens += meta["loss_tokens"]
         c.stale_ids += meta.get("stale_ids", 0)
+        for why in meta.get("host_decoded", ()):
+            say_once(f"image_decode='device': {why} is decoded on the CPU in the loader workers")
         for shard, key, reason, detail in meta["bad"]:
             c.bad_samples += 1
             c.bad_by_reason[reason] = c.bad_by_reason.get(reason, 0) + 1
