@@ -79,6 +79,18 @@ def test_shipped_tokenizer_is_rebuilt_byte_identically():
     assert build().to_str(pretty=False) + "\n" == ASSET.read_text(encoding="utf-8")
 
 
+def test_ascii_fast_path_gives_the_normalising_tokenizers_ids(tok):
+    """ASCII text skips the NFC pass (same ids); text with a decomposed accent still goes through NFC."""
+    assert tok.ascii_tokenizer is not None and tok.ascii_tokenizer.normalizer is None
+    full = lambda texts: [e.ids for e in tok.tokenizer.encode_batch(texts, add_special_tokens=False)]  # noqa: E731
+    ascii_texts = ["<|im_start|>user\nWhat is  this?\r\n\t", " A dog's ball.<|im_end|>\n", "", "x" * 50]
+    assert tok.encode_batch(ascii_texts) == full(ascii_texts)
+    assert tok.encode(ascii_texts[0]) == full(ascii_texts[:1])[0]
+    decomposed = ["caf" + "e\u0301 ok", "plain"]  # one non-ASCII text: the whole batch is normalised
+    assert tok.encode_batch(decomposed) == full(decomposed) == full(["caf\u00e9 ok", "plain"])
+    assert tok.encode(decomposed[0]) == full(["caf\u00e9 ok"])[0]
+
+
 def test_tokenizer_directory_and_pad_from_config(tmp_path, tok):
     (tmp_path / "tokenizer.json").write_bytes(ASSET.read_bytes())
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"pad_token": {"content": "<|im_end|>"}}))

@@ -9,6 +9,7 @@ Rules and a rendered example of each: ``docs/loader-text.md``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import chain
 from dataclasses import dataclass
 
 import numpy as np
@@ -244,18 +245,7 @@ def encode_conversation(record: dict, tokenizer: TextTokenizer, template: str | 
         raise TemplateError(sid, "image_token_mismatch", f"image token counts must be >= 1, got {ks.tolist()}")
     pad = _placeholder_id(tokenizer, t, n)
 
-    seg_ids = tokenizer.encode_batch(r.texts)
-    lengths = np.fromiter((len(x) for x in seg_ids), dtype=np.int64, count=len(seg_ids))
-    text = np.concatenate([np.asarray(x, dtype=np.int32) for x in seg_ids]) if seg_ids else np.zeros(0, np.int32)
-    labelled = np.repeat(np.asarray(r.labelled, dtype=bool), lengths)
-    labels = np.where(labelled, text, np.int32(IGNORE)).astype(np.int32, copy=False)
-    if n:
-        ends = np.cumsum(lengths)[np.asarray(r.image_after, dtype=np.int64)]
-        at = np.repeat(ends, ks)
-        ids = np.insert(text, at, np.int32(pad))
-        labels = np.insert(labels, at, np.int32(IGNORE))
-    else:
-        ids = text
+    ids, labels = _assemble(tokenizer.encode_batch(r.texts), r, ks, pad)
 
     if pad is not None:
         got = int(np.count_nonzero(ids == pad))
@@ -274,6 +264,25 @@ def encode_conversation(record: dict, tokenizer: TextTokenizer, template: str | 
     if not np.any(labels != IGNORE):
         raise TemplateError(sid, "no_labels", "no assistant token is left to train on")
     return Encoded(input_ids=ids.astype(np.int32, copy=False), labels=labels, n_images=n)
+
+
+def _assemble(seg_ids: list[list[int]], r: _Rendered, ks: np.ndarray, pad: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, labels) int32: the segments' ids back to back, ``ks[i]`` pad ids after segment ``r.image_after[i]``;
+    labels are the ids on labelled segments, -100 elsewhere and on the pads. One scatter, no per-token Python."""
+    lengths = np.fromiter(map(len, seg_ids), dtype=np.int64, count=len(seg_ids))
+    n_text = int(lengths.sum())
+    text = np.fromiter(chain.from_iterable(seg_ids), dtype=np.int32, count=n_text)
+    labelled = np.repeat(np.asarray(r.labelled, dtype=bool), lengths)
+    if not len(ks):
+        return text, np.where(labelled, text, np.int32(IGNORE)).astype(np.int32, copy=False)
+    ends = np.cumsum(lengths)[np.asarray(r.image_after, dtype=np.int64)]  # text offset each image goes before
+    shift = np.cumsum(np.bincount(ends, weights=ks, minlength=n_text + 1).astype(np.int64))[:n_text]
+    dest = np.arange(n_text, dtype=np.int64) + shift  # where each text token lands once the pads are in
+    ids = np.full(n_text + int(ks.sum()), pad if pad is not None else 0, dtype=np.int32)
+    labels = np.full(len(ids), IGNORE, dtype=np.int32)
+    ids[dest] = text
+    labels[dest[labelled]] = text[labelled]
+    return ids, labels
 
 
 def text_token_count(record: dict, tokenizer: TextTokenizer, template: str) -> int:

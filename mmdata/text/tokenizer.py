@@ -44,15 +44,24 @@ class TextTokenizer:
     video_pad_id: int | None = None
     image_token_id: int | None = None  # LLaVA's "<image>"
     _special: dict[str, int | None] = field(default_factory=dict, repr=False, compare=False)
+    # The same tokenizer without its normalizer, used for ASCII-only text when that normalizer is
+    # Unicode normal-form composition (NFC/NFD/NFKC/NFKD: the identity on ASCII), so the ids are the same
+    # and the normalising pass (~9% of encode time) is skipped. None: always use ``tokenizer``.
+    ascii_tokenizer: Any = field(default=None, repr=False, compare=False)
+
+    def _for(self, texts) -> Any:
+        t = self.ascii_tokenizer
+        return t if t is not None and all(s.isascii() for s in texts) else self.tokenizer
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``, no BOS/EOS added."""
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
+        return self._for((text,)).encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """``encode`` over many texts in one call (Rust side; no offsets computed when the library allows)."""
-        fn = getattr(self.tokenizer, "encode_batch_fast", None) or self.tokenizer.encode_batch
-        return [e.ids for e in fn(list(texts), add_special_tokens=False)]
+        tok = self._for(texts)
+        fn = getattr(tok, "encode_batch_fast", None) or tok.encode_batch
+        return [e.ids for e in fn(texts if isinstance(texts, list) else list(texts), add_special_tokens=False)]
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         """Text of ``ids`` (a list or an integer array); special tokens kept unless asked."""
@@ -112,6 +121,25 @@ def _config_pad(tok_file: Path, tok) -> int | None:
     return None
 
 
+_ASCII_IDENTITY_NORMALIZERS = frozenset({"NFC", "NFD", "NFKC", "NFKD"})
+
+
+def _without_ascii_identity_normalizer(tok, spec: dict) -> Any:
+    """A copy of ``tok`` with no normalizer when its normalizer only applies Unicode normal forms (which
+    leave ASCII text unchanged), else None."""
+    norm = spec.get("normalizer")
+    if not isinstance(norm, dict):
+        return None
+    parts = norm.get("normalizers") if norm.get("type") == "Sequence" else [norm]
+    if not parts or not all(isinstance(p, dict) and p.get("type") in _ASCII_IDENTITY_NORMALIZERS for p in parts):
+        return None
+    from tokenizers import Tokenizer
+
+    fast = Tokenizer.from_str(tok.to_str())
+    fast.normalizer = None
+    return fast
+
+
 def load_tokenizer(path: str | Path | None = None) -> TextTokenizer:
     """Load ``path`` (a tokenizer.json or a directory holding one); ``None`` = the shipped tokenizer.
 
@@ -129,6 +157,11 @@ def load_tokenizer(path: str | Path | None = None) -> TextTokenizer:
     except Exception as e:  # tokenizers raises a plain Exception on bad JSON / bad schema
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise InputError(f, f"not a Hugging Face tokenizer.json: {first}") from None
+
+    try:
+        ascii_tok = _without_ascii_identity_normalizer(tok, json.loads(data))
+    except ValueError:
+        ascii_tok = None
 
     def tid(s: str) -> int | None:
         return tok.token_to_id(s)
@@ -154,4 +187,5 @@ def load_tokenizer(path: str | Path | None = None) -> TextTokenizer:
         image_pad_id=tid(IMAGE_PAD),
         video_pad_id=tid(VIDEO_PAD),
         image_token_id=tid(IMAGE_TAG),
+        ascii_tokenizer=ascii_tok,
     )
