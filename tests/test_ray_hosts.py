@@ -30,7 +30,7 @@ pytest.importorskip("ray")
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(os.environ.get("MMDATA_RAY_HOSTS") != "1",
-                       reason="multi-host Ray test (network namespaces, ~1-2 min): set MMDATA_RAY_HOSTS=1"),
+                       reason="multi-host Ray test (network namespaces, ~55 s on 2 cores): set MMDATA_RAY_HOSTS=1 to run it"),
 ]
 
 NETNS = Path(__file__).resolve().parent.parent / "scripts" / "ray_netns.sh"
@@ -86,7 +86,10 @@ class Hosts:
 
 @pytest.fixture(scope="module")
 def hosts():
-    check = _netns("check")
+    try:
+        check = _netns("check")
+    except (OSError, subprocess.TimeoutExpired) as e:  # no bash, or a sandbox that hangs `ip netns add`
+        pytest.skip(f"cannot make network namespaces here: {e}")
     if check.returncode != 0:
         pytest.skip(f"cannot make network namespaces here: {check.stderr.strip() or check.stdout.strip()}")
     prefix, net = f"mt{os.getpid() % 100000}", f"10.78.{os.getpid() % 250}"
