@@ -4,7 +4,8 @@ Plain ``ray.remote`` tasks, not Ray Data (whose batch boundaries move with the c
 whose worker dies (OOM, node lost, SIGKILL) is retried up to ``max_retries`` times; a task that
 raises is not retried (the error is the answer). The driver's ``AWS_*`` variables (and
 ``RAY_AUTH_TOKEN`` where the driver has one) reach every worker through the job's ``runtime_env``,
-so nodes need no credentials of their own.
+so nodes need no S3 credentials of their own (to join a token cluster a node needs its own
+``RAY_AUTH_MODE=token`` and token: docs/shard.md, "On a real cluster").
 """
 
 from __future__ import annotations
