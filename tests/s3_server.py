@@ -78,12 +78,13 @@ def _setup_user(endpoint: str, bucket: str) -> tuple[str, str]:
 
 
 @contextmanager
-def moto_s3(bucket: str = "mmdata-test") -> Iterator[MotoS3]:
-    """Start the server, make a user and a bucket, yield; the server is stopped on exit."""
+def moto_s3(bucket: str = "mmdata-test", host: str = "127.0.0.1") -> Iterator[MotoS3]:
+    """Start the server on ``host`` (another address of this machine: a bridge other network
+    namespaces reach), make a user and a bucket, yield; the server is stopped on exit."""
     port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
+    endpoint = f"http://{host}:{port}"
     env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT=str(NO_AUTH_SETUP_CALLS))
-    proc = subprocess.Popen([sys.executable, __file__, str(port)], env=env,
+    proc = subprocess.Popen([sys.executable, __file__, str(port), host], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_up(endpoint, proc)
@@ -98,14 +99,14 @@ def moto_s3(bucket: str = "mmdata-test") -> Iterator[MotoS3]:
             proc.wait()
 
 
-def main(port: int) -> None:
+def main(port: int, host: str = "127.0.0.1") -> None:
     from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
     server.start()
     while True:
         time.sleep(3600)
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    main(int(sys.argv[1]), *sys.argv[2:3])

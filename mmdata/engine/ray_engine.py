@@ -4,14 +4,17 @@ Plain ``ray.remote`` tasks, not Ray Data (whose batch boundaries move with the c
 whose worker dies (OOM, node lost, SIGKILL) is retried up to ``max_retries`` times; a task that
 raises is not retried (the error is the answer). The driver's ``AWS_*`` variables (and
 ``RAY_AUTH_TOKEN`` where the driver has one) reach every worker through the job's ``runtime_env``,
-so nodes need no credentials of their own.
+so nodes need no S3 credentials of their own (to join a token cluster a node needs its own
+``RAY_AUTH_MODE=token`` and token: docs/shard.md, "On a real cluster").
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
@@ -54,6 +57,27 @@ def resolve_address(address: str | None) -> str:
         raise _no_cluster(given, str(e).split(". ")[0].rstrip(".")) from None
 
 
+def _enable_token_auth() -> bool:
+    """Token mode for this driver when ``RAY_AUTH_MODE`` is unset and a token is at hand
+    (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``): what ``ray.init`` does for
+    ``address="auto"`` only, so a driver given HOST:PORT on a token cluster would otherwise be refused."""
+    import logging
+
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return False
+    log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level = log.level
+    log.setLevel(logging.ERROR)  # its "token authentication is enabled" warning says nothing to our users
+    try:
+        return bool(maybe_enable_token_auth_if_token_available(warn_if_disabled=False))
+    finally:
+        log.setLevel(level)
+
+
 def _probe(given: str, host_port: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     """A TCP connect to the head's GCS port: ray.init itself waits minutes on a dead address."""
     hp = host_port.removeprefix("ray://")
@@ -66,9 +90,12 @@ def _probe(given: str, host_port: str, timeout: float = CONNECT_TIMEOUT_S) -> No
         raise _no_cluster(given, f"cannot connect to {hp}: {e.strerror or e}") from None
 
 
-def _apply(fn: Callable[[T], R], item: T) -> R:
-    """The one Ray task: ``fn(item)`` (``fn`` arrives once per job through the object store)."""
-    return fn(item)
+def _apply(fn: Callable[[T], R], item: T) -> tuple[str, R]:
+    """The one Ray task: ``fn(item)`` (``fn`` arrives once per job through the object store), with the
+    IP of the node that ran it, so the driver can say where the work went."""
+    import ray
+
+    return ray.util.get_node_ip_address(), fn(item)
 
 
 class RayEngine:
@@ -81,6 +108,7 @@ class RayEngine:
         self.max_retries = max_retries
         self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._apply: Any = None
+        self.tasks_per_node: Counter[str] = Counter()
 
     @classmethod
     def connect(cls, address: str | None = None, max_retries: int = MAX_RETRIES) -> RayEngine:
@@ -92,6 +120,7 @@ class RayEngine:
         _probe(given, resolved)
         if ray.is_initialized():
             ray.shutdown()
+        has_token = _enable_token_auth()
         try:
             ray.init(address=resolved, runtime_env={"env_vars": forwarded_env()}, logging_level="WARNING",
                      log_to_driver=True, configure_logging=True)
@@ -100,6 +129,11 @@ class RayEngine:
             if "auth" in why.lower() or "token" in why.lower():
                 raise InputError(None, f"--ray-address {given}: the cluster refused this driver ({why}); set "
                                        "RAY_AUTH_TOKEN (or ~/.ray/auth_token) to the cluster's token") from None
+            if not has_token and os.environ.get("RAY_AUTH_MODE", "").lower() != "disabled":
+                # The TCP probe passed: a token cluster refuses a driver without one in just this way.
+                raise InputError(None, f"--ray-address {given}: cannot join the Ray cluster there ({why}); if it "
+                                       "uses token authentication, set RAY_AUTH_TOKEN or ~/.ray/auth_token to its "
+                                       "token (`ray get-auth-token` on the head node)") from None
             raise _no_cluster(given, why) from None
         return cls(resolved, max_retries)
 
@@ -126,7 +160,9 @@ class RayEngine:
         from ray.exceptions import RayTaskError, WorkerCrashedError
 
         try:
-            return ray.get(ref)
+            node, result = ray.get(ref)
+            self.tasks_per_node[node] += 1
+            return result
         except RayTaskError as e:
             cause = e.cause if isinstance(e.cause, BaseException) else None
             if isinstance(cause, MMDataError):
@@ -141,9 +177,17 @@ class RayEngine:
         (``submit`` / ``wait``); the same retries as ``map``."""
         return RayExecutor(self.max_retries)
 
+    def where(self) -> str:
+        """Where the finished tasks ran: ``ray: 11 tasks on 2 nodes (10.0.0.1: 6, 10.0.0.2: 5)``."""
+        per = ", ".join(f"{ip}: {n}" for ip, n in sorted(self.tasks_per_node.items()))
+        total = sum(self.tasks_per_node.values())
+        return f"ray: {total} tasks on {len(self.tasks_per_node)} node(s) ({per})"
+
     def close(self) -> None:
         import ray
 
+        if self.tasks_per_node:
+            print(self.where(), file=sys.stderr)
         if ray.is_initialized():
             ray.shutdown()
 
