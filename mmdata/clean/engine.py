@@ -184,14 +184,14 @@ def structure_objects(objs: Iterable[Any], first: int, opts: StructureOptions,
     ids: list[str] = []
     keys: list[bytes] = []
     images: list[list[str]] = []
-    parts: list[bytes] = []
+    datas: list[bytes] = []  # the serialised records written; framed by one join at the end
     ends: list[int] = []
     rejects: dict[int, StructReject] = {}
     size = 0
     any_images = False
     stem, shape, messages, json_array, max_chars = opts
-    sep = b",\n" if json_array else b"\n"  # framing (see `frame`) as its own part: no copy of the record
-    add = parts.append
+    sep = b",\n" if json_array else b"\n"  # framing (see `frame`)
+    add = datas.append
     for k, raw in enumerate(objs):
         code, detail, rid, rec, imgs, _roles, _values = normalize(raw, f"{stem}-{first + k}", shape, max_chars)
         ids.append(rid)
@@ -208,17 +208,13 @@ def structure_objects(objs: Iterable[Any], first: int, opts: StructureOptions,
             except TypeError:  # what orjson refuses (see `dump`)
                 conv = dump(rec["conversations"])
                 data = dump(to_messages(rec) if messages else rec)
-            if json_array:
-                add(sep)
-                add(data)
-            else:
-                add(data)
-                add(sep)
+            add(data)
             size += len(data) + len(sep)
             keys.append(sample_key(imgs, conv, rec.get("system")))
             if imgs:
                 any_images = True
         ends.append(size)
+    parts = ((sep, sep.join(datas)) if json_array else (sep.join(datas), sep)) if datas else ()
     out = put(*slot, parts, size) if slot is not None else None
     return Batch(ids, b"".join(keys), images if any_images else None, out or b"".join(parts), ends, rejects)
 
@@ -412,11 +408,12 @@ class Stream:
         bids, bkeys, _, bout, bends, brej = b
         m = len(bids)
         if not brej:
-            klist = [bkeys[i:i + 16] for i in range(0, 16 * m, 16)]
-            if ids.isdisjoint(bids) and samples.keys().isdisjoint(klist) and len(set(bids)) == m \
-                    and len(set(klist)) == m:
-                ids.update(bids)
-                samples.update(zip(klist, bids))
+            new_ids = set(bids)
+            new_keys = dict(zip([bkeys[i:i + 16] for i in range(0, 16 * m, 16)], bids))
+            if len(new_ids) == m and len(new_keys) == m and ids.isdisjoint(new_ids) \
+                    and samples.keys().isdisjoint(new_keys):
+                ids |= new_ids
+                samples.update(new_keys)
                 write_block(bout, m)
                 return
         view = memoryview(bout)

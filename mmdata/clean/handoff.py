@@ -35,9 +35,9 @@ class Slots:
     """``count`` slots of shared memory for batch outputs, lent to one task at a time (make it before
     the pool forks its workers; the workers find it in `_AREA`)."""
 
-    def __init__(self, count: int, size: int = _SLOT_BYTES):
+    def __init__(self, count: int, size: int | None = None):
         global _AREA
-        self.size = size
+        self.size = size = size or _SLOT_BYTES
         self.token = next(_tokens) + (os.getpid() << 20)  # never equal to an area of another run
         self.mem = mmap.mmap(-1, count * size)  # MAP_SHARED: the workers' writes are seen here
         self._free = list(range(count - 1, -1, -1))
