@@ -57,17 +57,19 @@ def main() -> None:
           f"load at start {os.getloadavg()[0]:.2f}", flush=True)
     for fmt in args.formats.split(","):
         for w in map(int, args.workers.split(",")):
-            best = {k: float("inf") for k in trees}
+            secs: dict[str, list[float]] = {k: [] for k in trees}
             outs = {}
             for _ in range(args.rounds):
                 for name, tree in trees.items():
                     out = args.workdir / f"out-{name.replace(' ', '_')}-{fmt}-{w}.jsonl"
-                    best[name] = min(best[name], run(tree, d / f"text_only.{fmt}", images, out, w))
+                    secs[name].append(run(tree, d / f"text_only.{fmt}", images, out, w))
                     outs[name] = out.read_bytes()
             same = outs["baseline"] == outs["this tree"]
-            b, t = best["baseline"], best["this tree"]
-            print(f"  {fmt:5s} --workers {w}: baseline {args.n / b:9,.0f} rec/CPU-s ({b:.2f} s), this tree "
-                  f"{args.n / t:9,.0f} rec/CPU-s ({t:.2f} s): {b / t:.2f}x; OUT identical: {same}", flush=True)
+            b, t = min(secs["baseline"]), min(secs["this tree"])
+            rng = {k: f"{args.n / max(v):,.0f}-{args.n / min(v):,.0f}" for k, v in secs.items()}
+            print(f"  {fmt:5s} --workers {w}: baseline {args.n / b:9,.0f} rec/CPU-s ({b:.2f} s; range {rng['baseline']}), "
+                  f"this tree {args.n / t:9,.0f} rec/CPU-s ({t:.2f} s; range {rng['this tree']}): {b / t:.2f}x; "
+                  f"OUT identical: {same}", flush=True)
     print(f"load at end {os.getloadavg()[0]:.2f}")
 
 

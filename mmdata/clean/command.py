@@ -46,7 +46,9 @@ _REKEY = typer.Option(False, "--rekey", help="Make a repeated id unique as <id>-
 def _run(quiet: bool, fn: Callable[..., CleanReport], engine: str = "local", ray_address: str | None = None,
          **kw) -> None:
     from mmdata.clean.pool import clean_engine
+    from mmdata.procs import keep_freed_memory
 
+    keep_freed_memory()  # this process is ours: the JSON array reader's 8 MB chunks no longer fault in afresh
     with clean_engine(engine, ray_address):
         _run_here(quiet, fn, **kw)
 

@@ -23,6 +23,7 @@ from mmdata import storage
 from mmdata.clean.checks import ImageChecker
 from mmdata.clean.remote import check_reachable
 from mmdata.clean.fastread import Span, read_pieces
+from mmdata.clean.handoff import Held, Slots, put
 from mmdata.clean.report import CleanReport, Sink, dump, out_format_of
 from mmdata.errors import InputError
 from mmdata.io import check_output_path
@@ -155,13 +156,14 @@ class Batch(NamedTuple):
 
     ``ids[k]`` the output id; ``keys[16k:16k+16]`` the sample key; ``images[k]`` the image paths
     (``images`` None when no record of the batch has any); ``out[ends[k-1]:ends[k]]`` the framed output
-    record (empty for a reject); ``rejects`` maps k -> its `StructReject`.
+    record (empty for a reject; ``out`` is `Held` in shared memory on its way from a worker, a view of
+    it while decided); ``rejects`` maps k -> its `StructReject`.
     """
 
     ids: list[str]
     keys: bytes
     images: list[list[str]] | None
-    out: bytes
+    out: bytes | memoryview | Held
     ends: list[int]
     rejects: dict[int, StructReject]
 
@@ -172,22 +174,24 @@ def frame(data: bytes, json_array: bool) -> bytes:
     return b",\n" + data if json_array else data + b"\n"
 
 
-def structure_objects(objs: Iterable[Any], first: int, opts: StructureOptions) -> Batch:
+def structure_objects(objs: Iterable[Any], first: int, opts: StructureOptions,
+                      slot: tuple[int, int] | None = None) -> Batch:
     """Rules 1-4 for parsed records ``first``, ``first + 1``, ...: everything the ordered decision needs.
 
     ``objs`` may be a generator that parses as it goes (each record is handled while its objects are
-    still in the CPU cache: parsing all first and checking after is twice as slow)."""
+    still in the CPU cache: parsing all first and checking after is twice as slow). ``slot``: (area
+    token, slot) of `mmdata.clean.handoff` to leave the output bytes in (``Batch.out`` is then `Held`)."""
     ids: list[str] = []
     keys: list[bytes] = []
     images: list[list[str]] = []
-    parts: list[bytes] = []
+    datas: list[bytes] = []  # the serialised records written; framed by one join at the end
     ends: list[int] = []
     rejects: dict[int, StructReject] = {}
     size = 0
     any_images = False
     stem, shape, messages, json_array, max_chars = opts
-    sep = b",\n" if json_array else b"\n"  # framing (see `frame`) as its own part: no copy of the record
-    add = parts.append
+    sep = b",\n" if json_array else b"\n"  # framing (see `frame`)
+    add = datas.append
     for k, raw in enumerate(objs):
         code, detail, rid, rec, imgs, _roles, _values = normalize(raw, f"{stem}-{first + k}", shape, max_chars)
         ids.append(rid)
@@ -204,21 +208,19 @@ def structure_objects(objs: Iterable[Any], first: int, opts: StructureOptions) -
             except TypeError:  # what orjson refuses (see `dump`)
                 conv = dump(rec["conversations"])
                 data = dump(to_messages(rec) if messages else rec)
-            if json_array:
-                add(sep)
-                add(data)
-            else:
-                add(data)
-                add(sep)
+            add(data)
             size += len(data) + len(sep)
             keys.append(sample_key(imgs, conv, rec.get("system")))
             if imgs:
                 any_images = True
         ends.append(size)
-    return Batch(ids, b"".join(keys), images if any_images else None, b"".join(parts), ends, rejects)
+    parts = ((sep, sep.join(datas)) if json_array else (sep.join(datas), sep)) if datas else ()
+    out = put(*slot, parts, size) if slot is not None else None
+    return Batch(ids, b"".join(keys), images if any_images else None, out or b"".join(parts), ends, rejects)
 
 
-def structure_span(path: str, span: Span, first: int, opts: StructureOptions) -> Batch | int:
+def structure_span(path: str, span: Span, first: int, opts: StructureOptions,
+                   slot: tuple[int, int] | None = None) -> Batch | int:
     """Read and parse the records of ``span`` (a worker task) and apply `structure_objects`. Returns
     the span position of the first record orjson refuses instead (the caller then re-reads the file
     with the exact reader): invalid JSON, NaN, huge integers, a white-space-only line."""
@@ -227,7 +229,7 @@ def structure_span(path: str, span: Span, first: int, opts: StructureOptions) ->
         return 0
     parsed = map(orjson.loads, pieces)
     try:
-        return structure_objects(parsed, first, opts)
+        return structure_objects(parsed, first, opts, slot)
     except orjson.JSONDecodeError:
         return 0  # the position is found again by the exact reader
 
@@ -353,7 +355,9 @@ class Waiting(NamedTuple):
 class Stream:
     """Decides batches in input order as their image verdicts arrive (see the module doc)."""
 
-    def __init__(self, dec: Decider, originals: Originals, pool: ProcessPoolExecutor | None, nworkers: int):
+    def __init__(self, dec: Decider, originals: Originals, pool: ProcessPoolExecutor | None, nworkers: int,
+                 slots: Slots | None = None):
+        self.slots = slots  # where the workers leave batch outputs (`Held`), if anywhere
         self.dec = dec
         self.originals = originals
         self.checker = dec.checker
@@ -384,10 +388,16 @@ class Stream:
             b = b.result()
         if type(b) is int:
             raise Fallback(f"record {first + b} is not plain JSON")
+        held = b.out if type(b.out) is Held else None
+        if held is not None:
+            b = b._replace(out=self.slots.view(held))  # type: ignore[union-attr]
         if b.images is None and not self.waiting:
             self._decide_text_only(first, src, b)
         else:
             self._queue(first, src, b)
+        if held is not None:  # OUT has taken the bytes: the slot may be lent again
+            self.dec.out.flush()
+            self.slots.release(held.index)  # type: ignore[union-attr]
 
     def _decide_text_only(self, first: int, src: Any, b: Batch) -> None:
         """No image to wait for: decide here. The usual batch (no reject, no repeat) is checked and
@@ -398,11 +408,12 @@ class Stream:
         bids, bkeys, _, bout, bends, brej = b
         m = len(bids)
         if not brej:
-            klist = [bkeys[i:i + 16] for i in range(0, 16 * m, 16)]
-            if ids.isdisjoint(bids) and samples.keys().isdisjoint(klist) and len(set(bids)) == m \
-                    and len(set(klist)) == m:
-                ids.update(bids)
-                samples.update(zip(klist, bids))
+            new_ids = set(bids)
+            new_keys = dict(zip([bkeys[i:i + 16] for i in range(0, 16 * m, 16)], bids))
+            if len(new_ids) == m and len(new_keys) == m and ids.isdisjoint(new_ids) \
+                    and samples.keys().isdisjoint(new_keys):
+                ids |= new_ids
+                samples.update(new_keys)
                 write_block(bout, m)
                 return
         view = memoryview(bout)
@@ -429,6 +440,8 @@ class Stream:
         """Request each record's images; decide those whose verdicts are in, queue the rest in order."""
         dec, waiting, cache, request = self.dec, self.waiting, self.checker.cache, self.checker.request
         bids, bkeys, bimages, bout, bends, brej = b
+        if type(bout) is memoryview:
+            bout = bytes(bout)  # waiting records outlive the shared slot
         for k, rid in enumerate(bids):
             index = first + k
             if k in brej:

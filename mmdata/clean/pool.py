@@ -5,6 +5,7 @@ a running cluster (CONTRACT s.7) behind the same ``concurrent.futures`` interfac
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing as mp
 import os
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from mmdata.errors import InputError
-from mmdata.procs import die_with_parent
+from mmdata.procs import die_with_parent, keep_freed_memory
 
 __all__ = ["clean_engine", "ray_active", "worker_pool"]
 
@@ -55,4 +56,12 @@ def worker_pool(workers: int) -> Executor:
     if eng is not None:
         return eng.executor()
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=die_with_parent, initargs=(os.getpid(),))
+    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_worker, initargs=(os.getpid(),))
+
+
+def _start_worker(parent: int) -> None:
+    """`die_with_parent`, and keep the collector off the objects a forked worker inherited: walking
+    them would copy every page they sit on (tens of thousands of page faults per worker)."""
+    die_with_parent(parent)
+    gc.freeze()
+    keep_freed_memory()

@@ -28,6 +28,7 @@ from mmdata.clean.engine import (
     structure_span,
 )
 from mmdata.clean.fastread import NotFast, iter_spans
+from mmdata.clean.handoff import Slots
 from mmdata.clean.pool import ray_active, worker_pool
 from mmdata.clean.remote import as_path, staged_input, one_writer
 from mmdata.clean.report import CleanReport, Sink, default_paths
@@ -97,11 +98,14 @@ def _clean(input_path: Path, images_root: Path, out_path: Path, rejects_path: Pa
     # A small input is parsed in this process (starting workers and moving batches costs more than it
     # saves); image checks still get a pool of their own, started only if an image is met.
     small = input_path.stat().st_size <= _INLINE_BYTES
-    pool = worker_pool(nworkers) if nworkers > 1 and not small and not ray_active() else None
+    parallel = nworkers > 1 and not small and not ray_active()
+    # made before the pool forks, so that the workers share it: batch outputs come back through it
+    slots = Slots(2 * nworkers + 2) if parallel and Slots.usable() else None
+    pool = worker_pool(nworkers) if parallel else None
     try:
         try:
             _run(input_path, images_root, out_path, rejects_path, fmt, report, opts, checks, pool, nworkers,
-                 progress, exact=False, rekey=rekey)
+                 progress, exact=False, rekey=rekey, slots=slots)
         except (Fallback, NotFast, UnicodeDecodeError):
             report.rejected, report.by_reason = 0, dict.fromkeys(report.by_reason, 0)
             _run(input_path, images_root, out_path, rejects_path, fmt, report, opts, checks, pool, nworkers,
@@ -109,18 +113,20 @@ def _clean(input_path: Path, images_root: Path, out_path: Path, rejects_path: Pa
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        if slots is not None:
+            slots.close()
 
 
 def _run(input_path: Path, images_root: Path, out_path: Path, rejects_path: Path, fmt: str, report: CleanReport,
          opts: StructureOptions, checks: dict[str, Any], pool: ProcessPoolExecutor | None, nworkers: int,
-         progress: Progress | None, *, exact: bool, rekey: bool) -> None:
+         progress: Progress | None, *, exact: bool, rekey: bool, slots: Slots | None = None) -> None:
     """One pass: the fast splitter's spans (``exact`` False) or the exact reader's objects."""
     with ImageChecker(str(images_root), workers=nworkers, pool=pool, **checks) as checker, \
             Sink(rejects_path, "jsonl") as rejects, Sink(out_path, fmt) as out:
         originals = Originals(input_path)
         dec = Decider(checker, out, rejects, report, input_path.name, originals.serialise, rekey=rekey)
-        stream = Stream(dec, originals, pool, nworkers)
-        items = _exact_items(input_path, opts) if exact else _span_items(input_path, opts, pool)
+        stream = Stream(dec, originals, pool, nworkers, slots)
+        items = _exact_items(input_path, opts) if exact else _span_items(input_path, opts, pool, slots)
         report.input = stream.run(items, progress)
         report.written = out.count
         report.images_checked = checker.checked
@@ -130,15 +136,19 @@ def _run(input_path: Path, images_root: Path, out_path: Path, rejects_path: Path
         progress(report.input, report.images_checked)
 
 
-def _span_items(input_path: Path, opts: StructureOptions, pool: ProcessPoolExecutor | None) -> Iterator[Item]:
-    """Spans of the input file, structured in the pool (or here when there is none)."""
+def _span_items(input_path: Path, opts: StructureOptions, pool: ProcessPoolExecutor | None,
+                slots: Slots | None) -> Iterator[Item]:
+    """Spans of the input file, structured in the pool (or here when there is none); a worker leaves
+    its output in a shared slot when one is free (the `Stream` gives it back once written)."""
     path = str(input_path)
     n = 0
     for span in iter_spans(input_path, _BATCH, parsed_after=True):
         if pool is None:
             yield Item(n, span, structure_span(path, span, n, opts))
         else:
-            yield Item(n, span, pool.submit(structure_span, path, span, n, opts))
+            i = slots.acquire() if slots is not None else None
+            slot = (slots.token, i) if i is not None else None  # type: ignore[union-attr]
+            yield Item(n, span, pool.submit(structure_span, path, span, n, opts, slot))
         n += span.n
 
 
