@@ -41,6 +41,13 @@ class MotoS3:
         return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": self.key_id,
                 "AWS_SECRET_ACCESS_KEY": self.secret, "AWS_REGION": "us-east-1"}
 
+    def use(self, monkeypatch) -> "MotoS3":  # noqa: ANN001
+        """Point this process at the server (its AWS_* variables, no stray S3-only endpoint); returns self."""
+        for k, v in self.env().items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+        return self
+
     def client(self):  # noqa: ANN201
         import boto3
 

@@ -34,9 +34,7 @@ def server():
 @pytest.fixture
 def s3(server, monkeypatch):
     """The server's variables set in this process; yields (server, a fresh s3:// prefix for the test)."""
-    for k, v in server.env().items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    server.use(monkeypatch)
     return server, f"s3://{server.bucket}/ck{time.monotonic_ns()}"
 
 

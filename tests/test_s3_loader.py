@@ -41,9 +41,7 @@ def sets(tmp_path_factory, server):
 
 @pytest.fixture
 def s3env(server, monkeypatch, tmp_path):
-    for k, v in server.env().items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    server.use(monkeypatch)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # the lengths/plan cache of a remote set
     return server
 

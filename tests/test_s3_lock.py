@@ -47,9 +47,7 @@ def server():
 
 @pytest.fixture
 def s3env(server, monkeypatch):
-    for k, v in server.env().items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    server.use(monkeypatch)
     monkeypatch.delenv(LEASE_ENV, raising=False)
     return server
 
