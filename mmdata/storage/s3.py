@@ -264,10 +264,7 @@ class S3Backend:
     def remove(self, url: str) -> None:
         """Delete one object; a missing one is not an error."""
         bucket, key = split_url(url)
-        with self._lock:
-            f = self._files.pop(url, None)
-        if f is not None:
-            f.close()
+        self._forget(url)
         with self._errors(url):
             self.client.delete_object(Bucket=bucket, Key=key)
 
@@ -285,6 +282,10 @@ class S3Backend:
         except BaseException:
             w.abort()
             raise
+        self._forget(url)
+
+    def _forget(self, url: str) -> None:
+        """Close the cached reader of ``url`` (its object was replaced or removed)."""
         with self._lock:
             old = self._files.pop(url, None)
         if old is not None:
@@ -297,10 +298,7 @@ class S3Backend:
         between copy and delete leaves both objects: moving again is harmless (same bytes)."""
         sb, sk = split_url(src)
         db, dk = split_url(dst)
-        with self._lock:
-            old = self._files.pop(dst, None)
-        if old is not None:
-            old.close()
+        self._forget(dst)
         with self._errors(dst):
             self.client.copy({"Bucket": sb, "Key": sk}, db, dk)
             self.client.delete_object(Bucket=sb, Key=sk)
