@@ -59,8 +59,7 @@ def test_local_ray_and_s3_give_the_same_folder_with_no_extra_flag(cluster, data,
     b = write_shards([src], img, ray_out, max_shard_bytes=100_000, engine="ray", ray_address=cluster.address)
     assert tree_bytes(ray_out) == tree_bytes(local) and b.shards == a.shards
     with moto_s3() as server:
-        for k, v in server.env().items():
-            monkeypatch.setenv(k, v)
+        server.use(monkeypatch)
         url = f"s3://{server.bucket}/noflag"
         write_shards([src], img, url, max_shard_bytes=100_000, engine="ray", ray_address=cluster.address)
         got = {n: storage.read_bytes(storage.join(url, n)) for n in storage.listdir(url)}
@@ -123,8 +122,7 @@ def test_ray_workers_write_to_s3_with_the_driver_credentials(cluster, data, monk
 
     src, img, local = data
     with moto_s3() as server:
-        for k, v in server.env().items():
-            monkeypatch.setenv(k, v)
+        server.use(monkeypatch)
         url = f"s3://{server.bucket}/ray"
         write_shards([src], img, url, samples_per_shard=7, engine="ray", ray_address=cluster.address)
         got = {n: storage.read_bytes(storage.join(url, n)) for n in storage.listdir(url)}
