@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from mmdata.format import names
 from test_shard_writer import make_set, tree_bytes
 
 pytest.importorskip("ray")
@@ -201,8 +203,9 @@ def test_b_raylet_killed_mid_run_is_redone_on_a(hosts, cluster, data, tmp_path):
     deadline = time.monotonic() + 120
     while killed is None and driver.poll() is None and time.monotonic() < deadline:
         procs = hosts.procs("b")
-        started = len(list(out.glob("shard-*.tar"))) if out.exists() else 0
-        # Some shards written already and a task running on B right now: kill B's raylet.
+        staged = out / names.STAGING
+        started = len(list(staged.glob("job-*.done.json"))) if staged.exists() else 0
+        # Some jobs finished already (their parts wait in staging until every job is done) and a task running on B right now: kill B's raylet.
         if started >= 2 and any(cmd.startswith("ray::_apply") for cmd in procs.values()):
             killed = next(pid for pid, cmd in procs.items() if "/raylet/raylet " in cmd)
             os.kill(killed, signal.SIGKILL)
