@@ -48,3 +48,12 @@ def ray_cluster():
         if ray.is_initialized():
             ray.shutdown()
         c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """A real local S3 endpoint (moto's server on 127.0.0.1), one per test module."""
+    from s3_server import moto_s3
+
+    with moto_s3() as s:
+        yield s

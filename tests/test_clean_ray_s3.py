@@ -55,32 +55,24 @@ def test_cli_unknown_engine(data, tmp_path):
     assert p.returncode == 2 and "--engine: unknown engine 'spark'" in p.stderr
 
 
-@pytest.fixture(scope="module")
-def server():
-    from s3_server import moto_s3
-
-    with moto_s3() as s:
-        yield s
-
-
 @pytest.fixture
-def s3(server, data, monkeypatch):
+def s3(s3_server, data, monkeypatch):
     """The S3 variables set, and the LLaVA file and its images uploaded under s3://bucket/in and /images."""
-    for k, v in server.env().items():
+    for k, v in s3_server.env().items():
         monkeypatch.setenv(k, v)
     src, img, _ = data
-    c = server.client()
-    c.put_object(Bucket=server.bucket, Key=f"in/{src.name}", Body=src.read_bytes())
+    c = s3_server.client()
+    c.put_object(Bucket=s3_server.bucket, Key=f"in/{src.name}", Body=src.read_bytes())
     for f in sorted(img.rglob("*")):
         if f.is_file():
-            c.put_object(Bucket=server.bucket, Key=f"images/{f.relative_to(img).as_posix()}", Body=f.read_bytes())
-    return server
+            c.put_object(Bucket=s3_server.bucket, Key=f"images/{f.relative_to(img).as_posix()}", Body=f.read_bytes())
+    return s3_server
 
 
-def _objects(server, prefix: str) -> dict[str, bytes]:
-    c = server.client()
-    keys = [o["Key"] for o in c.list_objects_v2(Bucket=server.bucket, Prefix=prefix).get("Contents", [])]
-    return {k.rsplit("/", 1)[1]: c.get_object(Bucket=server.bucket, Key=k)["Body"].read() for k in keys}
+def _objects(s3_server, prefix: str) -> dict[str, bytes]:
+    c = s3_server.client()
+    keys = [o["Key"] for o in c.list_objects_v2(Bucket=s3_server.bucket, Prefix=prefix).get("Contents", [])]
+    return {k.rsplit("/", 1)[1]: c.get_object(Bucket=s3_server.bucket, Key=k)["Body"].read() for k in keys}
 
 
 def test_clean_on_s3_gives_the_local_bytes(s3, data):

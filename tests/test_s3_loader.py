@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from loader_helpers import all_rows, make_records, same_batch, write_shards
-from s3_server import moto_s3
 
 from mmdata.loader import LoaderConfig, PackedLoader, load_tokenizer
 from mmdata.loader.cache import DERIVED
@@ -22,28 +21,22 @@ def tok():
 
 
 @pytest.fixture(scope="module")
-def server():
-    with moto_s3() as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def sets(tmp_path_factory, server):
+def sets(tmp_path_factory, s3_server):
     """The same shard folder locally and under s3://bucket/set."""
     local = write_shards(tmp_path_factory.mktemp("shards") / "a", make_records(40, seed=3, max_images=2),
                          samples_per_shard=5)
-    c = server.client()
+    c = s3_server.client()
     for p in sorted(Path(local).iterdir()):
         if p.is_file():
-            c.put_object(Bucket=server.bucket, Key=f"set/{p.name}", Body=p.read_bytes())
-    return Path(local), f"s3://{server.bucket}/set"
+            c.put_object(Bucket=s3_server.bucket, Key=f"set/{p.name}", Body=p.read_bytes())
+    return Path(local), f"s3://{s3_server.bucket}/set"
 
 
 @pytest.fixture
-def s3env(server, monkeypatch, tmp_path):
-    server.use(monkeypatch)
+def s3env(s3_server, monkeypatch, tmp_path):
+    s3_server.use(monkeypatch)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # the lengths/plan cache of a remote set
-    return server
+    return s3_server
 
 
 def loader(path, tok, workers=0, **kw):

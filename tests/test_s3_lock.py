@@ -1,5 +1,5 @@
 """One writer per output on object storage (a lease on PREFIX/.mmdata-shard.lock made with conditional
-writes), against moto's real S3 server; and S3 inputs staged for the fast reader name their URL in errors."""
+writes), against moto's real S3 s3_server; and S3 inputs staged for the fast reader name their URL in errors."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import time
 
 import orjson
 import pytest
-from s3_server import moto_s3
 from test_shard_writer import make_set
 
 from mmdata import storage
@@ -39,17 +38,11 @@ HOLDER = textwrap.dedent("""
 """)
 
 
-@pytest.fixture(scope="module")
-def server():
-    with moto_s3() as s:
-        yield s
-
-
 @pytest.fixture
-def s3env(server, monkeypatch):
-    server.use(monkeypatch)
+def s3env(s3_server, monkeypatch):
+    s3_server.use(monkeypatch)
     monkeypatch.delenv(LEASE_ENV, raising=False)
-    return server
+    return s3_server
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +50,9 @@ def data(tmp_path_factory):
     return make_set(tmp_path_factory.mktemp("lockset"))
 
 
-def _holder(server, url: str, lease_s: str | None = None) -> subprocess.Popen:
+def _holder(s3_server, url: str, lease_s: str | None = None) -> subprocess.Popen:
     """Another process holding the lock of ``url`` (started, and seen to hold it, on return)."""
-    env = dict(os.environ, **server.env())
+    env = dict(os.environ, **s3_server.env())
     if lease_s:
         env[LEASE_ENV] = lease_s
     p = subprocess.Popen([sys.executable, "-c", HOLDER, url], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -68,12 +61,12 @@ def _holder(server, url: str, lease_s: str | None = None) -> subprocess.Popen:
     return p
 
 
-def _lock_body(server, key: str) -> dict:
-    return orjson.loads(server.client().get_object(Bucket=server.bucket, Key=key)["Body"].read())
+def _lock_body(s3_server, key: str) -> dict:
+    return orjson.loads(s3_server.client().get_object(Bucket=s3_server.bucket, Key=key)["Body"].read())
 
 
-def _exists(server, key: str) -> bool:
-    return storage.exists(f"s3://{server.bucket}/{key}")
+def _exists(s3_server, key: str) -> bool:
+    return storage.exists(f"s3://{s3_server.bucket}/{key}")
 
 
 def test_second_shard_run_is_refused_naming_the_holder(data, s3env):
@@ -121,7 +114,7 @@ def test_sigkilled_holder_is_taken_over_once_its_lease_ends(s3env, capfd):
         with hold_output_lock(url):
             pass
     deadline = time.monotonic() + 30
-    while True:  # the lease (2 s + 1 s for whole-second clocks) runs out on the server's clock
+    while True:  # the lease (2 s + 1 s for whole-second clocks) runs out on the s3_server's clock
         try:
             with hold_output_lock(url):
                 assert _lock_body(s3env, "lock/killed/" + names.LOCK)["pid"] == os.getpid()

@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-from s3_server import moto_s3
 from test_shard_writer import make_set, tree_bytes
 
 from mmdata import storage
@@ -27,16 +26,10 @@ def data(tmp_path_factory):
     return root, src, img
 
 
-@pytest.fixture(scope="module")
-def server():
-    with moto_s3() as s:
-        yield s
-
-
 @pytest.fixture
-def s3env(server, monkeypatch):
-    server.use(monkeypatch)
-    return server
+def s3env(s3_server, monkeypatch):
+    s3_server.use(monkeypatch)
+    return s3_server
 
 
 @pytest.fixture(scope="module")
@@ -186,9 +179,9 @@ def test_no_flag_gives_the_same_bytes_on_disk_and_on_s3(data, s3env, tmp_path):
     assert len(a.shards) > 2  # the split: one job, several consecutive parts
 
 
-def test_cli_shard_to_s3_then_inspect(data, local_out, s3env, server):
+def test_cli_shard_to_s3_then_inspect(data, local_out, s3env, s3_server):
     root, src, img = data
-    url = f"s3://{server.bucket}/planned/cli"
+    url = f"s3://{s3_server.bucket}/planned/cli"
     p = subprocess.run([*MMDATA, "shard", str(src), "--images", str(img), "--out", url, "--records-per-shard", "7",
                         "-q"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
@@ -212,15 +205,15 @@ def test_cli_missing_bucket_is_one_line(data, s3env):
 
 
 @pytest.fixture(scope="module")
-def remote_inputs(data, server):
+def remote_inputs(data, s3_server):
     """The cleaned records and the image folder, uploaded under s3://bucket/in/."""
     root, src, img = data
-    c = server.client()
-    c.put_object(Bucket=server.bucket, Key=f"in/{src.name}", Body=src.read_bytes())
+    c = s3_server.client()
+    c.put_object(Bucket=s3_server.bucket, Key=f"in/{src.name}", Body=src.read_bytes())
     for p in img.rglob("*"):
         if p.is_file():
-            c.put_object(Bucket=server.bucket, Key=f"in/img/{p.relative_to(img).as_posix()}", Body=p.read_bytes())
-    return f"s3://{server.bucket}/in/{src.name}", f"s3://{server.bucket}/in/img"
+            c.put_object(Bucket=s3_server.bucket, Key=f"in/img/{p.relative_to(img).as_posix()}", Body=p.read_bytes())
+    return f"s3://{s3_server.bucket}/in/{src.name}", f"s3://{s3_server.bucket}/in/img"
 
 
 def test_inputs_and_images_on_s3_give_the_same_shards(data, local_out, s3env, remote_inputs, tmp_path):

@@ -1,4 +1,4 @@
-"""S3Backend against a real local S3 endpoint (moto server, signatures checked): every method,
+"""S3Backend against a real local S3 endpoint (moto s3_server, signatures checked): every method,
 atomic visibility and abort, and the one-line errors for the three ways a setup goes wrong."""
 
 from __future__ import annotations
@@ -7,31 +7,25 @@ import os
 import time
 
 import pytest
-from s3_server import free_port, moto_s3
+from s3_server import free_port
 
 from mmdata.storage.base import Backend, StorageError
 from mmdata.storage.s3 import S3Backend, split_url
 
 
-@pytest.fixture(scope="module")
-def server():
-    with moto_s3() as s:
-        yield s
-
-
 @pytest.fixture
-def s3(server, monkeypatch):
-    """A fresh backend with the server's variables set; yields (backend, 's3://bucket/<test prefix>')."""
+def s3(s3_server, monkeypatch):
+    """A fresh backend with the s3_server's variables set; yields (backend, 's3://bucket/<test prefix>')."""
     for k in ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(k, raising=False)
-    for k, v in server.env().items():
+    for k, v in s3_server.env().items():
         monkeypatch.setenv(k, v)
-    prefix = f"s3://{server.bucket}/t{time.monotonic_ns()}"
+    prefix = f"s3://{s3_server.bucket}/t{time.monotonic_ns()}"
     return S3Backend(), prefix
 
 
-def _uploads(server) -> list:
-    return server.client().list_multipart_uploads(Bucket=server.bucket).get("Uploads", [])
+def _uploads(s3_server) -> list:
+    return s3_server.client().list_multipart_uploads(Bucket=s3_server.bucket).get("Uploads", [])
 
 
 def test_protocol_and_url_split():
@@ -83,7 +77,7 @@ def test_replacing_an_object_reads_the_new_bytes(s3):
         assert be.read_range(f"{p}/x", 0, len(payload)) == payload
 
 
-def test_multipart_object_appears_only_when_complete(s3, server, monkeypatch):
+def test_multipart_object_appears_only_when_complete(s3, s3_server, monkeypatch):
     be, p = s3
     monkeypatch.setattr("mmdata.storage.s3.PART_SIZE", 5 << 20)
     url = f"{p}/big.tar"
@@ -93,12 +87,12 @@ def test_multipart_object_appears_only_when_complete(s3, server, monkeypatch):
         for _ in range(12):  # 12 MiB: two full parts uploaded while the block runs
             f.write(chunk)
         assert not be.exists(url)  # parts are stored, but no object yet
-        assert any(u["Key"].endswith("big.tar") for u in _uploads(server))
+        assert any(u["Key"].endswith("big.tar") for u in _uploads(s3_server))
     assert be.read_bytes(url) == chunk * 12
-    assert not [u for u in _uploads(server) if u["Key"].endswith("big.tar")]
+    assert not [u for u in _uploads(s3_server) if u["Key"].endswith("big.tar")]
 
 
-def test_error_in_block_leaves_nothing(s3, server):
+def test_error_in_block_leaves_nothing(s3, s3_server):
     be, p = s3
     url = f"{p}/aborted.tar"
     with pytest.raises(ValueError), be.atomic_output(url) as f:
@@ -110,7 +104,7 @@ def test_error_in_block_leaves_nothing(s3, server):
         raise ValueError
     assert not be.exists(url) and not be.exists(f"{p}/small")
     assert be.listdir(p) == []
-    assert not [u for u in _uploads(server) if p.split("/")[-1] in u["Key"]]
+    assert not [u for u in _uploads(s3_server) if p.split("/")[-1] in u["Key"]]
 
 
 def test_error_keeps_the_previous_object(s3):
@@ -123,12 +117,12 @@ def test_error_keeps_the_previous_object(s3):
     assert be.read_bytes(f"{p}/keep") == b"v1"
 
 
-def test_abort_incomplete_uploads(s3, server):
+def test_abort_incomplete_uploads(s3, s3_server):
     be, p = s3
     bucket, key = split_url(f"{p}/left.tar")
-    server.client().create_multipart_upload(Bucket=bucket, Key=key)  # as if a run was killed mid-write
+    s3_server.client().create_multipart_upload(Bucket=bucket, Key=key)  # as if a run was killed mid-write
     assert be.abort_incomplete_uploads(p) == 1
-    assert not [u for u in _uploads(server) if u["Key"] == key]
+    assert not [u for u in _uploads(s3_server) if u["Key"] == key]
 
 
 def _one_line_error(fn, *args) -> tuple[str, float]:
@@ -140,7 +134,7 @@ def _one_line_error(fn, *args) -> tuple[str, float]:
     return msg, time.monotonic() - t
 
 
-def test_missing_bucket(s3, server):
+def test_missing_bucket(s3, s3_server):
     be, _ = s3
     msg, _ = _one_line_error(be.exists, "s3://no-such-bucket/x")
     assert msg.startswith("s3://no-such-bucket/x: bucket 'no-such-bucket' does not exist")
@@ -168,10 +162,10 @@ def test_unreachable_endpoint(s3, monkeypatch):
     assert took < 30
 
 
-def test_s3_specific_endpoint_wins(s3, monkeypatch, server):
+def test_s3_specific_endpoint_wins(s3, monkeypatch, s3_server):
     _, p = s3
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", server.endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server.endpoint)
     assert S3Backend().listdir(p) == []
 
 
