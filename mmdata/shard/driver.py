@@ -25,7 +25,7 @@ from mmdata.format import names
 from mmdata.format.manifest import VERSION
 from mmdata.shard.finish import compact, remove_stage
 from mmdata.shard.sample import Reject
-from mmdata.shard.planned import CHUNK, Job, JobContext, JobWriter, existing_done, plan_jobs, run_job
+from mmdata.shard.planned import CHUNK, Job, JobContext, JobWriter, existing_done, plan_jobs, read_json_or_none, run_job
 
 __all__ = ["open_stage", "run_jobs", "check_same_run"]
 
@@ -52,14 +52,6 @@ def check_same_run(where: str, old: dict, header: dict, inputs: list[Path]) -> N
                                 "run again without --resume")
 
 
-def _read_json(url: str) -> dict | None:
-    try:
-        d = orjson.loads(storage.read_bytes(url))
-    except (FileNotFoundError, orjson.JSONDecodeError):
-        return None
-    return d if isinstance(d, dict) else None
-
-
 def _complete(out: str, manifest: dict) -> bool:
     """Whether ``out`` holds exactly the files ``manifest`` lists (sizes checked, not re-hashed)."""
     listed = {s["name"]: s["bytes"] for s in manifest.get("shards", [])}
@@ -74,14 +66,14 @@ def _complete(out: str, manifest: dict) -> bool:
 def _resume_state(out: str, stage: str, header: dict, inputs: list[Path]) -> dict | None:
     """On --resume: the manifest of a finished identical run (nothing to do), or None (continue from
     staging, or start afresh); InputError when the folder belongs to another run or the old layout."""
-    run = _read_json(storage.join(stage, names.STAGE_RUN))
+    run = read_json_or_none(storage.join(stage, names.STAGE_RUN))
     if run is not None:
         check_same_run(stage, run, header, inputs)
         return None
     if storage.exists(storage.join(stage, names.JOURNAL)) or any(
             names.OLD_DONE_RE.match(n) for n in storage.listdir(out)):
         raise _old_layout(out)
-    manifest = _read_json(storage.join(out, names.MANIFEST))
+    manifest = read_json_or_none(storage.join(out, names.MANIFEST))
     if manifest is None or "shards" not in manifest:
         return None
     check_same_run(out, manifest, header, inputs)
@@ -151,16 +143,14 @@ def _local_jobs(engine: Any, jobs: Iterator[Job], ctx: JobContext, tally: _Tally
             job = queue[0][0]
             assert job.number == number
             w = w or JobWriter(job, ctx)
-            tasks = job.tasks[i:i + CHUNK]
             results = _unwrap(result)
-            for j, (t, res) in enumerate(zip(tasks, results)):
-                w.add(t, res, job.first + i + j)
+            w.add_chunk(i, results)
             if i + CHUNK >= len(job.tasks):
                 queue.popleft()
                 yield w.close()
                 w = None
             rejected = sum(1 for r in results if isinstance(r, Reject))
-            tally.add(len(tasks), len(tasks) - rejected, rejected)
+            tally.add(len(results), len(results) - rejected, rejected)
         while queue:
             yield queue.popleft()[1]  # type: ignore[misc]
     except BaseException:

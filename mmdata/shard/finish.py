@@ -37,9 +37,10 @@ def remove_stage(stage: str) -> None:
 
 def load_moving(stage: str) -> list[dict[str, Any]] | None:
     """The done-records of a run whose final move began (every job done), or None if it did not begin."""
-    if not storage.exists(storage.join(stage, names.STAGE_MOVING)):
+    try:
+        n = int(storage.read_bytes(storage.join(stage, names.STAGE_MOVING)) or b"0")
+    except FileNotFoundError:
         return None
-    n = int(storage.read_bytes(storage.join(stage, names.STAGE_MOVING)) or b"0")
     records = [read_done(stage, k) for k in range(n)]
     if any(r is None for r in records):
         raise InputError(stage, "--resume: the staged run is incomplete (a done-record is missing); "

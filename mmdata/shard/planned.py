@@ -33,7 +33,7 @@ from mmdata.format.writer import sample_members
 from mmdata.io import iter_json_records
 from mmdata.shard.sample import Reject, Sample, Task
 
-__all__ = ["Job", "JobContext", "JobWriter", "run_job", "plan_jobs", "existing_done", "read_done", "key_of",
+__all__ = ["Job", "JobContext", "JobWriter", "run_job", "plan_jobs", "existing_done", "read_done", "read_json_or_none", "key_of",
            "KEY_DIGITS"]
 
 KEY_DIGITS = 9
@@ -148,6 +148,11 @@ class JobWriter:
         self.images += len(res.images)
         self.image_tokens += sum(res.image_tokens)
 
+    def add_chunk(self, i: int, results: list[Sample | Reject]) -> None:
+        """The results of the job's records ``i .. i+len(results)-1``, in order."""
+        for j, res in enumerate(results):
+            self.add(self.job.tasks[i + j], res, self.job.first + i + j)
+
     def _row(self, p: _Part, s: Sample, key: str, offset: int, nbytes: int) -> None:
         c = p.cols
         for col, v in (("key", key), ("offset", offset), ("nbytes", nbytes), ("id", s.id),
@@ -177,27 +182,38 @@ class JobWriter:
             self._part = None
 
 
-def read_done(stage: str, number: int) -> dict[str, Any] | None:
-    """Job ``number``'s done-record in ``stage``, or None when absent or unreadable."""
-    url = storage.join(stage, names.done_name(number))
+def read_json_or_none(url: str) -> dict[str, Any] | None:
+    """A small JSON object the run wrote itself (done-record, run.json, manifest), or None when it is
+    absent, unreadable or not an object: one read, no separate existence check."""
     try:
-        rec = orjson.loads(storage.read_bytes(url))
+        d = orjson.loads(storage.read_bytes(url))
     except (FileNotFoundError, orjson.JSONDecodeError):
         return None
-    return rec if isinstance(rec, dict) and rec.get("job") == number else None
+    return d if isinstance(d, dict) else None
+
+
+def read_done(stage: str, number: int) -> dict[str, Any] | None:
+    """Job ``number``'s done-record in ``stage``, or None when absent or unreadable."""
+    rec = read_json_or_none(storage.join(stage, names.done_name(number)))
+    return rec if rec is not None and rec.get("job") == number else None
+
+
+def _staged_size(url: str) -> int | None:
+    try:
+        return storage.size(url)
+    except FileNotFoundError:
+        return None
 
 
 def existing_done(job: Job, ctx: JobContext) -> dict[str, Any] | None:
     """The done-record of a job an earlier run finished (same records; every part staged at its size)."""
-    if not storage.exists(storage.join(ctx.stage, names.done_name(job.number))):
-        return None
     rec = read_done(ctx.stage, job.number)
     if rec is None or rec.get("first") != job.first or rec.get("records") != len(job.tasks):
         return None
     local = not storage.is_remote(ctx.stage)
     for p in rec["parts"]:
         url = storage.join(ctx.stage, p["name"])
-        if not storage.exists(url) or storage.size(url) != p["bytes"]:
+        if _staged_size(url) != p["bytes"]:
             return None
         # A local file can be changed in place; an S3 object, once its upload completed, cannot
         # (and re-reading it all would cost the whole transfer again): sizes suffice there.
@@ -218,9 +234,7 @@ def run_job(job: Job, ctx: JobContext) -> dict[str, Any]:
     w = JobWriter(job, ctx)
     try:
         for i in range(0, len(job.tasks), CHUNK):
-            tasks = job.tasks[i:i + CHUNK]
-            for j, (t, res) in enumerate(zip(tasks, writer._run_chunk(list(tasks)))):
-                w.add(t, res, job.first + i + j)
+            w.add_chunk(i, writer._run_chunk(list(job.tasks[i:i + CHUNK])))
         return w.close()
     except BaseException:
         w.abort()
