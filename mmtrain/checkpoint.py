@@ -266,7 +266,7 @@ def _save_remote(root: str, iteration: int, wrapped, model, opt, *, fsdp: bool, 
         try:
             resave = _tracker_value(root) == iteration
             if not resave:
-                _remove_tree(final)
+                storage.remove_tree(final)
             _abort_uploads(final)
         except Exception as e:  # reported with the ranks' write errors: no rank is left at a barrier
             prep_err = _reason(e)
@@ -288,22 +288,12 @@ def _save_remote(root: str, iteration: int, wrapped, model, opt, *, fsdp: bool, 
     if errors:
         if rank == 0 and not resave:
             with contextlib.suppress(Exception):  # what stays is under an untracked iteration: never loaded
-                _remove_tree(final)
+                storage.remove_tree(final)
         _barrier()
         raise InputError(root, f"cannot write checkpoint iteration {iteration} ({errors[0]}): fix what it names "
                                "or choose another --save (the previous checkpoint is kept)")
     _barrier()
     return final
-
-
-def _remove_tree(url: str) -> None:
-    """Every object under the prefix `url` (a few per rank: one listing and one delete each)."""
-    for name in storage.listdir(url):
-        child = storage.join(url, name)
-        if storage.isdir(child):
-            _remove_tree(child)
-        else:
-            storage.remove(child)
 
 
 def _abort_uploads(url: str) -> None:

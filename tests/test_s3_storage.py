@@ -180,3 +180,27 @@ def test_move_is_a_server_side_copy_then_delete(s3):
     assert be.read_bytes(f"{p}/m/old") == b"new bytes" * 1000
     assert be.read_range(f"{p}/m/old", 0, 3) == b"new"
     assert not be.exists(f"{p}/m/.stage/new") and be.listdir(f"{p}/m") == ["old"]
+
+
+def test_remove_tree_removes_nested_objects_and_nothing_beside(s3):
+    from mmdata import storage
+
+    be, p = s3
+    for name in ("run/a.tar", "run/dcp/0.distcp", "run/dcp/.metadata", "run2/keep.tar", "runx"):
+        with storage.atomic_output(f"{p}/{name}") as f:
+            f.write(b"x")
+    storage.remove_tree(f"{p}/run")
+    assert storage.listdir(p) == ["run2", "runx"]
+    assert storage.listdir(f"{p}/run2") == ["keep.tar"]
+    storage.remove_tree(f"{p}/missing")  # a missing prefix is not an error
+
+
+def test_remove_tree_of_a_local_folder(tmp_path):
+    from mmdata import storage
+
+    (tmp_path / "run" / "dcp").mkdir(parents=True)
+    (tmp_path / "run" / "dcp" / "0.distcp").write_bytes(b"x")
+    (tmp_path / "run2").mkdir()
+    storage.remove_tree(tmp_path / "run")
+    storage.remove_tree(tmp_path / "missing")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run2"]

@@ -9,7 +9,6 @@ new one comes last: a folder with a ``manifest.json`` is always a finished run.
 
 from __future__ import annotations
 
-import shutil
 from typing import Any
 
 import orjson
@@ -26,13 +25,8 @@ __all__ = ["finish", "remove_stage", "load_moving", "compact"]
 
 
 def remove_stage(stage: str) -> None:
-    """Remove the staging folder and everything in it (flat: parts, done-records, markers, temp files)."""
-    local = storage.local_path(stage)
-    if local is not None:
-        shutil.rmtree(local, ignore_errors=True)
-        return
-    for n in storage.listdir(stage):
-        storage.remove(storage.join(stage, n))
+    """Remove the staging folder and everything in it (parts, done-records, markers, temp files)."""
+    storage.remove_tree(stage)
 
 
 def load_moving(stage: str) -> list[dict[str, Any]] | None:

@@ -20,7 +20,7 @@ from mmdata.storage.staging import local_copies
 from mmdata.storage.urlpath import UrlPath, as_path
 
 __all__ = ["Backend", "StorageError", "WriteError", "is_remote", "join", "open_input", "read_range", "read_bytes",
-           "size", "exists", "isdir", "listdir", "makedirs", "remove", "move", "atomic_output", "local_path",
+           "size", "exists", "isdir", "listdir", "makedirs", "remove", "remove_tree", "move", "atomic_output", "local_path",
            "backend_for", "REGISTRY", "UrlPath", "as_path", "arrow_source", "hold_lease", "local_copies"]
 
 # scheme -> "module:Class", imported on first use (s3.py may not exist on every branch)
@@ -108,6 +108,18 @@ def makedirs(url: str | os.PathLike) -> None:
 
 def remove(url: str | os.PathLike) -> None:
     backend_for(url).remove(os.fspath(url))
+
+
+def remove_tree(url: str | os.PathLike) -> None:
+    """Remove a folder or prefix and everything under it; a missing one is not an error (local:
+    ``shutil.rmtree``; S3: one recursive listing, then a delete per object)."""
+    local = local_path(url)
+    if local is not None:
+        import shutil
+
+        shutil.rmtree(local, ignore_errors=True)
+        return
+    backend_for(url).remove_tree(os.fspath(url))  # type: ignore[attr-defined]
 
 
 def move(src: str | os.PathLike, dst: str | os.PathLike) -> None:

@@ -284,6 +284,18 @@ class S3Backend:
             raise
         self._forget(url)
 
+    def remove_tree(self, url: str) -> None:
+        """Delete every object under the prefix ``url`` (one recursive listing: no request per name to
+        tell objects from sub-prefixes)."""
+        import pyarrow.fs as pafs
+
+        with self._errors(url):
+            infos = self.fs.get_file_info(pafs.FileSelector(self._path(url).rstrip("/"), recursive=True,
+                                                            allow_not_found=True))
+        for info in infos:
+            if info.type == pafs.FileType.File:
+                self.remove(f"s3://{info.path}")
+
     def _forget(self, url: str) -> None:
         """Close the cached reader of ``url`` (its object was replaced or removed)."""
         with self._lock:
