@@ -88,8 +88,10 @@ def ours(path: Path) -> bytes:
     return R.resize_image(path.read_bytes(), SPEC, RULE).data
 
 
-def ours_staged(path: Path, t: dict[str, float]) -> bytes:
-    """resize_image split into timed stages (checked byte-equal to resize_image below)."""
+def _opened(path: Path, t: dict[str, float]) -> tuple[bytes, tuple | None]:
+    """The stages both resizers share: read, open, EXIF orientation, the rule's fit, and the passthrough
+    check (timed into ``t``). Returns (file bytes, None) for a passthrough image, else (file bytes,
+    (image, orientation, target width, height, t0, t1))."""
     c = time.process_time
     t0 = c()
     data = path.read_bytes()
@@ -104,7 +106,17 @@ def ours_staged(path: Path, t: dict[str, float]) -> bytes:
         R._check_decodes(img)
         t["decode"] += c() - t1
         t["io"] += t1 - t0
+        return data, None
+    return data, (img, o, tw, th, t0, t1)
+
+
+def ours_staged(path: Path, t: dict[str, float]) -> bytes:
+    """resize_image split into timed stages (checked byte-equal to resize_image below)."""
+    c = time.process_time
+    data, opened = _opened(path, t)
+    if opened is None:
         return data
+    img, o, tw, th, t0, t1 = opened
     rtw, rth = (th, tw) if o in TRANSPOSED else (tw, th)
     a = R._pixels(data, img, img.format, (rtw, rth))
     t2 = c()
@@ -125,20 +137,10 @@ def previous_staged(path: Path, t: dict[str, float] | None = None) -> bytes:
     encode), in timed stages: the before of the time shares, measured in the same run."""
     t = t if t is not None else dict.fromkeys(("io", "decode", "resize", "encode"), 0.0)
     c = time.process_time
-    t0 = c()
-    data = path.read_bytes()
-    t1 = c()
-    img = Image.open(io.BytesIO(data))
-    o = exif_orientation(img)
-    rw, rh = img.size
-    ow, oh = (rh, rw) if o in TRANSPOSED else (rw, rh)
-    fit = RULE.fit(ow, oh, SPEC.max_res, SPEC.max_image_tokens)
-    tw, th = fit.width, fit.height
-    if R.is_passthrough(img.format, o, img.mode, (tw, th), (ow, oh)):
-        R._check_decodes(img)
-        t["decode"] += c() - t1
-        t["io"] += t1 - t0
+    data, opened = _opened(path, t)
+    if opened is None:
         return data
+    img, o, tw, th, t0, t1 = opened
     img.draft("RGB" if img.mode in ("RGB", "YCbCr") else img.mode, (th, tw) if o in TRANSPOSED else (tw, th))
     img.load()
     if o != 1:
