@@ -7,6 +7,7 @@ temp or staging file left."""
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,8 +32,34 @@ def kill_points(ref_seconds: float) -> list[tuple[str, fk.Kill]]:
     return points
 
 
-def _shard(src, out: Path, *extra: str, **kw) -> fk.Run:
-    return fk.mmdata("shard", src["llava_jsonl"], "--images", src["images"], "--out", out, *SHARD_OPTS, *extra, **kw)
+# A job's part is written in one burst (microseconds for 4 samples) and the final move of 12 shards
+# takes a few ms: too short for a watcher that polls every few ms. For the points inside them the
+# command runs under this shim, which waits 30 ms after each sample written into a part and after
+# each move: the same bytes, with a part's temp file and the move each lasting ~100 ms or more.
+SLOW = """
+import sys, time
+from mmdata import storage
+from mmdata.shard import planned
+write, move = planned._Part.write, storage.move
+def slow_write(self, data):
+    offset = write(self, data)
+    time.sleep(0.03)
+    return offset
+def slow_move(src, dst):
+    move(src, dst)
+    time.sleep(0.03)
+planned._Part.write, storage.move = slow_write, slow_move
+sys.argv[0] = "mmdata"
+from mmdata.cli import main
+main()
+"""
+
+
+def _shard(src, out: Path, *extra: str, slow: bool = False, **kw) -> fk.Run:
+    args = ("shard", src["llava_jsonl"], "--images", src["images"], "--out", out, *SHARD_OPTS, *extra)
+    if slow:
+        return fk.run([sys.executable, "-c", SLOW, *map(str, args)], **kw)
+    return fk.mmdata(*args, **kw)
 
 
 def _check_killed_state(out: Path, ref: dict[str, str], r: fk.Run) -> None:
@@ -59,7 +86,7 @@ def test_shard_killed_then_resumed_is_byte_identical(src, src_tree, ref, tmp_pat
     ref_tree, ref_s = ref
     name, make = kill_points(ref_s)[point]
     out = tmp_path / "out"
-    r = _shard(src, out, kill=make(out))
+    r = _shard(src, out, kill=make(out), slow=name in ("mid-part", "during-move"))
     if not name.startswith("random-time"):
         assert r.killed and r.seen, f"{name}: the kill point was never reached (or no worker ran)\n{r.explain()}"
     _check_killed_state(out, ref_tree, r)  # pool workers included: none outlives the parent
